@@ -1,0 +1,123 @@
+"""Checkpoints: weights plus everything needed to use them correctly, loaded safely.
+
+A checkpoint is a plain dict of tensors and primitives, so `torch.load(weights_only=True)`
+reads it without unpickling arbitrary objects. It carries the model name and config, the
+task and class table, the input size and normalisation it was trained with, and its metrics,
+so a caller asking for the wrong task or model gets a clear error instead of a shape trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.registry import model_config
+from engines.unet import UNet, UNetConfig
+from training.classes import CLASSES, Task
+
+FORMAT = "orstream.unet/1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# ImageNet statistics: the usual choice, and what TernausNet normalised EndoVis frames with.
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unreadable, or not the model/task that was asked for."""
+
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    config: UNetConfig
+    task: Task
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]  # (H, W) the model was trained at
+    state_dict: dict[str, torch.Tensor]
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # training state, provenance
+
+    def build(self) -> UNet:
+        model = UNet(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model_name": self.model_name,
+            "config": asdict(self.config),
+            "task": self.task,
+            "classes": list(self.classes),
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "metrics": self.metrics,
+            "state_dict": self.state_dict,
+            **self.extra,
+        }
+
+
+def save(ckpt: Checkpoint, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt.to_dict(), tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    return path
+
+
+def load(path: Path | str, task: str | None = None, model_name: str | None = None) -> Checkpoint:
+    """Load and check a checkpoint; `task`/`model_name`, when given, must match it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an orstream U-Net checkpoint (format "
+                              f"{raw.get('format') if isinstance(raw, dict) else type(raw)!r}, "
+                              f"expected {FORMAT!r})")
+    ck_task = raw["task"]
+    if task is not None and ck_task != task:
+        raise CheckpointError(f"checkpoint {path} segments task {ck_task!r} but {task!r} was "
+                              f"asked for: pass a {task} checkpoint or set the task to {ck_task}")
+    if model_name is not None and raw["model_name"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds model {raw['model_name']!r} but "
+                              f"{model_name!r} was asked for")
+    classes = tuple(raw["classes"])
+    if classes != CLASSES[ck_task]:
+        raise CheckpointError(f"checkpoint {path} has class table {list(classes)} which is not "
+                              f"the {ck_task} table {list(CLASSES[ck_task])}")
+    config = UNetConfig(**raw["config"])
+    expected = model_config(raw["model_name"], len(classes))
+    if config != expected:
+        raise CheckpointError(f"checkpoint {path}: model config {config} does not match the "
+                              f"registry's {raw['model_name']} {expected}")
+    known = {"format", "model_name", "config", "task", "classes", "input_size", "mean", "std",
+             "metrics", "state_dict"}
+    return Checkpoint(
+        model_name=raw["model_name"],
+        config=config,
+        task=ck_task,
+        classes=classes,
+        input_size=tuple(raw["input_size"]),
+        state_dict=raw["state_dict"],
+        mean=tuple(raw["mean"]),
+        std=tuple(raw["std"]),
+        metrics=raw.get("metrics", {}),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def shipped(task: Task, model_name: str = "unet_xs") -> Path:
+    """Path of the weights shipped with orstream for a task."""
+    return WEIGHTS_DIR / f"{model_name}_{task}.pt"

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.synth.writers import write_endovis2017
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """Four short synthetic videos at 320x256 in the EndoVis 2017 layout."""
+    root = tmp_path_factory.mktemp("synth17")
+    return write_endovis2017(root, videos=4, frames=8, seed=11, width=320, height=256,
+                             workers=1)

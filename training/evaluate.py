@@ -1,0 +1,67 @@
+"""`orstream eval`: score a checkpoint on an EndoVis-layout dataset, TernausNet-style."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from engines import checkpoint as ckpt
+from engines.predict import predict_labels
+from training.classes import CLASSES
+from training.data import load_arrays
+from training.datasets.endovis import discover, split_by_fold
+from training.metrics import SegmentationMetrics
+
+
+def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
+             fold: int | None = None, batch: int = 8, workers: int = 2) -> dict:
+    """Metrics of `weights` on `data` (all videos, the given ones, or a fold's validation set).
+
+    Frames are scored at the model's input size: the label maps are what the pipeline gets.
+    """
+    checkpoint = ckpt.load(weights)
+    task = checkpoint.task
+    samples = discover(Path(data), task, videos)
+    if fold is not None:
+        _, samples = split_by_fold(samples, fold)
+    images, labels = load_arrays(samples, task, checkpoint.input_size, workers, "evaluating")
+    model = checkpoint.build().to(memory_format=torch.channels_last)
+    preds = predict_labels(model, images, checkpoint.mean, checkpoint.std, batch)
+    metrics = SegmentationMetrics(len(CLASSES[task]), task)
+    for truth, pred in zip(labels, preds, strict=True):
+        metrics.update(truth, pred)
+    result = metrics.compute()
+    if "per_class_iou" in result:
+        result["per_class_iou"] = {CLASSES[task][c]: v for c, v in result["per_class_iou"].items()}
+    return {
+        "task": task,
+        "model": checkpoint.model_name,
+        "weights": str(weights),
+        "data": str(data),
+        "frames": len(samples),
+        "videos": sorted({s.video_id for s in samples}),
+        "input_size": list(checkpoint.input_size),
+        **result,
+    }
+
+
+def format_table(result: dict) -> str:
+    """TernausNet's table layout (IoU and Dice in %), then per-class IoU for multi-class."""
+    lines = [f"{result['model']} on {result['data']} ({result['frames']} frames, videos "
+             f"{result['videos']}, scored at {result['input_size'][0]}x"
+             f"{result['input_size'][1]})", ""]
+    if result["task"] == "binary":
+        lines += [f"{'Model':<12} {'Task':<8} {'IoU, %':>8} {'Dice, %':>8}",
+                  f"{result['model']:<12} {'binary':<8} {100 * result['iou']:>8.2f} "
+                  f"{100 * result['dice']:>8.2f}"]
+        return "\n".join(lines)
+    lines += [f"{'Model':<12} {'Task':<8} {'IoU, %':>8} {'Dice, %':>8} {'Ch_IoU':>8} "
+              f"{'ISI_IoU':>8} {'mc_IoU':>8}",
+              f"{result['model']:<12} {result['task']:<8} {100 * result['mean_iou']:>8.2f} "
+              f"{100 * result['mean_dice']:>8.2f} {100 * result['ch_iou']:>8.2f} "
+              f"{100 * result['isi_iou']:>8.2f} {100 * result['mc_iou']:>8.2f}", "",
+              f"{'class':<28} {'IoU, %':>8}"]
+    lines += [f"{name:<28} {100 * v:>8.2f}" for name, v in result["per_class_iou"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""PNG figures of a training run: curves, and a grid of predictions next to ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: Path, metric: str) -> Path:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("Dice + CE loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [h["val"][metric] for h in history], "o-", color="C2")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"validation {metric}")
+    ax2.set_ylim(0, 1)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def colorize(labels: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    return np.asarray(palette, np.uint8)[labels]
+
+
+def plot_predictions(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
+                     palette: tuple[tuple[int, int, int], ...], path: Path) -> Path:
+    """One row per frame: image, ground truth, prediction."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 2.6 * n), squeeze=False)
+    for row in range(n):
+        for col, (title, pic) in enumerate((("frame", images[row]),
+                                            ("ground truth", colorize(truths[row], palette)),
+                                            ("prediction", colorize(preds[row], palette)))):
+            ax = axes[row][col]
+            ax.imshow(pic)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
