@@ -79,6 +79,53 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_signal_handlers(request_stop) -> None:
+    import signal
+
+    def handler(signum, _frame):
+        logger.info("{} received: stopping", signal.Signals(signum).name)
+        request_stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import Pipeline, PipelineError
+
+    cfg = load_config(args.config, args.set, source__spec=args.source,
+                      publish__endpoint=args.publish, record__path=args.record)
+    pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0)
+    _install_signal_handlers(pipeline.request_stop)
+    if cfg.publish.endpoint:
+        print(f"publishing on {cfg.publish.endpoint}  (watch: orstream view "
+              f"{cfg.publish.endpoint})", flush=True)
+    try:
+        result = pipeline.run()
+    except PipelineError as exc:
+        logger.error("{}", exc)
+        return 1
+    logger.info("{} frames in {:.1f} s, {} dropped, {} rejected", result.frames_out,
+                result.elapsed_s, result.dropped, result.rejected)
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    import threading
+
+    from pipeline.view import view
+
+    stop = threading.Event()
+    _install_signal_handlers(stop.set)
+    summary = view(args.endpoint, frames=args.frames, save=args.save, save_every=args.every,
+                   window=False if args.headless else None, timeout_s=args.timeout,
+                   stop=stop, quiet=args.json)
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orstream", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -123,6 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--seed", type=int)
     unet.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     unet.set_defaults(func=_cmd_train_unet)
+
+    run = sub.add_parser("run", help="run the live pipeline (default: synthetic 1080p30 feed)")
+    run.add_argument("--config", type=Path, help="pipeline YAML (default configs/pipeline.yaml)")
+    run.add_argument("--source", help="synthetic, or a video file")
+    run.add_argument("--frames", type=int, help="stop after N rendered frames")
+    run.add_argument("--publish", help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600")
+    run.add_argument("--record", type=Path, help="record the overlay to this .mp4 or .ts")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set render.alpha=0.6 (repeatable)")
+    run.set_defaults(func=_cmd_run)
+
+    vw = sub.add_parser("view", help="display client: subscribe to a publisher")
+    vw.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5600")
+    vw.add_argument("--frames", type=int, help="exit after N frames")
+    vw.add_argument("--save", type=Path, help="write every Nth frame as PNG into this dir")
+    vw.add_argument("--every", type=int, default=30, help="N for --save (default 30)")
+    vw.add_argument("--timeout", type=float, help="exit after this many seconds without frames")
+    vw.add_argument("--headless", action="store_true", help="never open a window")
+    vw.add_argument("--json", action="store_true", help="one summary JSON object at exit")
+    vw.set_defaults(func=_cmd_view)
 
     ev = sub.add_parser("eval", help="score segmentation weights on a dataset")
     ev.add_argument("--data", type=Path, required=True)

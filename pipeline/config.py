@@ -1,0 +1,180 @@
+"""Pipeline configuration: YAML validated into typed objects, with errors that name the key.
+
+`load_config(path, overrides)` reads a YAML file (the shipped default when no path is given),
+applies `--set key.sub=value` overrides (values parsed as YAML scalars), and validates. A
+mistake is a ConfigError such as:
+
+    configs/pipeline.yaml: segment.alpha: unknown key (accepted: backend, crop, ...)
+    --set render.alpha=2: render.alpha: Input should be less than or equal to 1 (got 2)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.transport import normalize_endpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "pipeline.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown or out of range; names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _endpoint(value: str) -> str:
+    return normalize_endpoint(value)
+
+
+class SourceConfig(_Strict):
+    spec: str = "synthetic"  # synthetic | a video file path
+    fps: float = Field(30.0, gt=0, le=240)  # synthetic capture rate; files use their own
+    width: int = Field(1920, ge=64)  # synthetic frame size
+    height: int = Field(1080, ge=64)
+    seed: int = 0  # synthetic procedure
+    loop: bool = False  # files: start again at the end
+
+
+class SegmentConfig(_Strict):
+    weights: Path = REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt"
+    backend: Literal["torch"] = "torch"  # other backends come with the engines work
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 needs a CPU with native bf16 (AVX-512 BF16)
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch's default
+    crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
+
+    @field_validator("weights")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        path = value if value.is_absolute() else (Path.cwd() / value)
+        if not path.is_file():
+            alt = REPO_ROOT / value
+            if alt.is_file():
+                return alt
+            raise ValueError(f"weights file {value} does not exist (shipped weights live in "
+                             f"{REPO_ROOT / 'engines' / 'weights'})")
+        return path
+
+
+class RenderConfig(_Strict):
+    alpha: float = Field(0.45, ge=0, le=1)  # overlay opacity
+    outlines: bool = True  # instrument outlines
+    legend: bool = True  # classes present
+    status: bool = True  # fps / latency / drops line
+
+
+class PublishConfig(_Strict):
+    endpoint: str | None = "tcp://127.0.0.1:5600"  # None: no publisher
+    parts: tuple[Literal["overlay", "image", "labels"], ...] = ("overlay",)
+    mode: Literal["latest", "lossless"] = "latest"  # displays want the newest frame
+
+    _check = field_validator("endpoint")(lambda v: None if v is None else _endpoint(v))
+
+
+class RecordConfig(_Strict):
+    path: Path | None = None  # fragmented MP4 (or .ts): playable even after a crash
+    crf: int = Field(23, ge=0, le=51)
+
+
+class EdgeConfig(_Strict):
+    endpoint: str
+    mode: Literal["latest", "lossless"]
+
+    _check = field_validator("endpoint")(lambda v: _endpoint(v))
+
+
+def _default_edges() -> dict[str, EdgeConfig]:
+    # Live path: capture -> segment keeps only the newest frame (stale frames are worthless
+    # in surgery); after that every frame that was segmented is drawn and recorded.
+    return {
+        "capture->segment": EdgeConfig(endpoint="inproc://capture", mode="latest"),
+        "segment->render": EdgeConfig(endpoint="inproc://segment", mode="lossless"),
+        "render->publish": EdgeConfig(endpoint="inproc://render-publish", mode="latest"),
+        "render->record": EdgeConfig(endpoint="inproc://render-record", mode="lossless"),
+        "render->null": EdgeConfig(endpoint="inproc://render-null", mode="lossless"),
+    }
+
+
+class PipelineConfig(_Strict):
+    stream: str = Field("or-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # stream id in the topic
+    source: SourceConfig = SourceConfig()
+    segment: SegmentConfig = SegmentConfig()
+    render: RenderConfig = RenderConfig()
+    publish: PublishConfig = PublishConfig()
+    record: RecordConfig = RecordConfig()
+    edges: dict[str, EdgeConfig] = Field(default_factory=_default_edges)
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # receivers reject larger
+
+    @field_validator("edges", mode="before")
+    @classmethod
+    def _merge_edges(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_edges().items()}
+        unknown = set(value) - set(merged)
+        if unknown:
+            raise ValueError(f"unknown edges {sorted(unknown)}: accepted {sorted(merged)}")
+        for key, edge in value.items():
+            merged[key] = {**merged[key], **(edge or {})}
+        return merged
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. render.alpha=0.6")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{key}: {msg} (got {err.get('input')!r})"
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
+                **direct: Any) -> PipelineConfig:
+    """Load YAML (default configs/pipeline.yaml), apply --set overrides and `direct`
+    dotted-key values, and validate."""
+    source = Path(path) if path else DEFAULT_CONFIG
+    if not source.is_file():
+        raise ConfigError(f"config file {source} does not exist")
+    try:
+        tree = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    for text in overrides or []:
+        _set_path(tree, *parse_override(text))
+    for dotted, value in direct.items():
+        if value is not None:
+            _set_path(tree, dotted.replace("__", "."), value)
+    try:
+        return PipelineConfig(**tree)
+    except ValidationError as exc:
+        lines = [_format(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None

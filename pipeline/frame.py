@@ -1,0 +1,48 @@
+"""The Frame: one picture and what is known about it, as it moves through the pipeline.
+
+Latency is read off the trace and nothing else times the pipeline: each stage appends
+(stage, t_in, t_out) in monotonic nanoseconds, so per-stage and end-to-end figures come from
+the same clock on one host.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    seq: int  # the frame the caption describes
+    t_capture_ns: int  # that frame's capture time (monotonic), to show the caption's age
+
+
+@dataclass(eq=False)
+class Frame:
+    stream: str  # stream id, e.g. an operating room
+    seq: int  # monotonic per stream, from 0
+    t_capture_ns: int  # time.monotonic_ns() at capture: latency is measured against it
+    t_wall_ns: int  # time.time_ns() at capture: for humans and across hosts
+    image: np.ndarray  # (H, W, 3) uint8 RGB, the camera's picture
+    labels: np.ndarray | None = None  # (h, w) uint8 class ids over `region` of the image
+    region: tuple[int, int, int, int] | None = None  # (y, x, h, w) the labels cover
+    overlay: np.ndarray | None = None  # (H, W, 3) uint8 RGB, what displays show
+    caption: Caption | None = None
+    trace: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def capture(cls, stream: str, seq: int, image: np.ndarray) -> Frame:
+        return cls(stream, seq, time.monotonic_ns(), time.time_ns(), image)
+
+    def stamp(self, stage: str, t_in_ns: int, t_out_ns: int | None = None) -> None:
+        self.trace.append((stage, t_in_ns, t_out_ns if t_out_ns is not None
+                           else time.monotonic_ns()))
+
+    def latency_ms(self, now_ns: int | None = None) -> float:
+        """Capture to now (or to the end of the last stage) in milliseconds."""
+        end = now_ns if now_ns is not None else (self.trace[-1][2] if self.trace
+                                                 else time.monotonic_ns())
+        return (end - self.t_capture_ns) / 1e6

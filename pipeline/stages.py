@@ -1,0 +1,219 @@
+"""The pipeline's stages: segment, render and the sinks (publish, record, null).
+
+A stage knows nothing about sockets or threads: `open()`, `process(frame)`, `close()`.
+`process` returns the frame to pass on, or None when the frame ends here. The runner gives
+each stage a thread, feeds it from its input edge, stamps the trace and sends the result on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+from loguru import logger
+
+from engines import checkpoint as ckpt
+from engines.backends.torch_backend import TorchSegmenter
+from pipeline.config import PipelineConfig
+from pipeline.frame import Frame
+from pipeline.overlay import OverlayRenderer, OverlayStyle
+from pipeline.recorder import Recorder
+from pipeline.transport import Sender
+from training.classes import palette
+
+Region = tuple[int, int, int, int]
+
+
+class Stage:
+    name = "stage"
+
+    def open(self) -> None:
+        """Acquire resources (models, files, sockets). Called on the stage's own thread."""
+
+    def process(self, frame: Frame) -> Frame | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources; called once, also after an error."""
+
+
+def endovis_region(height: int, width: int) -> Region:
+    """The EndoVis crop (rows 28..1052, cols 320..1600 of 1080x1920), scaled to the frame.
+
+    The shipped models were trained on exactly this crop of the field of view, so the live
+    path crops the same way.
+    """
+    y, x = round(28 * height / 1080), round(320 * width / 1920)
+    return (y, x, round(1024 * height / 1080), round(1280 * width / 1920))
+
+
+class SegmentStage(Stage):
+    """Crop the field of view, resize, normalise, infer, argmax: uint8 labels over a region.
+
+    The label map stays at the model's resolution with the region it covers; the renderer
+    (and any display compositing itself) scales it back with nearest-neighbour, which is the
+    same as resizing it here but 20x less data to move.
+    """
+
+    name = "segment"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg.segment
+        self.engine: TorchSegmenter | None = None
+        self.task = "types"
+        self._regions: dict[tuple[int, int], Region] = {}
+
+    def open(self) -> None:
+        checkpoint = ckpt.load(self.cfg.weights)
+        self.task = checkpoint.task
+        self.engine = TorchSegmenter(checkpoint, self.cfg.precision, self.cfg.device,
+                                     self.cfg.threads)
+        h, w = self.engine.input_size
+        for _ in range(2):  # first calls allocate and pick kernels: not a live frame's cost
+            self.engine(np.zeros((h, w, 3), np.uint8))
+        logger.info("segment: {} ({}) on {}", self.cfg.weights.name, checkpoint.task,
+                    self.engine.describe())
+
+    def region(self, height: int, width: int) -> Region:
+        key = (height, width)
+        if key not in self._regions:
+            self._regions[key] = (endovis_region(height, width) if self.cfg.crop == "endovis"
+                                  else (0, 0, height, width))
+        return self._regions[key]
+
+    def process(self, frame: Frame) -> Frame:
+        assert self.engine is not None, "segment stage used before open()"
+        y, x, h, w = self.region(*frame.image.shape[:2])
+        mh, mw = self.engine.input_size
+        crop = frame.image[y:y + h, x:x + w]
+        small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
+        frame.labels = self.engine(small)
+        frame.region = (y, x, h, w)
+        return frame
+
+
+class LatencyWindow:
+    """End-to-end latency and rate over the last second, for the status line.
+
+    Written by the render thread, read by it and by the runner's status log: hence the lock.
+    """
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._items: deque[tuple[int, float]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, t_ns: int, latency_ms: float) -> None:
+        horizon = t_ns - int(self.seconds * 1e9)
+        with self._lock:
+            self._items.append((t_ns, latency_ms))
+            while self._items and self._items[0][0] < horizon:
+                self._items.popleft()
+
+    def summary(self) -> tuple[float, float, float]:
+        """(fps, p50 ms, p99 ms) over the window."""
+        with self._lock:
+            if not self._items:
+                return 0.0, 0.0, 0.0
+            lat = np.fromiter((v for _, v in self._items), float)
+        return len(lat) / self.seconds, float(np.percentile(lat, 50)), float(
+            np.percentile(lat, 99))
+
+
+class RenderStage(Stage):
+    """Overlay, outlines, legend, caption and status line at display resolution."""
+
+    name = "render"
+
+    def __init__(self, cfg: PipelineConfig, task: str, dropped: Callable[[], int]) -> None:
+        from training.classes import CLASSES
+
+        self.cfg = cfg.render
+        self.renderer = OverlayRenderer(CLASSES[task], palette(task),  # type: ignore[index]
+                                        OverlayStyle(alpha=self.cfg.alpha,
+                                                     outline=self.cfg.outlines,
+                                                     legend=self.cfg.legend))
+        self.window = LatencyWindow()
+        self._dropped = dropped
+
+    def open(self) -> None:
+        self.renderer.warmup()  # numba compiles here, not on the first live frame
+
+    def process(self, frame: Frame) -> Frame:
+        now = time.monotonic_ns()
+        self.window.add(now, (now - frame.t_capture_ns) / 1e6)
+        status = None
+        if self.cfg.status:
+            fps, p50, p99 = self.window.summary()
+            status = (f"{fps:.1f} fps | e2e p50 {p50:.0f} ms p99 {p99:.0f} ms | "
+                      f"dropped {self._dropped()}")
+        caption = age = None
+        if frame.caption is not None:
+            caption = frame.caption.text
+            age = (frame.t_capture_ns - frame.caption.t_capture_ns) / 1e9
+        if frame.labels is None:
+            frame.overlay = frame.image
+        else:
+            frame.overlay = self.renderer.draw(frame.image, frame.labels, frame.region,
+                                               caption=caption, caption_age_s=age,
+                                               status=status)
+        return frame
+
+
+class PublishStage(Stage):
+    """Publishes frames to displays on the configured endpoint (PROTOCOL.md)."""
+
+    name = "publish"
+
+    def __init__(self, cfg: PipelineConfig, task: str) -> None:
+        from training.classes import CLASSES
+
+        self.cfg = cfg.publish
+        self.classes = {"task": task, "names": list(CLASSES[task]),  # type: ignore[index]
+                        "colors": [list(c) for c in palette(task)]}  # type: ignore[arg-type]
+        self.sender: Sender | None = None
+
+    def open(self) -> None:
+        assert self.cfg.endpoint is not None
+        self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, parts=self.cfg.parts,
+                             classes=self.classes)
+        logger.info("publishing {} on {} ({})", "+".join(self.cfg.parts), self.sender.endpoint,
+                    self.cfg.mode)
+
+    def process(self, frame: Frame) -> None:
+        assert self.sender is not None
+        while not self.sender.send(frame):  # lossless: wait for room; latest never waits
+            pass
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+class RecordStage(Stage):
+    """Records the overlay to H.264 (fragmented MP4 or MPEG-TS)."""
+
+    name = "record"
+
+    def __init__(self, cfg: PipelineConfig, fps: float) -> None:
+        assert cfg.record.path is not None
+        self.recorder = Recorder(cfg.record.path, fps=fps, crf=cfg.record.crf)
+
+    def process(self, frame: Frame) -> None:
+        self.recorder.write(frame.overlay if frame.overlay is not None else frame.image)
+
+    def close(self) -> None:
+        self.recorder.close()
+
+
+class NullStage(Stage):
+    """Consumes frames: the pipeline's end when nothing else is configured (benchmarks)."""
+
+    name = "null"
+
+    def process(self, frame: Frame) -> None:
+        return None

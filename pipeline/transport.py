@@ -1,0 +1,217 @@
+"""ZeroMQ transport between stages and to displays, built from config endpoints.
+
+Two delivery modes:
+
+- **latest**: PUB/SUB. The receiver drains its socket at every `recv` and keeps only the
+  newest valid frame, so a slow consumer always gets the freshest picture and its latency does
+  not grow with its slowness. ZMQ_CONFLATE would do this for single-part messages only; ours
+  are multipart, hence the drain. Frames that never reach the consumer are counted from gaps
+  in `seq`, wherever upstream they were lost.
+- **lossless**: PUSH/PULL with a small high-water mark: every frame, in order, and a full
+  queue blocks the sender (backpressure) instead of dropping.
+
+Either side may bind. A display publisher binds and displays connect; between stages the
+receiving stage binds its input and upstream connects to it, so several producers (cameras,
+operating rooms) can feed one stage, and a stage's input is one known address. A tcp endpoint
+without a host, or with `localhost`, binds 127.0.0.1; any other interface must be named in
+the config.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import zmq
+from loguru import logger
+
+from pipeline import wire
+from pipeline.frame import Frame
+
+Mode = Literal["latest", "lossless"]
+_CONTEXT_LOCK = threading.Lock()
+_CONTEXT: zmq.Context | None = None
+
+
+def context() -> zmq.Context:
+    """One context per process: inproc endpoints only connect within the same context."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None or _CONTEXT.closed:
+            _CONTEXT = zmq.Context.instance()
+        return _CONTEXT
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """tcp://:5600 and tcp://localhost:5600 -> tcp://127.0.0.1:5600; others unchanged."""
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT")
+        if host in ("", "localhost"):
+            host = "127.0.0.1"
+        if host in ("*", "0.0.0.0"):
+            logger.warning("{} binds every network interface, as configured", endpoint)
+        return f"tcp://{host}:{port}"
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint
+    raise ValueError(f"endpoint {endpoint!r}: expected inproc://NAME, ipc://PATH or "
+                     "tcp://HOST:PORT")
+
+
+class RateLimitedLog:
+    """At most one warning per reason per `period_s`, with the count of those held back."""
+
+    def __init__(self, period_s: float = 5.0) -> None:
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warn(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) >= self.period_s:
+            held = self._held.pop(reason, 0)
+            extra = f" ({held} more since the last report)" if held else ""
+            logger.warning("{}{}", message, extra)
+            self._last[reason] = now
+        else:
+            self._held[reason] += 1
+
+
+@dataclass
+class ReceiverStats:
+    received: int = 0  # valid frames handed to the consumer
+    superseded: int = 0  # valid frames dropped by `latest` because a newer one was waiting
+    lost: int = 0  # frames missing from the seq sequence (dropped anywhere upstream)
+    rejected: Counter = field(default_factory=Counter)  # reason -> invalid messages
+
+
+def _attach(socket: zmq.Socket, endpoint: str, bind: bool) -> None:
+    try:
+        if bind:
+            socket.bind(endpoint)
+        else:
+            socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
+
+
+class Sender:
+    """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver)."""
+
+    def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
+                 parts: tuple[str, ...] = ("image",), classes: dict[str, Any] | None = None,
+                 linger_ms: int = 200, bind: bool = True) -> None:
+        self.endpoint = normalize_endpoint(endpoint)
+        self.mode = mode
+        self.parts = parts
+        self.classes = classes
+        self.sent = 0
+        self._socket = context().socket(zmq.PUB if mode == "latest" else zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, linger_ms)
+        _attach(self._socket, self.endpoint, bind)
+
+    def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
+        """Send one frame. Lossless: waits up to `timeout_ms` for room, False if none came
+        (the caller checks for shutdown and tries again). Latest: never blocks."""
+        message = wire.encode(frame, self.parts, self.classes)
+        if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        # copy=False: pixel buffers go to ZeroMQ by reference; inproc hops never copy them.
+        self._socket.send_multipart(message, copy=False)
+        self.sent += 1
+        return True
+
+    def send_raw(self, message: list[bytes]) -> None:
+        """Send bytes as they are (tests and tools that speak the protocol by hand)."""
+        self._socket.send_multipart(message)
+
+    def close(self) -> None:
+        if not self._socket.closed:
+            self._socket.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Receiver:
+    """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input)."""
+
+    def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
+                 max_bytes: int = wire.DEFAULT_MAX_BYTES, stream: str | None = None,
+                 name: str = "receiver", bind: bool = False) -> None:
+        self.endpoint = normalize_endpoint(endpoint)
+        self.mode = mode
+        self.max_bytes = max_bytes
+        self.name = name
+        self.stats = ReceiverStats()
+        self._log = RateLimitedLog()
+        self._last_seq: dict[str, int] = {}
+        self._socket = context().socket(zmq.SUB if mode == "latest" else zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if mode == "latest":
+            prefix = wire.topic(stream)[: -len(b"frame")] if stream else b""
+            self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+        _attach(self._socket, self.endpoint, bind)
+
+    def _decode(self, message: list[zmq.Frame]) -> Frame | None:
+        try:
+            return wire.decode(message, self.max_bytes)
+        except wire.WireError as exc:
+            self.stats.rejected[exc.reason] += 1
+            self._log.warn(exc.reason, f"{self.name} on {self.endpoint} rejected a message "
+                           f"({exc}); total rejected: {sum(self.stats.rejected.values())}")
+            return None
+
+    def recv(self, timeout_ms: int = 100) -> Frame | None:
+        """The next frame (lossless) or the newest one waiting (latest); None on timeout."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            remaining = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(remaining, zmq.POLLIN):
+                return None
+            frame = self._decode(self._socket.recv_multipart(copy=False))
+            if self.mode == "latest":
+                # Drain what else has arrived; keep the newest valid frame.
+                while self._socket.poll(0, zmq.POLLIN):
+                    newer = self._decode(self._socket.recv_multipart(copy=False))
+                    if newer is not None:
+                        if frame is not None:
+                            self.stats.superseded += 1
+                        frame = newer
+            if frame is not None:
+                self._count(frame)
+                return frame
+            if time.monotonic() >= deadline:
+                return None
+
+    def _count(self, frame: Frame) -> None:
+        self.stats.received += 1
+        last = self._last_seq.get(frame.stream)
+        if last is not None and frame.seq > last + 1:
+            self.stats.lost += frame.seq - last - 1
+        self._last_seq[frame.stream] = frame.seq
+
+    @property
+    def dropped(self) -> int:
+        """Frames this consumer never got: superseded here or lost upstream (seq gaps)."""
+        return self.stats.lost
+
+    def close(self) -> None:
+        if not self._socket.closed:
+            self._socket.close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""The real pipeline, the real default config and shipped weights, a few frames."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.config import load_config
+from pipeline.runner import Pipeline, PipelineError
+from pipeline.stages import SegmentStage
+from pipeline.view import view
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_default_config_end_to_end_publishes_and_records(tmp_path):
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cfg = load_config(None, ["publish.parts=[overlay, labels]"], publish__endpoint=endpoint,
+                      record__path=str(tmp_path / "out.mp4"))
+    received = {}
+    stop = threading.Event()
+    viewer = threading.Thread(target=lambda: received.update(
+        summary=view(endpoint, stop=stop, window=False, quiet=True)))
+    viewer.start()
+    time.sleep(0.3)
+    result = Pipeline(cfg, max_frames=12, keep_traces=True).run()
+    time.sleep(0.3)
+    stop.set()
+    viewer.join(10)
+
+    assert result.frames_out == 12
+    frames = _decode(tmp_path / "out.mp4")
+    assert len(frames) == 12 and frames[0].shape == (1080, 1920, 3)
+    summary = received["summary"]
+    assert summary.frames >= 1 and summary.increasing
+    for trace in result.traces:
+        stages = [t[0] for t in trace]
+        assert stages == ["capture", "segment", "render"]
+        times = [t for _, a, b in trace for t in (a, b)]
+        assert times == sorted(times), "trace times must increase along the path"
+
+
+def test_published_frames_carry_the_overlay_and_labels_over_the_region():
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cfg = load_config(None, ["publish.parts=[overlay, labels]", "source.width=640",
+                             "source.height=360"], publish__endpoint=endpoint)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"orstream/or-1/")
+    sub.connect(endpoint)
+    pipeline = Pipeline(cfg, max_frames=40)
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    assert sub.poll(20000), "no frame published"
+    message = sub.recv_multipart()
+    pipeline.request_stop()
+    runner.join(20)
+    sub.close(0)
+    from pipeline import wire
+
+    frame = wire.decode(message)
+    assert frame.overlay.shape == (360, 640, 3)
+    assert frame.labels.shape == (256, 320)
+    assert frame.region == (9, 107, 341, 427)  # the EndoVis crop scaled to 640x360
+    assert wire.header_of(message)["classes"]["names"][1] == "Bipolar Forceps"
+
+
+def test_a_failing_stage_stops_the_pipeline_and_is_named(monkeypatch):
+    def boom(self, frame):
+        raise RuntimeError("simulated inference failure")
+
+    monkeypatch.setattr(SegmentStage, "process", boom)
+    cfg = load_config(None, ["source.width=320", "source.height=256"], publish__endpoint=None)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match="stage 'segment' failed: RuntimeError: simulated"):
+        Pipeline(cfg, max_frames=100).run()
+    assert time.monotonic() - started < 30
+
+
+def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing():
+    port = _free_port()
+    cfg = load_config(None, ["source.width=320", "source.height=256",
+                             f"edges.capture->segment.endpoint=tcp://127.0.0.1:{port}"],
+                      publish__endpoint=None)
+    pipeline = Pipeline(cfg, max_frames=60)
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    attacker = zmq.Context.instance().socket(zmq.PUB)
+    attacker.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(1.0)
+    header = (b'{"v":1,"stream":"or-1","seq":5,"t_capture_ns":1,"t_wall_ns":1,'
+              b'"parts":[{"name":"image","dtype":"uint8","shape":[4,4,3]}]}')
+    for message in ([os.urandom(64)],
+                    [b"orstream/or-1/frame", header.replace(b'"v":1', b'"v":7'), bytes(48)],
+                    [b"orstream/or-1/frame", header, bytes(47)],
+                    [b"orstream/or-1/frame", header, bytes(100 * 1024 * 1024)]):
+        attacker.send_multipart(message)
+        time.sleep(0.3)
+    runner.join(60)
+    attacker.close(0)
+    assert pipeline.result.frames_out == 60
+    rejected = pipeline._nodes["segment"].inputs[0].stats.rejected
+    assert rejected == {"bad_framing": 1, "bad_version": 1, "bad_length": 1, "oversize": 1}
+
+
+@pytest.mark.slow
+def test_sigterm_finalises_the_recording_and_exits_0(tmp_path):
+    out = tmp_path / "x.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--record", str(out),
+                             "--set", "publish.endpoint=null", "--set", "source.width=640",
+                             "--set", "source.height=360"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 50_000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert len(_decode(out)) >= 10

@@ -1,0 +1,215 @@
+"""The recorder writes playable H.264, survives SIGKILL, and refuses what it cannot record."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.recorder import Recorder, RecorderError
+
+W, H, FPS = 320, 256, 30
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gradient(i: int, width: int = W, height: int = H) -> np.ndarray:
+    """A horizontal gradient scrolling by 4 px a frame; the channels differ so a swap shows."""
+    img = np.empty((height, width, 3), np.uint8)
+    x = np.arange(width)[None, :] * 256 // width
+    img[..., 0] = (x + 4 * i) % 256
+    img[..., 1] = (np.arange(height)[:, None] * 200 // height).astype(np.uint8)
+    img[..., 2] = 40
+    return img
+
+
+def decode(path: Path) -> tuple[av.video.stream.VideoStream, list[av.VideoFrame]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream, list(container.decode(stream))
+
+
+def test_records_h264_with_explicit_pts_one_second_gop_and_faithful_colour(tmp_path):
+    path = tmp_path / "sub" / "a.mp4"  # the parent is created on the first frame
+    with Recorder(path, fps=FPS) as rec:
+        for i in range(60):
+            rec.write(gradient(i))
+    assert rec.frames_written == 60 and rec.path == path
+
+    stream, frames = decode(path)
+    assert stream.codec_context.name == "h264"
+    assert (stream.width, stream.height) == (W, H)
+    assert len(frames) == 60
+    assert all(f.format.name == "yuv420p" for f in frames)
+    assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(60)], abs=1e-3)
+    # A keyframe each second and no others: each is the start of a playable fragment.
+    assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 30]
+    # Lossy codec: compare channel means loosely (R ~128, G ~100, B 40 catch a swap).
+    got = frames[30].to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+    want = gradient(30).reshape(-1, 3).mean(axis=0)
+    assert got == pytest.approx(want, abs=6)
+    with av.open(str(path)) as c:  # fragmented: the header is empty, fragments follow
+        assert "mp4" in c.format.name
+    assert path.read_bytes().count(b"moof") >= 2
+
+
+def test_fractional_fps_and_mpeg_ts(tmp_path):
+    with Recorder(tmp_path / "b.ts", fps=29.97) as rec:
+        for i in range(40):
+            rec.write(gradient(i))
+    with av.open(str(tmp_path / "b.ts")) as c:
+        assert c.format.name == "mpegts"
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+    assert len(frames) == 40
+    # The frame counter times every frame at i / (2997/100) s, not at 1/30 s steps.
+    assert float(stream.average_rate) == pytest.approx(29.97, abs=0.01)
+    times = np.array([f.time for f in frames])
+    assert np.diff(times) == pytest.approx(np.full(39, float(1 / Fraction(2997, 100))),
+                                           abs=2e-5)
+    assert times[-1] - times[0] == pytest.approx(39 * 100 / 2997, abs=1e-4)
+
+
+# The child records real-time 30 fps frames until it is killed. It says "recording" after the
+# first frame so that the 5 s start then, not during its imports (slow on a loaded machine).
+CHILD = """
+import sys, time
+import numpy as np
+from pipeline.recorder import Recorder
+W, H, FPS = 320, 256, 30
+x = np.arange(W)[None, :] * 256 // W
+rec = Recorder(sys.argv[1], fps=FPS)
+img = np.zeros((H, W, 3), np.uint8)
+t0 = time.monotonic()
+i = 0
+while True:
+    img[..., 0] = (x + 4 * i) % 256
+    img[..., 1] = i % 256
+    rec.write(img)
+    i += 1
+    if i == 1:
+        print("recording", flush=True)
+    time.sleep(max(0.0, t0 + i / FPS - time.monotonic()))  # absolute deadlines: no drift
+"""
+
+
+def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
+    path = tmp_path / "x.mp4"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    with open(tmp_path / "child.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        line = child.stdout.readline() if ready else ""
+        assert line.strip() == "recording", (tmp_path / "child.log").read_text()
+        time.sleep(5.0)
+        assert child.poll() is None, (tmp_path / "child.log").read_text()
+        os.kill(child.pid, signal.SIGKILL)  # no close(), no trailer, no atexit
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+
+    # Opening must work: the header was written at the start (a non-fragmented MP4 fails
+    # here, its moov never written). Only the tail may be broken: the kill can land while
+    # a fragment is half written, and decoding that one raises. Everything before it is
+    # complete, so count the frames decoded until the first error and stop there.
+    times = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                times += [f.time for f in packet.decode()]
+        except av.FFmpegError:
+            pass  # the truncated last fragment
+    assert len(times) >= 4 * FPS, f"only {len(times)} frames survived the kill"
+    assert times == sorted(times) and times[-1] >= 4.0 - 1.5 / FPS
+
+
+def test_size_change_is_refused_naming_both_sizes(tmp_path):
+    path = tmp_path / "c.mp4"
+    with Recorder(path, fps=FPS) as rec:
+        rec.write(gradient(0))
+        with pytest.raises(RecorderError, match=r"256x320.*320x256"):
+            rec.write(gradient(1, width=256, height=320))
+        rec.write(gradient(2))  # the recording goes on after a refused frame
+        assert rec.frames_written == 2
+    assert len(decode(path)[1]) == 2
+
+
+def test_odd_size_is_cropped_by_its_last_row_and_column(tmp_path):
+    path = tmp_path / "d.mp4"
+    odd = np.full((H + 1, W + 1, 3), 100, np.uint8)
+    odd[-1, :] = odd[:, -1] = (255, 0, 0)  # the row and column that must go
+    with Recorder(path, fps=FPS) as rec:
+        for _ in range(3):
+            rec.write(odd)
+        # The first frame's size, as given, is the size every frame must have.
+        with pytest.raises(RecorderError, match=r"320x256.*321x257"):
+            rec.write(gradient(0))
+    stream, frames = decode(path)
+    assert (stream.width, stream.height) == (W, H) and len(frames) == 3
+    rgb = frames[-1].to_ndarray(format="rgb24").astype(float)
+    # Cropped, not resized or cropped on the other side: no red left anywhere.
+    assert np.abs(rgb - 100).max() < 12
+
+
+def test_close_is_idempotent_and_nothing_is_created_before_the_first_frame(tmp_path):
+    path = tmp_path / "new" / "e.mp4"
+    rec = Recorder(path, fps=FPS)
+    assert not path.parent.exists()
+    rec.close()
+    rec.close()
+    assert not path.parent.exists()
+
+    rec = Recorder(path, fps=FPS)
+    for i in range(5):
+        rec.write(gradient(i))
+    rec.close()
+    size = path.stat().st_size
+    rec.close()
+    assert path.stat().st_size == size and len(decode(path)[1]) == 5
+    with pytest.raises(RecorderError, match="closed"):
+        rec.write(gradient(5))
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "deep_under_a_file", "proc"])
+def test_unwritable_path_names_the_path(tmp_path, where):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    path = {"under_a_file": a_file / "x.mp4",
+            "deep_under_a_file": a_file / "sub" / "x.mp4",
+            "proc": Path("/proc/orstream-no-such-dir/y.mp4")}[where]
+    # Refused when built if foreseeable, else on the first frame (when it opens the file).
+    with pytest.raises(RecorderError, match=re.escape(str(path))):
+        Recorder(path, fps=FPS).write(gradient(0))
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((H, W), np.uint8),
+    np.zeros((H, W, 4), np.uint8),
+    np.zeros((H, W, 3), np.float32),
+])
+def test_bad_frames_and_arguments_are_refused(tmp_path, bad):
+    with pytest.raises(RecorderError, match="uint8"):
+        Recorder(tmp_path / "f.mp4", fps=FPS).write(bad)
+    for kwargs in ({"fps": 0}, {"fps": float("nan")}, {"fps": FPS, "crf": 52},
+                   {"fps": FPS, "preset": "warp"}):
+        with pytest.raises(RecorderError):
+            Recorder(tmp_path / "f.mp4", **kwargs)
+    with pytest.raises(RecorderError, match="f.avi"):
+        Recorder(tmp_path / "f.avi", fps=FPS)

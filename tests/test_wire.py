@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import wire
+from pipeline.frame import Caption, Frame
+
+
+def _frame() -> Frame:
+    rng = np.random.default_rng(0)
+    f = Frame("or-2", 41, 123_456_789, 1_700_000_000_000_000_000,
+              rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    f.overlay = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    f.labels = rng.integers(0, 8, (16, 20), dtype=np.uint8)
+    f.region = (2, 4, 40, 50)
+    f.caption = Caption("bipolar forceps enter from the left", 30, 100)
+    f.stamp("capture", 123_456_789, 123_456_800)
+    f.stamp("segment", 123_457_000, 123_458_000)
+    return f
+
+
+def _bytes(message) -> list[bytes]:
+    return [bytes(m) if not isinstance(m, np.ndarray) else m.tobytes() for m in message]
+
+
+def test_round_trip_keeps_every_field_and_part():
+    f = _frame()
+    message = _bytes(wire.encode(f, ("image", "overlay", "labels"), {"task": "types"}))
+    assert message[0] == b"orstream/or-2/frame"
+    g = wire.decode(message)
+    assert (g.stream, g.seq, g.t_capture_ns, g.t_wall_ns) == ("or-2", 41, 123_456_789,
+                                                             1_700_000_000_000_000_000)
+    assert np.array_equal(g.image, f.image)
+    assert np.array_equal(g.overlay, f.overlay)
+    assert np.array_equal(g.labels, f.labels)
+    assert g.region == (2, 4, 40, 50)
+    assert g.caption == f.caption
+    assert g.trace == f.trace
+    assert wire.header_of(message)["classes"] == {"task": "types"}
+
+
+def test_decode_does_not_copy_pixels():
+    f = _frame()
+    message = _bytes(wire.encode(f, ("overlay",)))
+    buffer = bytearray(message[2])
+    g = wire.decode([message[0], message[1], memoryview(buffer)])
+    buffer[0] ^= 0xFF  # the decoded array is a view of the received buffer
+    assert g.overlay.reshape(-1)[0] == buffer[0]
+
+
+def _header(**changes) -> bytes:
+    f = _frame()
+    header = json.loads(wire.encode(f, ("labels",))[1])
+    header.update(changes)
+    return json.dumps(header).encode()
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ([b"\x00\xff" * 10], "bad_framing"),
+    ([b"orstream/x/frame", b"{not json", b""], "bad_json"),
+    ([b"orstream/x/frame", b"[1, 2]"], "bad_json"),
+    ([b"orstream/x/frame", _header(v=2), bytes(320)], "bad_version"),
+    ([b"orstream/x/frame", _header(seq="41"), bytes(320)], "bad_header"),
+    ([b"orstream/x/frame", _header(), bytes(319)], "bad_length"),
+    ([b"orstream/x/frame", _header(), bytes(320), bytes(3)], "bad_framing"),
+    ([b"orstream/x/frame", _header(parts=[{"name": "labels", "dtype": "complex64",
+                                           "shape": [16, 20]}]), bytes(320)], "bad_dtype"),
+    ([b"orstream/x/frame", _header(parts=[{"name": "labels", "dtype": "uint8",
+                                           "shape": [16, -20]}]), bytes(320)], "bad_part"),
+    ([b"orstream/x/frame", _header(parts=[{"name": "overlay", "dtype": "uint8",
+                                           "shape": [16, 20]}]), bytes(320)], "bad_part"),
+    ([b"orstream/x/frame", _header(trace="fast"), bytes(320)], "bad_header"),
+])
+def test_invalid_messages_are_rejected_with_a_reason(message, reason):
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(message)
+    assert err.value.reason == reason
+
+
+def test_oversize_is_rejected_before_parsing():
+    with pytest.raises(wire.WireError) as err:
+        wire.decode([b"t", b"{}", bytes(2048)], max_bytes=1024)
+    assert err.value.reason == "oversize"
+
+
+def test_unknown_part_name_is_validated_then_ignored():
+    header = _header(parts=[{"name": "labels", "dtype": "uint8", "shape": [16, 20]},
+                            {"name": "depth", "dtype": "float32", "shape": [2, 2]}])
+    g = wire.decode([b"t", header, bytes(320), bytes(16)])
+    assert g.labels.shape == (16, 20)
+    with pytest.raises(wire.WireError):
+        wire.decode([b"t", header, bytes(320), bytes(15)])
