@@ -1,7 +1,7 @@
 """The default pipeline on the 1080p30 synthetic feed: sustained rate, end-to-end latency and
 the per-stage breakdown, read off every frame's trace.
 
-    python benchmarks/pipeline.py [--frames 300] [--warmup 30] [--set KEY=VALUE ...]
+    python -m benchmarks.pipeline [--frames 300] [--warmup 30] [--set KEY=VALUE ...]
                                   [--out benchmarks/results]
 
 Targets on a 2-core CPU: 30 fps sustained, end-to-end p50 <= 33 ms and p99 <= 50 ms. The
@@ -12,15 +12,20 @@ frame: the ratio end-to-end / model shows what the rest of the pipeline costs.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import numpy as np
+# Run as a file, this folder comes first on sys.path and this very module would shadow the
+# `pipeline` package: take the folder off (`python -m benchmarks.pipeline` needs no help).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from engines import checkpoint as ckpt
-from engines.backends.torch_backend import TorchSegmenter
-from pipeline.config import load_config
-from pipeline.runner import Pipeline
+import numpy as np  # noqa: E402
+
+from benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
+from engines import checkpoint as ckpt  # noqa: E402
+from engines.backends.torch_backend import TorchSegmenter  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.runner import Pipeline  # noqa: E402
 
 
 def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:

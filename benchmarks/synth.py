@@ -1,6 +1,6 @@
 """Synthetic endoscope frame rate on one core, against a 1080p frame copy in the same run.
 
-    python benchmarks/synth.py [--size 1920x1080] [--frames 300] [--out benchmarks/results]
+    python -m benchmarks.synth [--size 1920x1080] [--frames 300] [--out benchmarks/results]
 
 The generator feeds the live pipeline, so it must render 1080p well above 60 fps on one core
 and leave the rest of the frame budget to segmentation. The baseline is a plain copy of a

@@ -1,6 +1,6 @@
 """U-Net latency per variant on this CPU: eager fp32, channels_last, bf16 autocast + channels_last.
 
-    python benchmarks/unet_latency.py [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
+    python -m benchmarks.unet_latency [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
                                       [--iters 20] [--out benchmarks/results]
 
 Batch 1, as the live path runs. Each mode is reported as a ratio to eager fp32 of the same

@@ -69,6 +69,7 @@ class RenderConfig(_Strict):
     outlines: bool = True  # instrument outlines
     legend: bool = True  # classes present
     status: bool = True  # fps / latency / drops line
+    threads: int | None = Field(1, ge=1)  # numba threads for the blend; 1 beside a busy model
 
 
 class PublishConfig(_Strict):

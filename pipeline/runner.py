@@ -79,6 +79,7 @@ class Pipeline:
         self.result = RunResult()
         self._source = source or open_source(cfg.source)
         self._nodes: dict[str, _Node] = {}
+        self._sockets: list[Sender | Receiver] = []
         self._capture_done = threading.Event()
         self._lock = threading.Lock()
 
@@ -89,7 +90,9 @@ class Pipeline:
         # The stage's input binds: its address is fixed and any number of producers connect.
         receiver = Receiver(edge.endpoint, edge.mode, max_bytes=self.cfg.max_message_bytes,
                             name=name, bind=True)
+        self._sockets.append(receiver)
         sender = Sender(edge.endpoint, edge.mode, parts=parts, bind=False)
+        self._sockets.append(sender)
         return sender, receiver
 
     def _build(self) -> None:
@@ -111,6 +114,8 @@ class Pipeline:
             render_outs.append(sender)
             self._nodes[name] = _Node(stage, [receiver], [], ["render"])
         self._capture_sender = capture_out
+        for _, stage in sinks:
+            stage.stopping = self.stop_requested.is_set
         self._nodes["segment"] = _Node(segment, [segment_in], [segment_out], ["capture"])
         self._nodes["render"] = _Node(render, [render_in], render_outs, ["segment"])
 
@@ -135,6 +140,9 @@ class Pipeline:
                 if self.abort.is_set():
                     break
                 frame = Frame.capture(self.cfg.stream, seq, image)
+                started = self._source.started_ns
+                if started is not None:
+                    frame.t_capture_ns = started
                 frame.stamp("capture", frame.t_capture_ns)
                 while not self._capture_sender.send(frame):
                     if self.abort.is_set() or self.stop_requested.is_set():
@@ -220,6 +228,7 @@ class Pipeline:
         try:
             self._build()
         except Exception:
+            self._close_edges()
             self._source.close()
             raise
         threads = []
@@ -270,12 +279,8 @@ class Pipeline:
                     fps, p50, p99, self.result.frames_out, self.dropped())
 
     def _close_edges(self) -> None:
-        self._capture_sender.close()
-        for node in self._nodes.values():
-            for r in node.inputs:
-                r.close()
-            for s in node.outputs:
-                s.close()
+        for socket in self._sockets:
+            socket.close()
 
 
 def _checkpoint_task(cfg: PipelineConfig) -> str:

@@ -36,6 +36,10 @@ class Source:
     """Iterates images; `stop` is checked between frames so shutdown never waits long."""
 
     info: SourceInfo
+    # When the newest frame's acquisition began (monotonic ns): the synthetic endoscope sets
+    # it before rendering, so its render time counts as capture latency, like a sensor's
+    # readout. None: the frame's arrival is its capture time.
+    started_ns: int | None = None
 
     def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -67,6 +71,7 @@ class SyntheticSource(Source):
                 return
             if delay < -period:
                 index = int((time.monotonic() - start) / period)
+            self.started_ns = time.monotonic_ns()
             yield self._synth.render(index).image
             index += 1
 

@@ -30,6 +30,9 @@ Region = tuple[int, int, int, int]
 
 class Stage:
     name = "stage"
+    # Set by the runner: True once the pipeline is stopping, so a stage that waits on a
+    # peer (a lossless display that went away) gives up instead of blocking shutdown.
+    stopping: Callable[[], bool] = staticmethod(lambda: False)
 
     def open(self) -> None:
         """Acquire resources (models, files, sockets). Called on the stage's own thread."""
@@ -136,7 +139,8 @@ class RenderStage(Stage):
         self.renderer = OverlayRenderer(CLASSES[task], palette(task),  # type: ignore[index]
                                         OverlayStyle(alpha=self.cfg.alpha,
                                                      outline=self.cfg.outlines,
-                                                     legend=self.cfg.legend))
+                                                     legend=self.cfg.legend),
+                                        num_threads=self.cfg.threads)
         self.window = LatencyWindow()
         self._dropped = dropped
 
@@ -187,7 +191,9 @@ class PublishStage(Stage):
     def process(self, frame: Frame) -> None:
         assert self.sender is not None
         while not self.sender.send(frame):  # lossless: wait for room; latest never waits
-            pass
+            if self.stopping():
+                logger.warning("publish: no display took frame {} before shutdown", frame.seq)
+                return
 
     def close(self) -> None:
         if self.sender is not None:

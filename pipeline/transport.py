@@ -10,6 +10,10 @@ Two delivery modes:
 - **lossless**: PUSH/PULL with a small high-water mark: every frame, in order, and a full
   queue blocks the sender (backpressure) instead of dropping.
 
+`inproc://` endpoints do not go through ZeroMQ: within a process the Frame object itself is
+handed over (pipeline/inproc.py), with the same modes, because a ZeroMQ inproc hop costs a
+header round trip and a buffer-release wake-up for no isolation.
+
 Either side may bind. A display publisher binds and displays connect; between stages the
 receiving stage binds its input and upstream connects to it, so several producers (cameras,
 operating rooms) can feed one stage, and a stage's input is one known address. A tcp endpoint
@@ -19,6 +23,7 @@ the config.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import Counter
@@ -28,7 +33,7 @@ from typing import Any, Literal
 import zmq
 from loguru import logger
 
-from pipeline import wire
+from pipeline import inproc, wire
 from pipeline.frame import Frame
 
 Mode = Literal["latest", "lossless"]
@@ -111,6 +116,10 @@ class Sender:
         self.parts = parts
         self.classes = classes
         self.sent = 0
+        self._box: inproc.Mailbox | None = None
+        if self.endpoint.startswith("inproc://"):
+            self._box = inproc.attach(self.endpoint, mode, hwm)
+            return
         self._socket = context().socket(zmq.PUB if mode == "latest" else zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, linger_ms)
@@ -119,6 +128,15 @@ class Sender:
     def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
         """Send one frame. Lossless: waits up to `timeout_ms` for room, False if none came
         (the caller checks for shutdown and tries again). Latest: never blocks."""
+        if self._box is not None:
+            # Each edge gets its own Frame (arrays shared, never copied) so that stages
+            # downstream of a fan-out stamp their own traces.
+            mine = copy.copy(frame)
+            mine.trace = list(frame.trace)
+            if not self._box.put(mine, timeout_ms / 1000):
+                return False
+            self.sent += 1
+            return True
         message = wire.encode(frame, self.parts, self.classes)
         if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
             return False
@@ -129,10 +147,15 @@ class Sender:
 
     def send_raw(self, message: list[bytes]) -> None:
         """Send bytes as they are (tests and tools that speak the protocol by hand)."""
+        if self._box is not None:
+            raise ValueError(f"{self.endpoint}: inproc edges carry Frames, not bytes")
         self._socket.send_multipart(message)
 
     def close(self) -> None:
-        if not self._socket.closed:
+        if self._box is not None:
+            inproc.detach(self._box)
+            self._box = None
+        elif not self._socket.closed:
             self._socket.close()
 
     def __enter__(self) -> Sender:
@@ -155,6 +178,10 @@ class Receiver:
         self.stats = ReceiverStats()
         self._log = RateLimitedLog()
         self._last_seq: dict[str, int] = {}
+        self._box: inproc.Mailbox | None = None
+        if self.endpoint.startswith("inproc://"):
+            self._box = inproc.attach(self.endpoint, mode, hwm)
+            return
         self._socket = context().socket(zmq.SUB if mode == "latest" else zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -174,6 +201,12 @@ class Receiver:
 
     def recv(self, timeout_ms: int = 100) -> Frame | None:
         """The next frame (lossless) or the newest one waiting (latest); None on timeout."""
+        if self._box is not None:
+            frame = self._box.get(timeout_ms / 1000)
+            self.stats.superseded = self._box.superseded
+            if frame is not None:
+                self._count(frame)
+            return frame
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
@@ -207,7 +240,10 @@ class Receiver:
         return self.stats.lost
 
     def close(self) -> None:
-        if not self._socket.closed:
+        if self._box is not None:
+            inproc.detach(self._box)
+            self._box = None
+        elif not self._socket.closed:
             self._socket.close()
 
     def __enter__(self) -> Receiver:

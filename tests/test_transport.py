@@ -77,9 +77,10 @@ def test_latest_gives_a_slow_consumer_the_newest_frame_and_counts_drops():
     assert rx.stats.received + rx.dropped == 41  # frames 0..40, each received or counted
 
 
-def test_bad_messages_are_counted_and_the_receiver_keeps_going():
-    with Receiver("inproc://t-bad", "lossless", bind=True, max_bytes=1 << 20) as rx, \
-            Sender("inproc://t-bad", "lossless", bind=False) as tx:
+def test_bad_messages_are_counted_and_the_receiver_keeps_going(tmp_path):
+    endpoint = f"ipc://{tmp_path}/bad"
+    with Receiver(endpoint, "lossless", bind=True, max_bytes=1 << 20) as rx, \
+            Sender(endpoint, "lossless", bind=False) as tx:
         tx.send_raw([b"\x13\x37garbage"])
         tx.send_raw([b"orstream/x/frame", b'{"v": 99}'])
         tx.send_raw([b"orstream/x/frame", b"{}", bytes(2 << 20)])
@@ -87,6 +88,21 @@ def test_bad_messages_are_counted_and_the_receiver_keeps_going():
         frame = rx.recv(1000)
         assert frame is not None and frame.seq == 7
         assert dict(rx.stats.rejected) == {"bad_framing": 1, "bad_version": 1, "oversize": 1}
+
+
+def test_inproc_hands_over_the_arrays_without_copying_and_fans_out_traces():
+    with Receiver("inproc://t-fan-a", "lossless", bind=True) as a, \
+            Receiver("inproc://t-fan-b", "latest", bind=True) as b, \
+            Sender("inproc://t-fan-a", "lossless") as to_a, \
+            Sender("inproc://t-fan-b", "latest") as to_b:
+        frame = _frame(1, (1080, 1920))
+        frame.stamp("render", 0, 1)
+        to_a.send(frame)
+        to_b.send(frame)
+        got_a, got_b = a.recv(100), b.recv(100)
+    assert got_a.image is frame.image and got_b.image is frame.image  # never copied
+    got_a.stamp("record", 2, 3)
+    assert [t[0] for t in got_b.trace] == ["render"]  # each edge has its own trace
 
 
 def test_frames_cross_tcp_on_loopback():

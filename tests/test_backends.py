@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engines import checkpoint as ckpt
+from engines.backends.torch_backend import BackendError, TorchSegmenter, cpu_bf16_supported
+from engines.predict import predict_labels
+from engines.registry import build_model, model_config
+from training.classes import CLASSES
+
+
+def _checkpoint() -> ckpt.Checkpoint:
+    torch.manual_seed(0)
+    model = build_model("unet_xs", 8)
+    return ckpt.Checkpoint("unet_xs", model_config("unet_xs", 8), "types", CLASSES["types"],
+                           (64, 96), model.state_dict())
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+
+
+def test_fp32_backend_matches_plain_inference():
+    checkpoint = _checkpoint()
+    labels = TorchSegmenter(checkpoint, "fp32")(_image())
+    reference = predict_labels(checkpoint.build(), _image()[None], checkpoint.mean,
+                               checkpoint.std)[0]
+    assert labels.dtype == np.uint8 and labels.shape == (64, 96)
+    assert np.array_equal(labels, reference)
+
+
+def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_does_not():
+    checkpoint = _checkpoint()
+    if cpu_bf16_supported():
+        fp32 = TorchSegmenter(checkpoint, "fp32")(_image())
+        bf16 = TorchSegmenter(checkpoint, "bf16")(_image())
+        assert (fp32 == bf16).mean() > 0.9
+    else:
+        with pytest.raises(BackendError, match="no native bf16.*use precision fp32"):
+            TorchSegmenter(checkpoint, "bf16")
+
+
+def test_unservable_requests_are_errors_not_downgrades():
+    checkpoint = _checkpoint()
+    with pytest.raises(BackendError, match="fp16 is not served .* on cpu"):
+        TorchSegmenter(checkpoint, "fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA device"):
+            TorchSegmenter(checkpoint, "fp32", device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_agrees_with_cpu_fp32():
+    checkpoint = _checkpoint()
+    cpu = TorchSegmenter(checkpoint, "fp32")(_image())
+    gpu = TorchSegmenter(checkpoint, "fp16", device="cuda")(_image())
+    assert (cpu == gpu).mean() > 0.95
