@@ -53,7 +53,7 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
     result = pipeline.run()
     traces = result.traces[warmup:]
     ends = np.array([t[-1][2] for t in traces]) / 1e9
-    fps = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else 0.0
+    fps = float((len(ends) - 1) / (ends[-1] - ends[0])) if len(ends) > 1 else 0.0
     parts = breakdown(traces)
     e2e = parts["end to end"]
     return {
@@ -67,8 +67,8 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
         "model_alone_ms": baseline,
         "stages": parts,
         "ratio_e2e_to_model_p50": e2e["p50"] / baseline["p50"],
-        "targets": {"fps>=29.5": fps >= 29.5, "e2e_p50<=33ms": e2e["p50"] <= 33.0,
-                    "e2e_p99<=50ms": e2e["p99"] <= 50.0},
+        "targets": {"fps>=29.5": bool(fps >= 29.5), "e2e_p50<=33ms": bool(e2e["p50"] <= 33.0),
+                    "e2e_p99<=50ms": bool(e2e["p99"] <= 50.0)},
     }
 
 

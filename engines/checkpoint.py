@@ -44,7 +44,7 @@ class Checkpoint:
 
     def build(self) -> UNet:
         model = UNet(self.config)
-        model.load_state_dict(self.state_dict)
+        model.load_state_dict(self.state_dict)  # copies into fp32 parameters, whatever stored
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +116,19 @@ def load(path: Path | str, task: str | None = None, model_name: str | None = Non
         metrics=raw.get("metrics", {}),
         extra={k: v for k, v in raw.items() if k not in known},
     )
+
+
+def publish(src: Path | str, dst: Path | str) -> Path:
+    """Copy a trained checkpoint for shipping: weights stored as fp16 (half the bytes; the
+    model is rebuilt in fp32 when loaded), training state (optimizer, history) dropped,
+    metrics and the training config kept for provenance."""
+    checkpoint = load(src)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in
+            checkpoint.state_dict.items()}
+    keep = {k: v for k, v in checkpoint.extra.items() if k == "train_config"}
+    return save(Checkpoint(checkpoint.model_name, checkpoint.config, checkpoint.task,
+                           checkpoint.classes, checkpoint.input_size, half, checkpoint.mean,
+                           checkpoint.std, checkpoint.metrics, keep), Path(dst))
 
 
 def shipped(task: Task, model_name: str = "unet_xs") -> Path:

@@ -74,3 +74,15 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
         ckpt.load(foreign)
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.load(tmp_path / "missing.pt")
+
+
+def test_published_weights_are_half_the_size_and_predict_the_same(tmp_path):
+    original = _checkpoint()
+    src = ckpt.save(original, tmp_path / "best.pt")
+    dst = ckpt.publish(src, tmp_path / "shipped.pt")
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a = ckpt.load(src).build()(x)
+        b = ckpt.load(dst).build()(x)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.99

@@ -38,12 +38,15 @@ class InstrumentStyle:
     band_rgb: tuple[int, int, int] | None = None  # coloured ring near the wrist
 
 
+# Shaft colours differ by type on purpose: a shaft often fills a whole training crop without
+# its tip, and three black shafts (as on many real robots) would make the type unknowable
+# from most of its pixels.
 STYLES: dict[int, InstrumentStyle] = {
     s.type_id: s
     for s in (
-        InstrumentStyle(1, (45, 50, 70), 0.10, (120, 125, 135), 0.09, (130, 150, 210), 0.20,
+        InstrumentStyle(1, (35, 60, 135), 0.10, (120, 125, 135), 0.09, (130, 150, 210), 0.20,
                         0.055, "forceps", 0.55, band_rgb=(70, 110, 200)),
-        InstrumentStyle(2, (80, 80, 82), 0.11, (150, 150, 150), 0.10, (205, 205, 195), 0.19,
+        InstrumentStyle(2, (92, 92, 96), 0.11, (150, 150, 150), 0.10, (205, 205, 195), 0.19,
                         0.085, "fenestrated", 0.6),
         InstrumentStyle(3, (28, 28, 30), 0.10, (170, 170, 172), 0.08, (185, 185, 190), 0.12,
                         0.08, "needle", 0.45),
@@ -51,7 +54,7 @@ STYLES: dict[int, InstrumentStyle] = {
                         0.09, "sealer", 0.3),
         InstrumentStyle(5, (125, 112, 60), 0.12, (160, 150, 110), 0.07, (195, 175, 100), 0.17,
                         0.17, "paddle", 0.0),
-        InstrumentStyle(6, (22, 22, 30), 0.10, (120, 120, 125), 0.08, (215, 185, 70), 0.17,
+        InstrumentStyle(6, (20, 85, 72), 0.10, (120, 120, 125), 0.08, (215, 185, 70), 0.17,
                         0.06, "scissors", 0.5, band_rgb=(230, 140, 40)),
         InstrumentStyle(7, (150, 165, 180), 0.085, (150, 165, 180), 0.0, (235, 235, 240), 0.16,
                         0.07, "probe", 0.0),
