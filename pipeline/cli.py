@@ -71,7 +71,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate, format_table
 
     videos = [int(v) for v in args.videos.split(",")] if args.videos else None
-    result = evaluate(args.data, args.weights, videos=videos, fold=args.fold, batch=args.batch)
+    result = evaluate(args.data, args.weights, videos=videos, fold=args.fold, batch=args.batch,
+                      postprocess=args.postprocess)
     if args.json:
         print(json.dumps(result))
     else:
@@ -90,13 +91,20 @@ def _install_signal_handlers(request_stop) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
+    """`run` and `replay`: the config, the options they share, and `source` as
+    `source__key=value` overrides (None: keep the config's value)."""
     from pipeline.config import load_config
     from pipeline.runner import Pipeline, PipelineError
+    from pipeline.sources import SourceError
 
-    cfg = load_config(args.config, args.set, source__spec=args.source,
-                      publish__endpoint=args.publish, record__path=args.record)
-    pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0)
+    cfg = load_config(args.config, args.set, publish__endpoint=args.publish,
+                      record__path=args.record, **source)
+    try:
+        pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0)
+    except SourceError as exc:
+        logger.error("{}", exc)
+        return 2
     _install_signal_handlers(pipeline.request_stop)
     if cfg.publish.endpoint:
         print(f"publishing on {cfg.publish.endpoint}  (watch: orstream view "
@@ -109,6 +117,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logger.info("{} frames in {:.1f} s, {} dropped, {} rejected", result.frames_out,
                 result.elapsed_s, result.dropped, result.rejected)
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, source__spec=args.source)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, source__spec=args.path, source__mode=args.mode,
+                         source__loop=args.loop, source__start=args.start,
+                         source__end=args.end)
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
@@ -124,6 +142,19 @@ def _cmd_view(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
     return 0
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """Options every pipeline command takes (run, replay)."""
+    parser.add_argument("--config", type=Path,
+                        help="pipeline YAML (default configs/pipeline.yaml)")
+    parser.add_argument("--frames", type=int, help="stop after N rendered frames")
+    parser.add_argument("--publish",
+                        help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600")
+    parser.add_argument("--record", type=Path, help="record the overlay to this .mp4 or .ts")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set render.alpha=0.6 "
+                             "(repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,14 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     unet.set_defaults(func=_cmd_train_unet)
 
     run = sub.add_parser("run", help="run the live pipeline (default: synthetic 1080p30 feed)")
-    run.add_argument("--config", type=Path, help="pipeline YAML (default configs/pipeline.yaml)")
     run.add_argument("--source", help="synthetic, or a video file")
-    run.add_argument("--frames", type=int, help="stop after N rendered frames")
-    run.add_argument("--publish", help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600")
-    run.add_argument("--record", type=Path, help="record the overlay to this .mp4 or .ts")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set render.alpha=0.6 (repeatable)")
+    _add_pipeline_options(run)
     run.set_defaults(func=_cmd_run)
+
+    replay = sub.add_parser("replay", help="run the pipeline on a recorded procedure")
+    replay.add_argument("path", help="video file (any container and codec FFmpeg reads)")
+    replay.add_argument("--mode", choices=["paced", "lossless"],
+                        help="paced: at the recording's own timestamps, newest frame only "
+                             "(default); lossless: every frame once, as fast as processed")
+    replay.add_argument("--loop", action="store_true", default=None,
+                        help="start again at the end")
+    replay.add_argument("--start", type=float, metavar="S", help="begin S seconds in")
+    replay.add_argument("--end", type=float, metavar="S", help="stop S seconds in")
+    _add_pipeline_options(replay)
+    replay.set_defaults(func=_cmd_replay)
 
     vw = sub.add_parser("view", help="display client: subscribe to a publisher")
     vw.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5600")
@@ -197,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--videos", help="comma-separated video ids (default: all)")
     ev.add_argument("--fold", type=int, help="score only this fold's validation videos")
     ev.add_argument("--batch", type=int, default=8)
+    ev.add_argument("--postprocess", choices=["auto", "vote", "none"], default="auto",
+                    help="vote: one type per connected instrument (default for types)")
     ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ev.set_defaults(func=_cmd_eval)
     return parser

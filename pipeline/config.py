@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.transport import normalize_endpoint
 
@@ -35,12 +42,25 @@ def _endpoint(value: str) -> str:
 
 
 class SourceConfig(_Strict):
-    spec: str = "synthetic"  # synthetic | a video file path
+    spec: str = "synthetic"  # synthetic | a video file path (network, camera: not yet)
     fps: float = Field(30.0, gt=0, le=240)  # synthetic capture rate; files use their own
     width: int = Field(1920, ge=64)  # synthetic frame size
     height: int = Field(1080, ge=64)
     seed: int = 0  # synthetic procedure
     loop: bool = False  # files: start again at the end
+    # files: paced = released at the recording's timestamps, live-like (newest frame only);
+    # lossless = every frame once, in order (the capture edge is then made lossless too)
+    mode: Literal["paced", "lossless"] = "paced"
+    start: float = Field(0.0, ge=0)  # files: seconds from the recording's start
+    end: float | None = Field(None, gt=0)  # files: stop here (seconds); None = the end
+    decoder_threads: int | None = Field(None, ge=0)  # files: 0 = FFmpeg picks; None = per mode
+    thread_type: Literal["none", "slice", "frame", "auto"] | None = None  # None = per mode
+
+    @model_validator(mode="after")
+    def _range(self) -> SourceConfig:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end:g} s) must be after start ({self.start:g} s)")
+        return self
 
 
 class SegmentConfig(_Strict):
@@ -50,6 +70,7 @@ class SegmentConfig(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch's default
     crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
+    postprocess: Literal["vote", "none"] = "vote"  # types: one type per connected instrument
 
     @field_validator("weights")
     @classmethod

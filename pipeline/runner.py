@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from pipeline.capture import CaptureThread
 from pipeline.config import PipelineConfig
 from pipeline.frame import Frame
-from pipeline.sources import Source, open_source
+from pipeline.sources import Captured, Source, open_source
 from pipeline.stages import (
     NullStage,
     PublishStage,
@@ -31,7 +32,7 @@ from pipeline.stages import (
     SegmentStage,
     Stage,
 )
-from pipeline.transport import Receiver, Sender
+from pipeline.transport import Mode, Receiver, Sender
 
 JOIN_TIMEOUT_S = 10.0  # per stage at shutdown; a stage stuck longer is reported, not awaited
 
@@ -85,20 +86,23 @@ class Pipeline:
 
     # -------------------------------------------------------------- graph (the one place)
 
-    def _edge(self, name: str, parts: tuple[str, ...]) -> tuple[Sender, Receiver]:
+    def _edge(self, name: str, parts: tuple[str, ...],
+              mode: Mode | None = None) -> tuple[Sender, Receiver]:
         edge = self.cfg.edges[name]
+        mode = mode or edge.mode
         # The stage's input binds: its address is fixed and any number of producers connect.
-        receiver = Receiver(edge.endpoint, edge.mode, max_bytes=self.cfg.max_message_bytes,
+        receiver = Receiver(edge.endpoint, mode, max_bytes=self.cfg.max_message_bytes,
                             name=name, bind=True)
         self._sockets.append(receiver)
-        sender = Sender(edge.endpoint, edge.mode, parts=parts, bind=False)
+        sender = Sender(edge.endpoint, mode, parts=parts, bind=False)
         self._sockets.append(sender)
         return sender, receiver
 
     def _build(self) -> None:
         segment = SegmentStage(self.cfg)
         task = _checkpoint_task(self.cfg)
-        capture_out, segment_in = self._edge("capture->segment", ("image",))
+        capture_out, segment_in = self._edge("capture->segment", ("image",),
+                                             self._capture_mode())
         segment_out, render_in = self._edge("segment->render", ("image", "labels"))
         sinks: list[tuple[str, Stage]] = []
         if self.cfg.publish.endpoint:
@@ -119,6 +123,17 @@ class Pipeline:
         self._nodes["segment"] = _Node(segment, [segment_in], [segment_out], ["capture"])
         self._nodes["render"] = _Node(render, [render_in], render_outs, ["segment"])
 
+    def _capture_mode(self) -> Mode:
+        """The capture edge follows the source. A source that is not live (lossless replay)
+        promises every frame once, so its edge is lossless whatever `edges` says; a live
+        source uses the configured mode (latest by default: only the newest frame)."""
+        configured = self.cfg.edges["capture->segment"].mode
+        if self._source.info.live or configured == "lossless":
+            return configured
+        logger.info("capture->segment: lossless, because {} is replayed losslessly",
+                    self._source.info.name)
+        return "lossless"
+
     # -------------------------------------------------------------- counters
 
     def dropped(self) -> int:
@@ -128,29 +143,31 @@ class Pipeline:
     # -------------------------------------------------------------- threads
 
     def _capture_loop(self) -> None:
-        seq = 0
         # Capture starts when every stage is open (models loaded, kernels compiled): frames
         # taken earlier would only queue up, stale, or count as drops that never happened.
         while not all(n.ready.wait(0.05) for n in self._nodes.values()):
             if self.abort.is_set() or self.stop_requested.is_set():
                 self._capture_done.set()
                 return
+        capture = CaptureThread(self._source)
         try:
-            for image in self._source.frames(self.stop_requested):
-                if self.abort.is_set():
-                    break
-                frame = Frame.capture(self.cfg.stream, seq, image)
-                started = self._source.started_ns
-                if started is not None:
-                    frame.t_capture_ns = started
-                frame.stamp("capture", frame.t_capture_ns)
-                while not self._capture_sender.send(frame):
-                    if self.abort.is_set() or self.stop_requested.is_set():
-                        return
-                seq += 1
+            with capture:
+                for item in capture.frames(self.stop_requested):
+                    if self.abort.is_set():
+                        break
+                    # seq is the source's index: frames the source produced but nobody took
+                    # (replaced in the capture holder, or late) show downstream as seq gaps
+                    # and are counted as dropped with the rest.
+                    frame = _frame_of(self.cfg.stream, item)
+                    frame.stamp("capture", frame.t_capture_ns)
+                    while not self._capture_sender.send(frame):
+                        if self.abort.is_set() or self.stop_requested.is_set():
+                            return
         except Exception as exc:  # noqa: BLE001 - any failure is reported with the stage name
             self._fail("capture", exc)
         finally:
+            logger.debug("capture: {} frames taken, {} replaced before they were taken",
+                         capture.taken, capture.overwritten)
             self._capture_done.set()
 
     def _upstream_done(self, node: _Node) -> bool:
@@ -281,6 +298,16 @@ class Pipeline:
     def _close_edges(self) -> None:
         for socket in self._sockets:
             socket.close()
+
+
+def _frame_of(stream: str, item: Captured) -> Frame:
+    frame = Frame.capture(stream, item.index, item.image)
+    if item.t_capture_ns is not None:
+        # Acquired before it was taken (a render, a paced release): latency counts from
+        # then; wall time is moved back by the same amount.
+        frame.t_wall_ns -= frame.t_capture_ns - item.t_capture_ns
+        frame.t_capture_ns = item.t_capture_ns
+    return frame
 
 
 def _checkpoint_task(cfg: PipelineConfig) -> str:

@@ -1,22 +1,34 @@
 """Frame sources, chosen by a factory keyed on the source spec.
 
-A source yields RGB uint8 images at its own pace. `live` sources (the synthetic endoscope, a
-camera) produce frames whether or not anyone keeps up; the capture edge then delivers only
-the newest. Recorded files are read by the file source, which paces them at the recording's
-frame rate (behaving like live) unless asked to run lossless.
+A source yields RGB uint8 images at its own pace, on its own thread (pipeline/capture.py).
+`info.live` sources (the synthetic endoscope, a paced replay, later cameras) produce frames
+whether or not anyone keeps up, so the capture edge delivers only the newest. A lossless
+replay is not live: every decodable frame is delivered once, in order, as fast as the
+pipeline takes them.
+
+Recorded files go through PyAV, so any container and codec FFmpeg reads works, in any pixel
+format (converted to RGB24). Time comes from presentation timestamps, never from a nominal
+frame rate, so variable-frame-rate recordings replay with their own gaps.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from loguru import logger
 
 from pipeline.config import SourceConfig
+from pipeline.transport import RateLimitedLog
+
+if TYPE_CHECKING:
+    import av
 
 
 class SourceError(RuntimeError):
@@ -26,26 +38,38 @@ class SourceError(RuntimeError):
 @dataclass
 class SourceInfo:
     name: str
-    live: bool
-    fps: float
+    live: bool  # produces frames on its own clock: the capture edge keeps only the newest
+    fps: float  # nominal rate (a file's average); pacing itself follows timestamps
     width: int
     height: int
 
 
+@dataclass(frozen=True)
+class Captured:
+    """One frame as a source hands it over."""
+
+    index: int  # position in the source's sequence; a gap is a frame never delivered
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    # When the frame was acquired (monotonic ns): the synthetic render's start, a paced
+    # replay's release time. None: the moment the pipeline takes it (lossless replay, where
+    # queueing ahead of a busy model is not latency anyone sees).
+    t_capture_ns: int | None = None
+    media_s: float | None = None  # files: presentation time from the recording's start
+
+
 class Source:
-    """Iterates images; `stop` is checked between frames so shutdown never waits long."""
+    """Yields frames until the end or until `stop` is set; waits only on `stop`."""
 
     info: SourceInfo
-    # When the newest frame's acquisition began (monotonic ns): the synthetic endoscope sets
-    # it before rendering, so its render time counts as capture latency, like a sensor's
-    # readout. None: the frame's arrival is its capture time.
-    started_ns: int | None = None
 
-    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def frames(self, stop: threading.Event) -> Iterator[Captured]:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the device or file; safe to call twice."""
+        """Release what `frames` does not release itself; safe to call twice."""
+
+
+# ------------------------------------------------------------------ synthetic
 
 
 class SyntheticSource(Source):
@@ -58,10 +82,11 @@ class SyntheticSource(Source):
                                                      fps=cfg.fps, seed=cfg.seed))
         self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height)
 
-    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def frames(self, stop: threading.Event) -> Iterator[Captured]:
         period = 1.0 / self.info.fps
         start = time.monotonic()
-        index = 0
+        index = 0  # which moment of the procedure is rendered
+        emitted = 0  # frames handed over: the sequence downstream counts drops against
         while not stop.is_set():
             # Frame i is due at start + i * period; a late render is not made up for by
             # bursting, the schedule skips ahead as a camera's clock would.
@@ -71,63 +96,376 @@ class SyntheticSource(Source):
                 return
             if delay < -period:
                 index = int((time.monotonic() - start) / period)
-            self.started_ns = time.monotonic_ns()
-            yield self._synth.render(index).image
+            # The render counts as capture latency, like a sensor's readout.
+            started = time.monotonic_ns()
+            yield Captured(emitted, self._synth.render(index).image, started)
             index += 1
+            emitted += 1
+
+
+# ------------------------------------------------------------------ recorded files
+
+# Decoder threading per mode, measured on the 2-core CI box with a 1080p30 H.264 file (see
+# the sources work report): frame threading (AUTO) raises throughput but holds frames in
+# flight and doubles the p99 per-frame time, so a paced replay, which only needs real time
+# with the steadiest delivery, decodes on one thread; lossless replay wants throughput.
+DECODER_DEFAULTS: dict[str, tuple[str, int]] = {  # mode -> (FFmpeg thread_type, threads)
+    "paced": ("none", 1),
+    "lossless": ("auto", 0),  # 0: FFmpeg picks from the core count
+}
+
+
+@dataclass
+class DecodeStats:
+    decoded: int = 0  # frames decoded in range and handed over
+    corrupt_packets: int = 0  # flagged corrupt by the demuxer: skipped, not decoded
+    decode_errors: int = 0  # packets the decoder rejected: skipped
+    corrupt_frames: int = 0  # frames the decoder flagged corrupt: not shown
+    late: int = 0  # paced: decoded after their slot had passed, skipped like a camera would
+    demux_errors: int = 0  # the container became unreadable: the pass ended there
+    ended_early: bool = False  # the last frame came well before the declared duration
+
+    @property
+    def skipped(self) -> int:
+        return self.corrupt_packets + self.decode_errors + self.corrupt_frames
+
+
+def _open_error(path: Path, exc: BaseException) -> SourceError:
+    """What went wrong opening `path`, and what to do about it."""
+    size = path.stat().st_size if path.is_file() else -1
+    if size == 0:
+        return SourceError(f"source {path}: the file is empty (0 bytes); was the recording "
+                           "interrupted before anything was written? Give another file")
+    hint = ("is it a video? FFmpeg could not read it. An MP4 cut short (crash, full disk) "
+            "loses its index at the end: recover it with a tool such as untrunc, and record "
+            "to .ts or fragmented MP4, which stay readable when cut")
+    return SourceError(f"source {path}: cannot be read as video ({exc}); {hint}")
+
+
+class _Decoder:
+    """Decoded frames of one container, skipping what is broken instead of stopping.
+
+    Bad input in the middle of a recording must not end a replay: packets the demuxer flags
+    corrupt and packets the decoder rejects are skipped, frames it flags corrupt are not
+    shown, each with a counter and a rate-limited warning. A container that becomes
+    unreadable (a truncated file) ends the pass after the decoder is drained, so every frame
+    already decoded is still delivered.
+    """
+
+    def __init__(self, name: str, stats: DecodeStats) -> None:
+        self.name = name
+        self.stats = stats
+        self._log = RateLimitedLog()
+
+    def frames(self, container: av.container.InputContainer, stream: av.VideoStream,
+               stop: threading.Event) -> Iterator[av.VideoFrame]:
+        import av
+
+        packets = container.demux(stream)
+        while not stop.is_set():
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return  # PyAV's last packet is the flush: the decoder is already drained
+            except av.error.FFmpegError as exc:
+                self.stats.demux_errors += 1
+                logger.warning("{}: unreadable from here on ({}); ending after the frames "
+                               "already decoded", self.name, exc)
+                yield from self._drain(stream)
+                return
+            if packet.is_corrupt:
+                self.stats.corrupt_packets += 1
+                self._warn("corrupt packet", packet)
+                continue
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError as exc:
+                self.stats.decode_errors += 1
+                self._warn(f"undecodable packet ({exc})", packet)
+                continue
+            for frame in decoded:
+                if frame.is_corrupt:
+                    self.stats.corrupt_frames += 1
+                    self._warn("corrupt frame", frame)
+                    continue
+                yield frame
+
+    def _drain(self, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+        import av
+
+        try:
+            yield from (f for f in stream.codec_context.decode(None) if not f.is_corrupt)
+        except av.error.FFmpegError:
+            return
+
+    def _warn(self, what: str, item: av.Packet | av.VideoFrame) -> None:
+        at = f" at {float(item.pts * item.time_base):.3f} s" if (
+            item.pts is not None and item.time_base is not None) else ""
+        self._log.warn(what, f"{self.name}: skipped a {what}{at}; skipped so far: "
+                             f"{self.stats.skipped}")
+
+
+class _Pacer:
+    """Release times on the recording's own clock, continued across loops.
+
+    The first frame goes out at once; each later one at first + (its time - the first's).
+    A loop restarts one frame duration after the last frame, so pacing runs on smoothly.
+    """
+
+    def __init__(self) -> None:
+        self._anchor: float | None = None  # monotonic release time of the pass's first frame
+        self._first: float | None = None  # its media time
+        self.last_due: float | None = None
+
+    def due(self, media_s: float) -> float:
+        if self._anchor is None:
+            self._anchor = time.monotonic()
+        if self._first is None:
+            self._first = media_s
+        self.last_due = self._anchor + (media_s - self._first)
+        return self.last_due
+
+    def restart(self, gap_s: float) -> None:
+        if self.last_due is not None:
+            self._anchor, self._first = self.last_due + gap_s, None
 
 
 class VideoFileSource(Source):
-    """A recorded procedure through PyAV, paced at its frame rate or as fast as consumed."""
+    """A recorded procedure: paced at its timestamps (live-like) or lossless (every frame)."""
 
-    def __init__(self, cfg: SourceConfig, paced: bool = True) -> None:
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.path = Path(cfg.spec)
+        self.mode = cfg.mode
+        self.loop = cfg.loop
+        self.start_s = cfg.start
+        self.end_s = cfg.end
+        default_type, default_threads = DECODER_DEFAULTS[cfg.mode]
+        self.thread_type = (cfg.thread_type or default_type).upper()
+        self.threads = default_threads if cfg.decoder_threads is None else cfg.decoder_threads
+        self.stats = DecodeStats()
+        name = str(self.path)
+        # Open and decode one frame now, so that a bad file fails before the pipeline starts.
+        with self._open() as container:
+            stream = container.streams.video[0]
+            first = next(_Decoder(name, DecodeStats()).frames(container, stream,
+                                                               threading.Event()), None)
+            if first is None:
+                raise SourceError(f"source {name}: no decodable video frame (a damaged or "
+                                  "empty recording?); give another file")
+            fps = float(stream.average_rate or stream.guessed_rate or 30)
+            duration = self.duration_s = self._duration_s(container, stream)
+            self.info = SourceInfo(name, cfg.mode == "paced", fps, first.width, first.height)
+        if duration is not None and self.start_s >= duration:
+            raise SourceError(f"source {name}: start {self.start_s:g} s is past the end of "
+                              f"the recording ({duration:.2f} s); give an earlier start")
+        logger.info("source {}: {}x{} ~{:.3g} fps{}, {} replay{}", name, first.width,
+                    first.height, fps, f", {duration:.1f} s" if duration else "", cfg.mode,
+                    " (looping)" if cfg.loop else "")
+
+    def _open(self) -> av.container.InputContainer:
         import av
 
-        path = Path(cfg.spec)
-        if not path.is_file():
-            raise SourceError(f"source {cfg.spec}: no such file (give a video path, or "
+        if not self.path.exists():
+            raise SourceError(f"source {self.path}: no such file (give a video path, or "
                               "'synthetic' for the built-in endoscope)")
+        if not self.path.is_file():
+            raise SourceError(f"source {self.path}: not a regular file; give a video file")
         try:
-            self._container = av.open(str(path))
-            stream = self._container.streams.video[0]
-        except (av.error.FFmpegError, IndexError) as exc:
-            raise SourceError(f"source {cfg.spec}: not a readable video ({exc})") from None
-        self._stream = stream
-        self._loop = cfg.loop
-        self._paced = paced
-        fps = float(stream.average_rate or stream.guessed_rate or 30)
-        self.info = SourceInfo(str(path), paced, fps, stream.codec_context.width,
-                               stream.codec_context.height)
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise _open_error(self.path, exc) from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"source {self.path}: has no video stream (audio or data "
+                              "only?); give a video file")
+        return container
 
-    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
-        period = 1.0 / self.info.fps
-        start = time.monotonic()
-        shown = 0
-        while not stop.is_set():
-            for frame in self._container.decode(self._stream):
-                if stop.is_set():
-                    return
-                if self._paced:
-                    delay = start + shown * period - time.monotonic()
-                    if delay > 0 and stop.wait(delay):
-                        return
-                shown += 1
-                yield frame.to_ndarray(format="rgb24")
-            if not self._loop:
+    @staticmethod
+    def _duration_s(container: av.container.InputContainer,
+                    stream: av.VideoStream) -> float | None:
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1e6  # av.time_base: microseconds
+        return None
+
+    # ----------------------------------------------------------------- decoding thread
+
+    def frames(self, stop: threading.Event) -> Iterator[Captured]:
+        passes = 0
+        try:
+            with self._open() as container:
+                stream = container.streams.video[0]
+                stream.codec_context.thread_type = self.thread_type
+                stream.codec_context.thread_count = self.threads
+                decoder = _Decoder(self.info.name, self.stats)
+                pacer = _Pacer() if self.mode == "paced" else None
+                index = 0
+                while not stop.is_set():
+                    passes += 1
+                    shown, last_step, last_s = 0, 0.0, 0.0
+                    for media_s, step, image in self._released(
+                            self._in_range(container, stream, decoder, stop), pacer, stop):
+                        last_step, last_s = step or last_step, media_s
+                        if image is not None:
+                            t_ns = time.monotonic_ns() if pacer else None
+                            self.stats.decoded += 1
+                            yield Captured(index, image, t_ns, media_s)
+                        index += 1  # also past a late frame: the gap counts the drop
+                        shown += 1
+                    if shown and not stop.is_set():
+                        self._check_ending(last_s, last_step)
+                    if not self.loop or stop.is_set():
+                        break
+                    if shown == 0:
+                        logger.warning("{}: nothing to replay between start and end; not "
+                                       "looping", self.info.name)
+                        break
+                    if pacer:
+                        pacer.restart(last_step or 1.0 / self.info.fps)
+                    container.seek(0)  # back to the first packet (valid for every format)
+        finally:
+            self._report(passes)
+
+    def _released(self, timed: Iterator[tuple[float, av.VideoFrame]], pacer: _Pacer | None,
+                  stop: threading.Event) -> Iterator[tuple[float, float, np.ndarray | None]]:
+        """(media time, step from the previous frame, RGB image or None if it came too late).
+
+        Paced: each image is converted ahead, then released at its time on the recording's
+        clock. Unpaced: as fast as they are taken.
+        """
+        previous = None
+        for media_s, frame in timed:
+            step = media_s - previous if previous is not None and media_s > previous else 0.0
+            previous = media_s
+            if pacer is None:
+                yield media_s, step, frame.to_ndarray(format="rgb24")
+                continue
+            due = pacer.due(media_s)
+            if time.monotonic() - due > 1.0 / self.info.fps:
+                # Behind by more than a frame: skip the RGB conversion and let the index
+                # gap count the drop, as a camera's missed frame would be.
+                self.stats.late += 1
+                yield media_s, step, None
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
                 return
-            self._container.seek(0)
+            yield media_s, step, image
 
-    def close(self) -> None:
-        self._container.close()
+    def _in_range(self, container: av.container.InputContainer, stream: av.VideoStream,
+                  decoder: _Decoder, stop: threading.Event,
+                  seek: bool | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(time from the recording's start, frame) for frames in [start, end).
+
+        Seeks to the keyframe at or before `start` first (unless `seek` is False). Some
+        demuxers land past the target (MPEG-TS does with few keyframes): then it decodes
+        from the first packet instead and skips to `start` by timestamp, slower but exact.
+        """
+        if seek is None:
+            seek = self.start_s > 0
+        # The recording's start: the stream's declared start time (MPEG-TS starts late, at
+        # its mux delay), else the first frame's timestamp.
+        origin = (float(stream.start_time * stream.time_base)
+                  if stream.start_time is not None else None)
+        if seek and origin is not None:
+            container.seek(int((origin + self.start_s) / stream.time_base), stream=stream)
+        else:
+            seek = False  # without a declared start, times are relative to the first frame
+        step = 1.0 / self.info.fps
+        checked = not seek
+        media_s = None
+        for frame in decoder.frames(container, stream, stop):
+            if frame.time is not None:
+                if origin is None:
+                    origin = float(frame.time)
+                media_s = float(frame.time) - origin
+            else:  # no timestamp: assume the nominal rate
+                media_s = 0.0 if media_s is None else media_s + step
+            if not checked:
+                checked = True
+                if media_s > self.start_s + 1.5 * step:
+                    logger.info("{}: seeking to {:g} s landed at {:.3f} s; decoding from the "
+                                "start instead", self.info.name, self.start_s, media_s)
+                    container.seek(0)
+                    yield from self._in_range(container, stream, decoder, stop, seek=False)
+                    return
+            if media_s < self.start_s - step / 2:
+                continue
+            if self.end_s is not None and media_s >= self.end_s - step / 2:
+                return
+            yield media_s, frame
+        if not checked and not stop.is_set():
+            # The seek landed where nothing decodes: from the first packet instead.
+            container.seek(0)
+            yield from self._in_range(container, stream, decoder, stop, seek=False)
+
+    def _check_ending(self, last_s: float, step: float) -> None:
+        """Some demuxers end quietly at damage (Matroska, a cut file): compare with the
+        declared duration so that a short replay is not mistaken for the whole recording."""
+        ends = [x for x in (self.end_s, self.duration_s) if x is not None]
+        if ends and last_s + 2 * (step or 1.0 / self.info.fps) < min(ends):
+            if not self.stats.ended_early:
+                logger.warning("{}: the last readable frame is at {:.2f} s of {:.2f} s; the "
+                               "rest is damaged or missing", self.info.name, last_s, min(ends))
+            self.stats.ended_early = True
+
+    def _report(self, passes: int) -> None:
+        s = self.stats
+        damaged = s.skipped or s.demux_errors or s.ended_early
+        (logger.warning if damaged else logger.info)(
+            "{}: {} frames replayed in {} pass(es); skipped {} corrupt packets, {} "
+            "undecodable packets, {} corrupt frames, {} late{}", self.info.name, s.decoded,
+            passes, s.corrupt_packets, s.decode_errors, s.corrupt_frames, s.late,
+            "; the file ended early (truncated?)" if s.demux_errors or s.ended_early else "")
+
+
+# ------------------------------------------------------------------ not yet
+
+
+def _not_implemented(what: str) -> Callable[[SourceConfig], Source]:
+    def factory(cfg: SourceConfig) -> Source:
+        raise SourceError(f"source {cfg.spec}: {what} are not implemented yet (they come in "
+                          "a later part of the sources work); replay a recording "
+                          "(`orstream replay PATH`) or use 'synthetic'")
+
+    return factory
+
+
+# ------------------------------------------------------------------ the factory
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "tcp", "http", "https")
+_CAMERA = re.compile(r"camera:\d+|/dev/video\d+")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def source_kind(spec: str) -> str:
+    """Which factory serves a spec: synthetic, network, camera, file, or unknown."""
+    if spec == "synthetic":
+        return "synthetic"
+    scheme = _SCHEME.match(spec)
+    if scheme:
+        return "network" if scheme.group(1).lower() in NETWORK_SCHEMES else "unknown"
+    if _CAMERA.fullmatch(spec):
+        return "camera"
+    return "file"
+
+
+def _unknown(cfg: SourceConfig) -> Source:
+    raise SourceError(f"source {cfg.spec}: unknown scheme; give 'synthetic', a video file "
+                      f"path, or (later) one of {', '.join(s + '://' for s in NETWORK_SCHEMES)}")
 
 
 _FACTORIES: dict[str, Callable[[SourceConfig], Source]] = {
     "synthetic": SyntheticSource,
+    "file": VideoFileSource,
+    "network": _not_implemented("network sources (RTSP, SRT, UDP, HTTP)"),
+    "camera": _not_implemented("camera sources"),
+    "unknown": _unknown,
 }
 
 
 def open_source(cfg: SourceConfig) -> Source:
-    """A source for the spec: a registered name (`synthetic`) or a video file path."""
-    factory = _FACTORIES.get(cfg.spec)
-    if factory is not None:
-        return factory(cfg)
-    return VideoFileSource(cfg)
+    """A source for the spec; SourceError (naming the spec and the fix) if it cannot open."""
+    return _FACTORIES[source_kind(cfg.spec)](cfg)

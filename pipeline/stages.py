@@ -18,6 +18,7 @@ from loguru import logger
 
 from engines import checkpoint as ckpt
 from engines.backends.torch_backend import TorchSegmenter
+from engines.postprocess import instance_vote
 from pipeline.config import PipelineConfig
 from pipeline.frame import Frame
 from pipeline.overlay import OverlayRenderer, OverlayStyle
@@ -69,10 +70,14 @@ class SegmentStage(Stage):
         self.engine: TorchSegmenter | None = None
         self.task = "types"
         self._regions: dict[tuple[int, int], Region] = {}
+        self._vote = False
+        self._num_classes = 0
 
     def open(self) -> None:
         checkpoint = ckpt.load(self.cfg.weights)
         self.task = checkpoint.task
+        self._num_classes = len(checkpoint.classes)
+        self._vote = self.task == "types" and self.cfg.postprocess == "vote"
         self.engine = TorchSegmenter(checkpoint, self.cfg.precision, self.cfg.device,
                                      self.cfg.threads)
         h, w = self.engine.input_size
@@ -94,7 +99,10 @@ class SegmentStage(Stage):
         mh, mw = self.engine.input_size
         crop = frame.image[y:y + h, x:x + w]
         small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
-        frame.labels = self.engine(small)
+        labels = self.engine(small)
+        if self._vote:
+            labels = instance_vote(labels, self._num_classes)
+        frame.labels = labels
         frame.region = (y, x, h, w)
         return frame
 

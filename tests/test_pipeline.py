@@ -52,6 +52,9 @@ def test_default_config_end_to_end_publishes_and_records(tmp_path):
     assert result.frames_out == 12
     frames = _decode(tmp_path / "out.mp4")
     assert len(frames) == 12 and frames[0].shape == (1080, 1920, 3)
+    # The recording is the overlay, not the camera picture: the status line (white text in
+    # the top-right corner, outside the scope's black-bordered circle) is burnt in.
+    assert frames[-1][:60, -500:].max() > 150
     summary = received["summary"]
     assert summary.frames >= 1 and summary.increasing
     for trace in result.traces:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engines import checkpoint as ckpt
+from engines.postprocess import instance_vote
 from engines.predict import predict_labels
 from training.classes import CLASSES
 from training.data import load_arrays
@@ -16,11 +18,16 @@ from training.metrics import SegmentationMetrics
 
 
 def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
-             fold: int | None = None, batch: int = 8, workers: int = 2) -> dict:
+             fold: int | None = None, batch: int = 8, workers: int = 2,
+             postprocess: str = "auto") -> dict:
     """Metrics of `weights` on `data` (all videos, the given ones, or a fold's validation set).
 
     Frames are scored at the model's input size: the label maps are what the pipeline gets.
+    postprocess: "vote" (one type per connected instrument, engines/postprocess.py), "none",
+    or "auto": vote for the types task, as the live pipeline does, none otherwise.
     """
+    if postprocess not in ("auto", "vote", "none"):
+        raise ValueError(f"postprocess {postprocess!r}: expected auto, vote or none")
     checkpoint = ckpt.load(weights)
     task = checkpoint.task
     samples = discover(Path(data), task, videos)
@@ -29,6 +36,10 @@ def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
     images, labels = load_arrays(samples, task, checkpoint.input_size, workers, "evaluating")
     model = checkpoint.build().to(memory_format=torch.channels_last)
     preds = predict_labels(model, images, checkpoint.mean, checkpoint.std, batch)
+    if postprocess == "auto":
+        postprocess = "vote" if task == "types" else "none"
+    if postprocess == "vote":
+        preds = np.stack([instance_vote(p, len(CLASSES[task])) for p in preds])
     metrics = SegmentationMetrics(len(CLASSES[task]), task)
     for truth, pred in zip(labels, preds, strict=True):
         metrics.update(truth, pred)
@@ -43,6 +54,7 @@ def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
         "frames": len(samples),
         "videos": sorted({s.video_id for s in samples}),
         "input_size": list(checkpoint.input_size),
+        "postprocess": postprocess,
         **result,
     }
 
@@ -51,7 +63,7 @@ def format_table(result: dict) -> str:
     """TernausNet's table layout (IoU and Dice in %), then per-class IoU for multi-class."""
     lines = [f"{result['model']} on {result['data']} ({result['frames']} frames, videos "
              f"{result['videos']}, scored at {result['input_size'][0]}x"
-             f"{result['input_size'][1]})", ""]
+             f"{result['input_size'][1]}, post-processing: {result['postprocess']})", ""]
     if result["task"] == "binary":
         lines += [f"{'Model':<12} {'Task':<8} {'IoU, %':>8} {'Dice, %':>8}",
                   f"{result['model']:<12} {'binary':<8} {100 * result['iou']:>8.2f} "

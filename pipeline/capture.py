@@ -1,0 +1,146 @@
+"""Threaded capture: a source runs on its own thread and the pipeline takes what it holds.
+
+The decoder (or camera, or synthetic renderer) must never wait for the model, and the
+model must never wait for a decode it does not need. What sits between them depends on
+the source:
+
+- **live** sources (the synthetic endoscope, paced replay, later cameras): a one-slot
+  holder. A newer frame replaces one not yet taken, and the replacement is counted; the
+  frame's `index` keeps counting, so downstream sees the gap and counts the drop too.
+- **lossless** sources (lossless replay): a bounded FIFO. A full queue blocks the decoder
+  (backpressure), so every frame is delivered once, in order, without unbounded memory.
+
+All waits are Condition/Event waits: the producer wakes the consumer when a frame lands,
+and `close()` wakes a producer blocked on a full queue or pacing towards its next frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+from loguru import logger
+
+from pipeline.sources import Captured, Source
+
+LOSSLESS_DEPTH = 4  # frames decoded ahead in lossless mode: enough to hide decode jitter
+CLOSE_TIMEOUT_S = 5.0  # a decoder stuck longer (a hung network read, later) is reported
+
+
+class _Holder:
+    """Frames from the capture thread to the pipeline: one replaced slot, or a bounded FIFO."""
+
+    def __init__(self, capacity: int, replace: bool) -> None:
+        self.capacity = 1 if replace else max(1, capacity)
+        self.replace = replace
+        self.overwritten = 0  # frames replaced before anyone took them (live only)
+        self._items: deque[Captured] = deque()
+        self._cond = threading.Condition()
+        self._ended = False  # the producer has finished (end of stream, error or close)
+        self._closed = False  # the consumer has gone: producers stop
+        self._error: BaseException | None = None
+
+    def put(self, item: Captured) -> bool:
+        """Hand over a frame; False once the consumer has closed (the producer then stops)."""
+        with self._cond:
+            if self.replace:
+                if self._items:
+                    self._items.clear()
+                    self.overwritten += 1
+            else:
+                self._cond.wait_for(lambda: self._closed or len(self._items) < self.capacity)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._ended = True
+            self._error = error
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    def take(self, timeout_s: float) -> tuple[Captured | None, bool]:
+        """(frame, ended): a frame if one came within the timeout; ended once the producer
+        has finished and nothing is left. Re-raises the producer's error, if any."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._ended or self._closed, timeout_s)
+            if self._items:
+                item = self._items.popleft()
+                self._cond.notify_all()  # a lossless producer may be waiting for room
+                return item, False
+            if self._error is not None:
+                raise self._error
+            return None, self._ended or self._closed
+
+
+class CaptureThread:
+    """Runs `source.frames()` on its own thread; iterate `frames(stop)` to take them.
+
+    Use as a context manager: leaving it closes the holder, wakes and stops the source, and
+    joins the thread (with a timeout, so a stuck device cannot hang shutdown).
+    """
+
+    def __init__(self, source: Source, depth: int = LOSSLESS_DEPTH) -> None:
+        self.source = source
+        self._holder = _Holder(depth, replace=source.info.live)
+        self._stop = threading.Event()  # the source's own stop: pacing waits wake on it
+        self._thread = threading.Thread(target=self._run, name="orstream-decode", daemon=True)
+        self.taken = 0
+
+    @property
+    def overwritten(self) -> int:
+        """Frames the source produced that were replaced before the pipeline took them."""
+        return self._holder.overwritten
+
+    def start(self) -> CaptureThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        frames = self.source.frames(self._stop)
+        try:
+            for item in frames:
+                if not self._holder.put(item):
+                    break
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            error = exc
+        finally:
+            frames.close()  # the source's cleanup (closing its file) runs on this thread
+            self._holder.finish(error)
+
+    def frames(self, stop: threading.Event, wait_s: float = 0.1) -> Iterator[Captured]:
+        """Frames as they come, until the source ends or `stop` is set. `wait_s` bounds how
+        long a stop request set from outside (a signal, `--frames`) may go unnoticed."""
+        while not stop.is_set():
+            item, ended = self._holder.take(wait_s)
+            if item is not None:
+                self.taken += 1
+                yield item
+            elif ended:
+                return
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the source and join its thread; safe to call twice."""
+        self._stop.set()
+        self._holder.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                logger.warning("capture of {} did not stop within {:.0f} s; left behind",
+                               self.source.info.name, timeout_s)
+
+    def __enter__(self) -> CaptureThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import numpy as np
+
+from engines.postprocess import instance_vote
+
+
+def test_each_connected_instrument_takes_its_majority_type_and_specks_vanish():
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:20, 5:30] = 3  # one instrument, mostly type 3 ...
+    labels[8:12, 25:30] = 6  # ... with a patch painted type 6
+    labels[25:38, 10:45] = 1  # a second, separate instrument of type 1
+    labels[0, 49] = 5  # a one-pixel speck on tissue
+    out = instance_vote(labels, 8, min_area_fraction=0.01)
+    assert set(np.unique(out[5:20, 5:30])) == {3}
+    assert set(np.unique(out[25:38, 10:45])) == {1}
+    assert out[0, 49] == 0
+    assert np.array_equal(out == 0, (labels == 0) | (np.arange(50)[None] == 49)
+                          & (np.arange(40)[:, None] == 0))
+
+
+def test_empty_map_is_returned_unchanged():
+    labels = np.zeros((8, 8), np.uint8)
+    assert instance_vote(labels, 8) is labels
