@@ -62,6 +62,7 @@ class Recorder:
                  preset: str = "ultrafast") -> None:
         self.path = Path(path)
         self.frames_written = 0
+        self._next_pts = 0
         suffix = self.path.suffix.lower()
         if suffix not in _FORMATS:
             raise RecorderError(f"cannot record to {self.path}: the name must end in "
@@ -88,8 +89,13 @@ class Recorder:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def write(self, image: np.ndarray) -> None:
-        """Encode one (H, W, 3) uint8 RGB frame; the first one opens the file."""
+    def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        """Encode one (H, W, 3) uint8 RGB frame; the first one opens the file.
+
+        time_s: the frame's time since the recording began. A live pipeline drops frames
+        when it falls behind; stamping frames with their capture time (rather than a frame
+        counter) keeps the recording playing in real time. Without it, frames are 1/fps apart.
+        """
         if self._closed:
             raise RecorderError(f"recorder for {self.path} is closed")
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
@@ -111,7 +117,9 @@ class Recorder:
         # but is ~4x faster at 1080p (3 ms against 12 ms): this runs once per frame.
         yuv = cv2.cvtColor(np.ascontiguousarray(image[:eh, :ew]), cv2.COLOR_RGB2YUV_I420)
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts = self.frames_written
+        pts = self.frames_written if time_s is None else round(time_s / self._time_base)
+        frame.pts = self._next_pts = max(pts, self._next_pts)
+        self._next_pts += 1  # strictly increasing, even for two frames in one tick
         frame.time_base = self._time_base
         try:
             for packet in self._stream.encode(frame):

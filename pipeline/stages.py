@@ -216,9 +216,15 @@ class RecordStage(Stage):
     def __init__(self, cfg: PipelineConfig, fps: float) -> None:
         assert cfg.record.path is not None
         self.recorder = Recorder(cfg.record.path, fps=fps, crf=cfg.record.crf)
+        self._t0_ns: int | None = None
 
     def process(self, frame: Frame) -> None:
-        self.recorder.write(frame.overlay if frame.overlay is not None else frame.image)
+        # Frames carry their capture time: a recording of a live feed that dropped frames
+        # still plays at the speed the procedure happened.
+        if self._t0_ns is None:
+            self._t0_ns = frame.t_capture_ns
+        self.recorder.write(frame.overlay if frame.overlay is not None else frame.image,
+                            time_s=(frame.t_capture_ns - self._t0_ns) / 1e9)
 
     def close(self) -> None:
         self.recorder.close()

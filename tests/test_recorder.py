@@ -213,3 +213,14 @@ def test_bad_frames_and_arguments_are_refused(tmp_path, bad):
             Recorder(tmp_path / "f.mp4", **kwargs)
     with pytest.raises(RecorderError, match="f.avi"):
         Recorder(tmp_path / "f.avi", fps=FPS)
+
+
+def test_capture_times_keep_a_recording_with_drops_in_real_time(tmp_path):
+    path = tmp_path / "drops.mp4"
+    frame = np.zeros((64, 96, 3), np.uint8)
+    with Recorder(path, fps=30) as rec:
+        for t in (0.0, 0.1, 0.2, 0.2, 0.5):  # frames dropped in between; two in one tick
+            rec.write(frame, time_s=t)
+    with av.open(str(path)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.2 + 1 / 30, 0.5], abs=1e-6)
