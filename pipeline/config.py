@@ -53,8 +53,10 @@ class SourceConfig(_Strict):
     mode: Literal["paced", "lossless"] = "paced"
     start: float = Field(0.0, ge=0)  # files: seconds from the recording's start
     end: float | None = Field(None, gt=0)  # files: stop here (seconds); None = the end
-    decoder_threads: int | None = Field(None, ge=0)  # files: 0 = FFmpeg picks; None = per mode
-    thread_type: Literal["none", "slice", "frame", "auto"] | None = None  # None = per mode
+    # files: FFmpeg decoding threads (0 = FFmpeg picks) and threading; None = the mode's
+    # default (sources.DECODER_DEFAULTS, measured)
+    decoder_threads: int | None = Field(None, ge=0)
+    thread_type: Literal["none", "slice", "frame", "auto"] | None = None
 
     @model_validator(mode="after")
     def _range(self) -> SourceConfig:

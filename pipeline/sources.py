@@ -105,13 +105,18 @@ class SyntheticSource(Source):
 
 # ------------------------------------------------------------------ recorded files
 
-# Decoder threading per mode, measured on the 2-core CI box with a 1080p30 H.264 file (see
-# the sources work report): frame threading (AUTO) raises throughput but holds frames in
-# flight and doubles the p99 per-frame time, so a paced replay, which only needs real time
-# with the steadiest delivery, decodes on one thread; lossless replay wants throughput.
-DECODER_DEFAULTS: dict[str, tuple[str, int]] = {  # mode -> (FFmpeg thread_type, threads)
-    "paced": ("none", 1),
-    "lossless": ("auto", 0),  # 0: FFmpeg picks from the core count
+# Decoder threading per mode (FFmpeg thread_type, threads; 0 threads = FFmpeg picks from the
+# core count). Measured on the 2-core CI box, 1080p30 H.264, per-frame time (decode + RGB):
+# asked for at 30 fps as a paced replay does, frame threading (AUTO) had the lowest tail,
+# idle p50/p99 5.4/20.8 ms against 9.0/22.8 single-threaded and 33 against 48 ms p99 with
+# both cores busy, because it decodes ahead in worker threads while the caller converts;
+# flat out (lossless) it decoded 150 against 108 frames/s. So both modes use it; the table
+# stays per mode because live sources (later) pay its frames in flight as latency. With
+# frame threads a corrupt packet can also cost the few frames in flight beside it: for a
+# damaged recording where every frame counts, set thread_type none.
+DECODER_DEFAULTS: dict[str, tuple[str, int]] = {
+    "paced": ("auto", 0),
+    "lossless": ("auto", 0),
 }
 
 
@@ -175,18 +180,18 @@ class _Decoder:
                 return
             if packet.is_corrupt:
                 self.stats.corrupt_packets += 1
-                self._warn("corrupt packet", packet)
+                self._warn("corrupt packet", "a corrupt packet", packet)
                 continue
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
                 self.stats.decode_errors += 1
-                self._warn(f"undecodable packet ({exc})", packet)
+                self._warn("undecodable packet", f"an undecodable packet ({exc})", packet)
                 continue
             for frame in decoded:
                 if frame.is_corrupt:
                     self.stats.corrupt_frames += 1
-                    self._warn("corrupt frame", frame)
+                    self._warn("corrupt frame", "a corrupt frame", frame)
                     continue
                 yield frame
 
@@ -198,11 +203,11 @@ class _Decoder:
         except av.error.FFmpegError:
             return
 
-    def _warn(self, what: str, item: av.Packet | av.VideoFrame) -> None:
+    def _warn(self, reason: str, what: str, item: av.Packet | av.VideoFrame) -> None:
         at = f" at {float(item.pts * item.time_base):.3f} s" if (
             item.pts is not None and item.time_base is not None) else ""
-        self._log.warn(what, f"{self.name}: skipped a {what}{at}; skipped so far: "
-                             f"{self.stats.skipped}")
+        self._log.warn(reason, f"{self.name}: skipped {what}{at}; skipped so far: "
+                               f"{self.stats.skipped}")
 
 
 class _Pacer:

@@ -232,6 +232,17 @@ def test_start_past_the_end_and_an_empty_range_are_refused(clip):
         SourceConfig(spec=str(clip), start=1.0, end=0.5)
 
 
+def test_decoder_threading_defaults_per_mode_and_overrides(clip):
+    for mode in ("paced", "lossless"):  # measured: frame threading wins in both modes
+        source = file_source(clip, mode=mode)
+        assert (source.thread_type, source.threads) == ("AUTO", 0)
+    single = file_source(clip, thread_type="none")
+    assert (single.thread_type, single.threads) == ("NONE", 0)
+    tuned = file_source(clip, mode="lossless", thread_type="frame", decoder_threads=2)
+    assert (tuned.thread_type, tuned.threads) == ("FRAME", 2)
+    assert len(take(tuned)) == 60
+
+
 # ------------------------------------------------------------------ the factory
 
 
