@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine, stats, table, time_calls, write_json
+from engines.backends.torch_backend import cpu_bf16_supported
 from engines.registry import VARIANTS, build_model
 
 
@@ -50,7 +51,9 @@ def measure(variant: str, size: tuple[int, int], iters: int, warmup: int = 3) ->
         def bf16() -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model_cl(x_cl)
-        row("bf16 autocast + channels_last", bf16)
+        # Without AVX-512 BF16/AMX, oneDNN emulates bf16: slower than fp32, and labelled so.
+        native = cpu_bf16_supported()
+        row("bf16 autocast + channels_last" + ("" if native else " (emulated)"), bf16)
     base = rows[0]["p50"]
     for r in rows:
         r["ratio_to_eager"] = r["p50"] / base

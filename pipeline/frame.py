@@ -31,6 +31,7 @@ class Frame:
     region: tuple[int, int, int, int] | None = None  # (y, x, h, w) the labels cover
     overlay: np.ndarray | None = None  # (H, W, 3) uint8 RGB, what displays show
     caption: Caption | None = None
+    media_s: float | None = None  # recorded sources: presentation time in the recording
     trace: list[tuple[str, int, int]] = field(default_factory=list)
 
     @classmethod

@@ -7,13 +7,13 @@ until its trailer (the ``moov`` index) is written at close, so this recorder wri
 * **Fragmented MP4** (``.mp4`` / ``.m4v``): ``empty_moov`` puts a complete header at the
   start of the file, ``frag_keyframe`` cuts a self-contained ``moof``+``mdat`` fragment at
   every keyframe, and ``default_base_moof`` makes each fragment's offsets relative to itself.
-  The encoder emits an IDR keyframe every ``round(fps)`` frames (1 s), so a fragment holds
-  1 s of video and every completed fragment is playable from a killed file.
+  A keyframe starts every half second of media time (forced by time, so dropped frames do
+  not stretch it), so a fragment holds 0.5 s and every completed one plays from a killed file.
 * **MPEG-TS** (``.ts``): a stream format with no index at all; any prefix of it plays.
 
 The muxer writes a fragment when the next keyframe arrives and ``flush_packets=1`` pushes it
 from FFmpeg's I/O buffer to the kernel at once, so after a SIGKILL at most about the last
-second (the fragment still being filled) is lost. The data then sits in the page cache,
+half second (the fragment still being filled) is lost. The data then sits in the page cache,
 which survives the process; surviving a power cut would need an fsync, which this class does
 not do (it would stall the caller's thread on the disk).
 
@@ -78,7 +78,13 @@ class Recorder:
         # one that players and muxers handle (30000/1001 stays 30000/1001).
         self._rate = Fraction(fps).limit_denominator(1001)
         self._time_base = 1 / self._rate
-        self._gop = max(1, round(fps))  # one keyframe, hence one fragment, per second
+        # A keyframe starts a fragment, and a fragment is what survives a crash: one every
+        # half second of media time. Live pipelines drop frames, so a keyframe interval in
+        # frames alone would stretch fragments (30 frames at 14 fps is 2 s); write() also
+        # forces a keyframe whenever a frame's time crosses a half-second boundary.
+        self._gop = max(1, round(fps / 2))
+        self._key_every_s = 0.5
+        self._next_key_s = 0.0
         self._crf = crf
         self._preset = preset
         self._first_size: tuple[int, int] | None = None  # (W, H) as given, before cropping
@@ -121,6 +127,10 @@ class Recorder:
         frame.pts = self._next_pts = max(pts, self._next_pts)
         self._next_pts += 1  # strictly increasing, even for two frames in one tick
         frame.time_base = self._time_base
+        media_s = float(frame.pts * self._time_base)
+        if media_s >= self._next_key_s:
+            frame.pict_type = av.video.frame.PictureType.I
+            self._next_key_s = (media_s // self._key_every_s + 1) * self._key_every_s
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
@@ -205,8 +215,8 @@ class Recorder:
                 # a fragment is complete (and written) as soon as the next keyframe arrives.
                 "tune": "zerolatency",
                 "crf": str(self._crf),
-                # A fixed 1 s GOP: scenecut would add keyframes, hence short fragments, at
-                # every cut; min-keyint=keyint keeps fragments evenly 1 s. colormatrix tells
+                # A fixed half-second GOP: scenecut would add keyframes, hence short
+                # fragments, at every cut; min-keyint=keyint keeps them even. colormatrix tells
                 # players the BT.601 matrix used above (HD players assume BT.709 otherwise).
                 "x264-params": f"keyint={self._gop}:min-keyint={self._gop}:scenecut=0"
                                ":colormatrix=smpte170m",

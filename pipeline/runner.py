@@ -307,6 +307,7 @@ def _frame_of(stream: str, item: Captured) -> Frame:
         # then; wall time is moved back by the same amount.
         frame.t_wall_ns -= frame.t_capture_ns - item.t_capture_ns
         frame.t_capture_ns = item.t_capture_ns
+    frame.media_s = item.media_s
     return frame
 
 

@@ -217,14 +217,22 @@ class RecordStage(Stage):
         assert cfg.record.path is not None
         self.recorder = Recorder(cfg.record.path, fps=fps, crf=cfg.record.crf)
         self._t0_ns: int | None = None
+        self._t0_media: float | None = None
 
     def process(self, frame: Frame) -> None:
-        # Frames carry their capture time: a recording of a live feed that dropped frames
+        # Frames carry their time: a replayed recording keeps its own timestamps (even when
+        # processed faster or slower than real time), and a live feed that dropped frames
         # still plays at the speed the procedure happened.
-        if self._t0_ns is None:
-            self._t0_ns = frame.t_capture_ns
+        if frame.media_s is not None:
+            if self._t0_media is None:
+                self._t0_media = frame.media_s
+            time_s = frame.media_s - self._t0_media
+        else:
+            if self._t0_ns is None:
+                self._t0_ns = frame.t_capture_ns
+            time_s = (frame.t_capture_ns - self._t0_ns) / 1e9
         self.recorder.write(frame.overlay if frame.overlay is not None else frame.image,
-                            time_s=(frame.t_capture_ns - self._t0_ns) / 1e9)
+                            time_s=time_s)
 
     def close(self) -> None:
         self.recorder.close()

@@ -69,6 +69,7 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
         "t_send_ns": time.monotonic_ns(),
         "parts": descs,
         "trace": [list(t) for t in frame.trace],
+        "media_s": frame.media_s,
         "caption": None if frame.caption is None else {
             "text": frame.caption.text, "seq": frame.caption.seq,
             "t_capture_ns": frame.caption.t_capture_ns},
@@ -156,6 +157,10 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
             and isinstance(t[1], int) and isinstance(t[2], int) for t in trace):
         raise WireError("bad_header", "trace must be a list of [stage, t_in_ns, t_out_ns]")
     frame.trace = [(t[0], t[1], t[2]) for t in trace]
+    media_s = header.get("media_s")
+    if media_s is not None and (not isinstance(media_s, int | float) or isinstance(media_s, bool)):
+        raise WireError("bad_header", "media_s must be a number or null")
+    frame.media_s = None if media_s is None else float(media_s)
     caption = header.get("caption")
     if caption is not None:
         if not (isinstance(caption, dict) and isinstance(caption.get("text"), str)

@@ -51,8 +51,9 @@ def test_records_h264_with_explicit_pts_one_second_gop_and_faithful_colour(tmp_p
     assert len(frames) == 60
     assert all(f.format.name == "yuv420p" for f in frames)
     assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(60)], abs=1e-3)
-    # A keyframe each second and no others: each is the start of a playable fragment.
-    assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 30]
+    # A keyframe each half second and no others: each starts a playable fragment, so a
+    # crash loses at most the last half second.
+    assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 15, 30, 45]
     # Lossy codec: compare channel means loosely (R ~128, G ~100, B 40 catch a swap).
     got = frames[30].to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
     want = gradient(30).reshape(-1, 3).mean(axis=0)
@@ -213,6 +214,18 @@ def test_bad_frames_and_arguments_are_refused(tmp_path, bad):
             Recorder(tmp_path / "f.mp4", **kwargs)
     with pytest.raises(RecorderError, match="f.avi"):
         Recorder(tmp_path / "f.avi", fps=FPS)
+
+
+def test_keyframes_follow_media_time_when_frames_are_dropped(tmp_path):
+    path = tmp_path / "sparse.mp4"
+    frame = np.zeros((64, 96, 3), np.uint8)
+    with Recorder(path, fps=30) as rec:
+        for i in range(40):  # a pipeline keeping up at 10 fps: every third frame
+            rec.write(frame, time_s=i / 10)
+    with av.open(str(path)) as container:
+        keys = [round(float(f.pts * f.time_base), 2) for f in container.decode(video=0)
+                if f.key_frame]
+    assert keys == [k / 2 for k in range(8)]  # every 0.5 s of video, not every 15 frames
 
 
 def test_capture_times_keep_a_recording_with_drops_in_real_time(tmp_path):

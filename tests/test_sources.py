@@ -312,6 +312,13 @@ def test_replay_command_runs_the_pipeline_with_the_run_options(tmp_path, clip, c
                  "--set", "segment.threads=1", "--set", "publish.endpoint=null"])
     assert code == 0
     assert len(reference(out)) == 8
+    # Lossless replay runs as fast as the model allows, yet the recording keeps the
+    # source's timing: 8 frames of a 30 fps clip span 7/30 s.
+    import av
+
+    with av.open(str(out)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert times[-1] - times[0] == pytest.approx(7 / 30, abs=0.01)
 
 
 def test_a_truncated_transport_stream_replays_what_is_there(tmp_path, warnings):

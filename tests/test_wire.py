@@ -39,6 +39,9 @@ def test_round_trip_keeps_every_field_and_part():
     assert g.region == (2, 4, 40, 50)
     assert g.caption == f.caption
     assert g.trace == f.trace
+    assert g.media_s is None
+    f.media_s = 12.5
+    assert wire.decode(_bytes(wire.encode(f, ("labels",)))).media_s == 12.5
     assert wire.header_of(message)["classes"] == {"task": "types"}
 
 
