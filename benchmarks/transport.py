@@ -75,6 +75,30 @@ def _sleep_until(deadline_ns: int) -> None:
         time.sleep(remaining / 1e9)
 
 
+def _send_paced(n: int, fps: float, send_one: Any, done: Any) -> dict:
+    """Call send_one(i) for i < n at `fps` (0: flat out); {sent, fps achieved}.
+
+    send_one returns its send time (monotonic ns). A late frame shifts the schedule: no
+    catch-up bursts.
+    """
+    period_ns = int(1e9 / fps) if fps else 0
+    next_ns = time.monotonic_ns()
+    first_ns = last_ns = 0
+    sent = 0
+    for i in range(n):
+        if period_ns:
+            _sleep_until(next_ns)
+        last_ns = send_one(i)
+        sent += 1
+        first_ns = first_ns or last_ns
+        if period_ns:
+            next_ns = max(next_ns + period_ns, time.monotonic_ns())
+        if done.is_set():
+            break
+    rate = (sent - 1) / ((last_ns - first_ns) / 1e9) if sent > 1 and last_ns > first_ns else 0.0
+    return {"sent": sent, "fps": rate}
+
+
 # --------------------------------------------------------------------------- senders
 # Each sender primes the connection until `go` is set, then sends `n` frames at `fps`
 # (0: as fast as possible), puts {sent, fps} on `results` and waits for `done` before closing
@@ -99,28 +123,15 @@ def orstream_sender(endpoint: str, mode: str, bind: bool, shape: tuple[int, ...]
             sender.send(Frame.capture(PRIME, seq, prime), timeout_ms=10)
             seq += 1
             time.sleep(0.01)
-        period_ns = int(1e9 / fps) if fps else 0
-        next_ns = time.monotonic_ns()
-        first_ns = last_ns = 0
-        sent = 0
-        for i in range(n):
-            if period_ns:
-                _sleep_until(next_ns)
+        def send_one(i: int) -> int:
             # t_capture_ns is set just before sending: the hop is all that is measured.
             frame = Frame(STREAM, i, time.monotonic_ns(), time.time_ns(), image)
             while not sender.send(frame):  # lossless: no room yet (backpressure)
                 if done.is_set():
                     break
-            sent += 1
-            last_ns = frame.t_capture_ns
-            first_ns = first_ns or last_ns
-            if period_ns:  # a late frame shifts the schedule: no catch-up bursts
-                next_ns = max(next_ns + period_ns, time.monotonic_ns())
-            if done.is_set():
-                break
-        rate = (sent - 1) / ((last_ns - first_ns) / 1e9) if sent > 1 and last_ns > first_ns \
-            else 0.0
-        results.put({"sent": sent, "fps": rate})
+            return frame.t_capture_ns
+
+        results.put(_send_paced(n, fps, send_one, done))
         done.wait(30)
 
 
@@ -140,25 +151,12 @@ def imagezmq_sender(endpoint: str, shape: tuple[int, ...], n: int, fps: float, g
                 return
             sender.send_image(PRIME, prime)  # REQ/REP: returns once the hub has replied
             time.sleep(0.01)
-        period_ns = int(1e9 / fps) if fps else 0
-        next_ns = time.monotonic_ns()
-        first_ns = last_ns = 0
-        sent = 0
-        for i in range(n):
-            if period_ns:
-                _sleep_until(next_ns)
+        def send_one(i: int) -> int:
             t_send = time.monotonic_ns()
             sender.send_image(f"{i}:{t_send}", image)
-            sent += 1
-            last_ns = t_send
-            first_ns = first_ns or t_send
-            if period_ns:
-                next_ns = max(next_ns + period_ns, time.monotonic_ns())
-            if done.is_set():
-                break
-        rate = (sent - 1) / ((last_ns - first_ns) / 1e9) if sent > 1 and last_ns > first_ns \
-            else 0.0
-        results.put({"sent": sent, "fps": rate})
+            return t_send
+
+        results.put(_send_paced(n, fps, send_one, done))
         done.wait(30)
     except zmq.Again:
         results.put({"error": "imagezmq hub stopped replying"})

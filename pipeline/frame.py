@@ -41,9 +41,3 @@ class Frame:
     def stamp(self, stage: str, t_in_ns: int, t_out_ns: int | None = None) -> None:
         self.trace.append((stage, t_in_ns, t_out_ns if t_out_ns is not None
                            else time.monotonic_ns()))
-
-    def latency_ms(self, now_ns: int | None = None) -> float:
-        """Capture to now (or to the end of the last stage) in milliseconds."""
-        end = now_ns if now_ns is not None else (self.trace[-1][2] if self.trace
-                                                 else time.monotonic_ns())
-        return (end - self.t_capture_ns) / 1e6

@@ -100,7 +100,7 @@ class Pipeline:
 
     def _build(self) -> None:
         segment = SegmentStage(self.cfg)
-        task = _checkpoint_task(self.cfg)
+        task = segment.task
         capture_out, segment_in = self._edge("capture->segment", ("image",),
                                              self._capture_mode())
         segment_out, render_in = self._edge("segment->render", ("image", "labels"))
@@ -309,12 +309,6 @@ def _frame_of(stream: str, item: Captured) -> Frame:
         frame.t_capture_ns = item.t_capture_ns
     frame.media_s = item.media_s
     return frame
-
-
-def _checkpoint_task(cfg: PipelineConfig) -> str:
-    from engines import checkpoint as ckpt
-
-    return ckpt.load(cfg.segment.weights).task
 
 
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None,

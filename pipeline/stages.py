@@ -68,16 +68,16 @@ class SegmentStage(Stage):
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg.segment
         self.engine: TorchSegmenter | None = None
-        self.task = "types"
+        # Loaded (and checked) here, once: the runner needs the task to set up render and
+        # publish before any thread starts; open() only builds the engine from it.
+        self.checkpoint = ckpt.load(self.cfg.weights)
+        self.task = self.checkpoint.task
+        self._num_classes = len(self.checkpoint.classes)
+        self._vote = self.task == "types" and self.cfg.postprocess == "vote"
         self._regions: dict[tuple[int, int], Region] = {}
-        self._vote = False
-        self._num_classes = 0
 
     def open(self) -> None:
-        checkpoint = ckpt.load(self.cfg.weights)
-        self.task = checkpoint.task
-        self._num_classes = len(checkpoint.classes)
-        self._vote = self.task == "types" and self.cfg.postprocess == "vote"
+        checkpoint = self.checkpoint
         self.engine = TorchSegmenter(checkpoint, self.cfg.precision, self.cfg.device,
                                      self.cfg.threads)
         h, w = self.engine.input_size

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import zmq
 from loguru import logger
@@ -105,7 +105,27 @@ def _attach(socket: zmq.Socket, endpoint: str, bind: bool) -> None:
         raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
 
 
-class Sender:
+class _Endpoint:
+    """One side of an edge: a ZeroMQ socket, or an in-process mailbox for inproc://."""
+
+    _box: inproc.Mailbox | None = None
+    _socket: zmq.Socket
+
+    def close(self) -> None:
+        if self._box is not None:
+            inproc.detach(self._box)
+            self._box = None
+        elif not self._socket.closed:
+            self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sender(_Endpoint):
     """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver)."""
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
@@ -151,21 +171,8 @@ class Sender:
             raise ValueError(f"{self.endpoint}: inproc edges carry Frames, not bytes")
         self._socket.send_multipart(message)
 
-    def close(self) -> None:
-        if self._box is not None:
-            inproc.detach(self._box)
-            self._box = None
-        elif not self._socket.closed:
-            self._socket.close()
 
-    def __enter__(self) -> Sender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Receiver:
+class Receiver(_Endpoint):
     """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input)."""
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
@@ -238,16 +245,3 @@ class Receiver:
     def dropped(self) -> int:
         """Frames this consumer never got: superseded here or lost upstream (seq gaps)."""
         return self.stats.lost
-
-    def close(self) -> None:
-        if self._box is not None:
-            inproc.detach(self._box)
-            self._box = None
-        elif not self._socket.closed:
-            self._socket.close()
-
-    def __enter__(self) -> Receiver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
