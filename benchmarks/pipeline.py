@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
 from engines import checkpoint as ckpt  # noqa: E402
-from engines.backends.torch_backend import TorchSegmenter  # noqa: E402
+from engines.cache import EngineCache  # noqa: E402
+from engines.export import load_engine, resolve  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
 
@@ -44,8 +45,10 @@ def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:
 def run(frames: int, warmup: int, overrides: list[str]) -> dict:
     cfg = load_config(None, overrides)
     model = ckpt.load(cfg.segment.weights)
-    engine = TorchSegmenter(model, cfg.segment.precision, cfg.segment.device,
-                            cfg.segment.threads)
+    seg = cfg.segment
+    chosen = resolve(seg.backend, seg.precision, seg.device, seg.auto_backends.get(seg.device))
+    engine = load_engine(seg.weights, chosen.backend, chosen.precision, seg.size, seg.device,
+                         seg.threads, EngineCache(seg.engine_cache), model)
     image = np.zeros((*engine.input_size, 3), np.uint8)
     baseline = stats(time_calls(lambda: engine(image), iters=50, warmup=5))
 
@@ -57,7 +60,8 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
     parts = breakdown(traces)
     e2e = parts["end to end"]
     return {
-        "config": {"weights": str(cfg.segment.weights), "precision": cfg.segment.precision,
+        "config": {"weights": str(cfg.segment.weights), "backend": chosen.backend,
+                   "precision": chosen.precision,
                    "source": f"{cfg.source.spec} {cfg.source.width}x{cfg.source.height}"
                              f"@{cfg.source.fps:g}", "overrides": overrides},
         "frames": len(traces),

@@ -144,6 +144,39 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x320, got {text!r}") from None
+    return h, w
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engines.cache import EngineCache
+    from engines.export import cache_listing, export_engine
+
+    cache = EngineCache(args.cache)
+    if args.list:
+        rows = cache_listing(cache)
+        if args.json:
+            print(json.dumps({"cache": str(cache.root), "entries": rows}, indent=2))
+            return 0
+        print(f"engine cache {cache.root}: {len(rows)} entries")
+        for r in rows:
+            print(f"  {r['backend']:<11} {r['precision']:<5} {r['input']:<9} {r['model']:<10} "
+                  f"{r['mb']:>6} MB  built {r['built_at']} in {r['build_s']} s  "
+                  f"weights {r['weights_sha256']}  {r['device']}  [{r['status']}]")
+        return 0
+    if args.weights is None or args.backend is None:
+        logger.error("export needs --weights and --backend (or --list)")
+        return 2
+    entry = export_engine(args.weights, args.backend, args.precision, args.size, args.device,
+                          cache, rebuild=args.rebuild)
+    print(entry.folder)
+    return 0
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline command takes (run, replay)."""
     parser.add_argument("--config", type=Path,
@@ -229,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--json", action="store_true", help="one summary JSON object at exit")
     vw.set_defaults(func=_cmd_view)
 
+    ex = sub.add_parser("export", help="build an inference engine into the engine cache")
+    ex.add_argument("--weights", type=Path, help="checkpoint (e.g. engines/weights/...pt)")
+    ex.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "openvino",
+                                          "tensorrt"])
+    ex.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
+    ex.add_argument("--size", type=_size_hw, help="model input HxW (default: as trained)")
+    ex.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ex.add_argument("--cache", type=Path,
+                    help="engine cache (default $ORSTREAM_ENGINE_CACHE or ~/.cache/orstream)")
+    ex.add_argument("--rebuild", action="store_true", help="build even if cached")
+    ex.add_argument("--list", action="store_true", help="show the cache's entries")
+    ex.add_argument("--json", action="store_true", help="--list as JSON")
+    ex.set_defaults(func=_cmd_export)
+
     ev = sub.add_parser("eval", help="score segmentation weights on a dataset")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--weights", type=Path, required=True)
@@ -247,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
     # Logs go to stderr so that stdout carries only results (paths, JSON) for scripts.
     logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO")
+    from engines.backends import BackendError
     from engines.checkpoint import CheckpointError
     from training.datasets.endovis import DatasetError
 
@@ -255,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
         logger.error("{}", exc)
         return 2
+    except BackendError as exc:  # the machine cannot serve what was asked: say what it can
+        logger.error("{}", exc)
+        return 1
 
 
 if __name__ == "__main__":

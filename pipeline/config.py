@@ -67,10 +67,19 @@ class SourceConfig(_Strict):
 
 class SegmentConfig(_Strict):
     weights: Path = REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt"
-    backend: Literal["torch"] = "torch"  # other backends come with the engines work
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 needs a CPU with native bf16 (AVX-512 BF16)
+    # auto: the first backend in auto_backends[device] this machine can serve
+    backend: Literal["auto", "torch", "compile", "onnxruntime", "openvino", "tensorrt"] = "auto"
+    # auto: the backend's fastest native float precision here (bf16 only where the CPU has
+    # it); a named precision the machine cannot serve is an error, never a downgrade
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch's default
+    threads: int | None = Field(None, ge=1)  # inference threads; None = the backend's default
+    size: tuple[int, int] | None = None  # model input (H, W); None = what it was trained at
+    # Fastest first, as benchmarks/engines.py measured them on each device
+    auto_backends: dict[Literal["cpu", "cuda"], list[str]] = Field(
+        default_factory=lambda: {"cpu": ["openvino", "onnxruntime", "compile", "torch"],
+                                 "cuda": ["tensorrt", "compile", "torch"]})
+    engine_cache: Path | None = None  # None: $ORSTREAM_ENGINE_CACHE or ~/.cache/orstream/engines
     crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
     postprocess: Literal["vote", "none"] = "vote"  # types: one type per connected instrument
 
@@ -85,6 +94,36 @@ class SegmentConfig(_Strict):
             raise ValueError(f"weights file {value} does not exist (shipped weights live in "
                              f"{REPO_ROOT / 'engines' / 'weights'})")
         return path
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, str):  # --set segment.size=512x640
+            h, sep, w = value.lower().partition("x")
+            if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+                raise ValueError(f"size {value!r} is not HxW, e.g. 256x320")
+            return int(h), int(w)
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _multiple(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and (value[0] % 32 or value[1] % 32 or min(value) <= 0):
+            raise ValueError(f"size {value[0]}x{value[1]} must be positive multiples of 32 "
+                             f"(the U-Net downsamples 5 times)")
+        return value
+
+    @field_validator("auto_backends")
+    @classmethod
+    def _known_backends(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from engines.backends import BACKENDS
+
+        for device, names in value.items():
+            unknown = [n for n in names if n not in BACKENDS]
+            if unknown or not names:
+                raise ValueError(f"{device}: {unknown or 'empty list'}: backends are "
+                                 f"{', '.join(BACKENDS)}")
+        return value
 
 
 class RenderConfig(_Strict):

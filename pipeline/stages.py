@@ -17,7 +17,9 @@ import numpy as np
 from loguru import logger
 
 from engines import checkpoint as ckpt
-from engines.backends.torch_backend import TorchSegmenter
+from engines.backends import Engine
+from engines.cache import EngineCache
+from engines.export import load_engine, resolve
 from engines.postprocess import instance_vote
 from pipeline.config import PipelineConfig
 from pipeline.frame import Frame
@@ -67,7 +69,7 @@ class SegmentStage(Stage):
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg.segment
-        self.engine: TorchSegmenter | None = None
+        self.engine: Engine | None = None
         # Loaded (and checked) here, once: the runner needs the task to set up render and
         # publish before any thread starts; open() only builds the engine from it.
         self.checkpoint = ckpt.load(self.cfg.weights)
@@ -78,8 +80,13 @@ class SegmentStage(Stage):
 
     def open(self) -> None:
         checkpoint = self.checkpoint
-        self.engine = TorchSegmenter(checkpoint, self.cfg.precision, self.cfg.device,
-                                     self.cfg.threads)
+        chosen = resolve(self.cfg.backend, self.cfg.precision, self.cfg.device,
+                         self.cfg.auto_backends.get(self.cfg.device))
+        logger.info("segment: backend {} precision {} ({})", chosen.backend, chosen.precision,
+                    chosen.why)
+        self.engine = load_engine(self.cfg.weights, chosen.backend, chosen.precision,
+                                  self.cfg.size, self.cfg.device, self.cfg.threads,
+                                  EngineCache(self.cfg.engine_cache), checkpoint)
         h, w = self.engine.input_size
         for _ in range(2):  # first calls allocate and pick kernels: not a live frame's cost
             self.engine(np.zeros((h, w, 3), np.uint8))

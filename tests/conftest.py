@@ -13,3 +13,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth17")
     return write_endovis2017(root, videos=4, frames=8, seed=11, width=320, height=256,
                              workers=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """Engines built by the tests go to a throwaway cache, never the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("engines")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ORSTREAM_ENGINE_CACHE", str(root))
+    yield root
+    patch.undo()

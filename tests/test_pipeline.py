@@ -107,12 +107,14 @@ def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing
     cfg = load_config(None, ["source.width=320", "source.height=256",
                              f"edges.capture->segment.endpoint=tcp://127.0.0.1:{port}"],
                       publish__endpoint=None)
-    pipeline = Pipeline(cfg, max_frames=60)
+    flowing = threading.Event()  # the engine may take seconds to build: attack once it runs
+    pipeline = Pipeline(cfg, max_frames=60, on_frame=lambda _: flowing.set())
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     attacker = zmq.Context.instance().socket(zmq.PUB)
     attacker.connect(f"tcp://127.0.0.1:{port}")
-    time.sleep(1.0)
+    assert flowing.wait(60), "the pipeline never produced a frame"
+    time.sleep(0.2)  # the PUB side's connection handshake
     header = (b'{"v":1,"stream":"or-1","seq":5,"t_capture_ns":1,"t_wall_ns":1,'
               b'"parts":[{"name":"image","dtype":"uint8","shape":[4,4,3]}]}')
     for message in ([os.urandom(64)],

@@ -1,17 +1,17 @@
 """The torch backend: eager PyTorch, channels_last, fp32 or bf16 autocast on the CPU,
-fp32 or fp16 on CUDA. Asking for what the machine cannot do is an error, never a downgrade."""
+fp32, fp16 or bf16 on CUDA. It runs straight from the weights (nothing is compiled), and it
+is the reference every other backend is checked against."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
 from engines.checkpoint import Checkpoint
 from engines.preprocess import normalize
 
-
-class BackendError(RuntimeError):
-    """A backend, device or precision this machine cannot serve; says what it can do."""
+__all__ = ["BackendError", "TorchSegmenter", "cpu_bf16_supported"]
 
 
 def cpu_bf16_supported() -> bool:
@@ -22,46 +22,65 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-class TorchSegmenter:
-    """(H, W, 3) uint8 frames at the model's input size -> (H, W) uint8 label maps."""
+def check_torch_precision(backend: str, precision: str, device: str) -> None:
+    """What torch itself serves; shared by the eager and compiled torch backends."""
+    if device == "cuda":
+        require_cuda(backend)
+    served = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}[device]
+    refuse_precision(backend, precision, device, served)
+    if device == "cpu" and precision == "bf16" and not cpu_bf16_supported():
+        raise BackendError(f"precision bf16 asked for ({backend} backend), but this CPU has no "
+                           f"native bf16 (AVX-512 BF16 or AMX): use precision fp32")
+
+
+def torch_native_precisions(device: str) -> tuple[str, ...]:
+    if device == "cuda":
+        return ("fp16", "fp32")
+    return ("bf16", "fp32") if cpu_bf16_supported() else ("fp32",)
+
+
+class TorchSegmenter(Engine):
+    """Eager torch on (N, H, W, 3) uint8 frames."""
 
     name = "torch"
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def check(cls, precision: str, device: str) -> None:
+        check_torch_precision(cls.name, precision, device)
+
+    @classmethod
+    def native_precisions(cls, device: str) -> tuple[str, ...]:
+        return torch_native_precisions(device)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {"torch": torch.__version__}
 
     def __init__(self, checkpoint: Checkpoint, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None) -> None:
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendError("device cuda asked for, but torch sees no CUDA device here: "
-                               "use device cpu")
-        allowed = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}[device]
-        if precision not in allowed:
-            raise BackendError(f"precision {precision} is not served by the torch backend on "
-                               f"{device}: choose {' or '.join(allowed)}")
-        if device == "cpu" and precision == "bf16" and not cpu_bf16_supported():
-            raise BackendError("precision bf16 asked for, but this CPU has no native bf16 "
-                               "(AVX-512 BF16 or AMX): use precision fp32")
+                 threads: int | None = None, size: tuple[int, int] | None = None) -> None:
+        self.check(precision, device)
         if threads is not None:
             torch.set_num_threads(threads)
         self.checkpoint = checkpoint
-        self.device = torch.device(device)
+        self.device = device
         self.precision = precision
-        self.input_size = tuple(checkpoint.input_size)
-        self.model = checkpoint.build().to(self.device, memory_format=torch.channels_last)
+        self.input_size = tuple(size or checkpoint.input_size)
+        self._device = torch.device(device)
+        self.model = checkpoint.build().to(self._device, memory_format=torch.channels_last)
         self._mean, self._std = checkpoint.mean, checkpoint.std
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        assert image.shape[:2] == self.input_size, (
-            f"segmenter expects {self.input_size} frames, got {image.shape[:2]}")
-        x = torch.from_numpy(image[None])
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(frames)
+        if self._device.type == "cuda":
+            x = x.pin_memory().to(self._device, non_blocking=True)
         x = normalize(x, self._mean, self._std)
-        with torch.autocast(self.device.type, dtype=self._autocast_dtype or torch.float32,
+        with torch.autocast(self._device.type, dtype=self._autocast_dtype or torch.float32,
                             enabled=self._autocast_dtype is not None):
-            logits = self.model(x)  # (1, K, H, W)
-        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            logits = self.model(x)  # (N, K, H, W)
+        return logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
-                "torch": torch.__version__, "threads": torch.get_num_threads()}
+        return {**super().describe(), "threads": torch.get_num_threads()}

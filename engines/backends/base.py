@@ -1,0 +1,113 @@
+"""What every inference backend is: a model + input shape + precision made callable.
+
+A backend class declares what it can serve (`check`), which library versions its engines
+depend on (`versions`), how it builds an engine file from a checkpoint (`build`, for the
+backends that compile ahead of time), and how a built engine runs (`__init__` + `run`).
+Asking for a device, precision or library the machine does not have raises BackendError
+naming what it can do: a faster engine that silently computes in another precision, or on
+another device, is worse than no engine.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engines.checkpoint import Checkpoint
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+class BackendError(RuntimeError):
+    """A backend, device or precision this machine cannot serve; says what it can do."""
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU model: engines tuned for one ISA (AMX, AVX-512) must not load on another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    """A device as the engine cache keys it: the CPU model or the GPU's name."""
+    if device == "cuda":
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{cpu_name()}"
+
+
+def require_cuda(backend: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError(f"backend {backend} on device cuda asked for, but torch sees no CUDA "
+                           f"device here: use device cpu (backends torch, compile, onnxruntime, "
+                           f"openvino)")
+
+
+def refuse_precision(backend: str, precision: str, device: str,
+                     served: tuple[str, ...]) -> None:
+    if precision not in served:
+        raise BackendError(f"precision {precision} is not served by the {backend} backend on "
+                           f"{device}: choose {' or '.join(served)}")
+
+
+class Engine:
+    """A built engine: (N, H, W, 3) uint8 frames at `input_size` -> (N, H, W) uint8 labels."""
+
+    name: ClassVar[str]
+    artifact: ClassVar[str | None] = None  # engine file name in the cache; None: nothing built
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    input_size: tuple[int, int]
+    precision: str
+    device: str
+
+    # ------------------------------------------------------------ what the machine serves
+    @classmethod
+    def check(cls, precision: str, device: str) -> None:
+        """Raise BackendError unless this machine can serve `precision` on `device`."""
+        raise NotImplementedError
+
+    @classmethod
+    def native_precisions(cls, device: str) -> tuple[str, ...]:
+        """Float precisions this machine runs natively on `device`, fastest first; `auto`
+        takes the first. int8 is never chosen automatically: it needs a calibrated engine."""
+        return ("fp32",)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        """Library versions an engine file depends on (part of the cache key)."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
+              out: Path) -> None:
+        """Write the engine for this request to `out` (backends with an `artifact`)."""
+        raise NotImplementedError(f"backend {cls.name} builds nothing ahead of time")
+
+    # ------------------------------------------------------------------- running
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """One (H, W, 3) uint8 frame -> (H, W) uint8 label map."""
+        if image.shape[:2] != self.input_size:
+            raise ValueError(f"{self.name} engine expects {self.input_size} frames, got "
+                             f"{image.shape[:2]}")
+        return self.run(np.ascontiguousarray(image)[None])[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "input": list(self.input_size), **self.versions()}

@@ -1,0 +1,70 @@
+"""ONNX Runtime on the CPU, from an ONNX export of the deployable graph.
+
+INT8 engines (static QDQ quantisation) are built by the calibration package and run here too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engines.backends.base import BackendError, Engine, refuse_precision
+from engines.backends.onnx_export import export_onnx
+from engines.checkpoint import Checkpoint
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError("backend onnxruntime asked for, but onnxruntime is not installed: "
+                           "pip install onnxruntime, or use backend torch") from exc
+    return onnxruntime
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+    artifact = "model.onnx"
+
+    @classmethod
+    def check(cls, precision: str, device: str) -> None:
+        _ort()
+        if device != "cpu":
+            raise BackendError(f"backend onnxruntime runs on the cpu here, not {device}: use "
+                               f"backend tensorrt, compile or torch on cuda")
+        refuse_precision(cls.name, precision, device, ("fp32", "int8"))
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        import onnx
+        import torch
+
+        return {"onnxruntime": _ort().__version__, "onnx": onnx.__version__,
+                "torch": torch.__version__}
+
+    @classmethod
+    def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
+              out: Path) -> None:
+        if precision == "int8":
+            raise BackendError("int8 onnxruntime engines come from `orstream calibrate build` "
+                               "(they need a calibration set); export fp32 here")
+        export_onnx(checkpoint, size, out)
+
+    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: its warnings go to stderr, unlogged
+        self.session = ort.InferenceSession(str(engine_file), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_size = tuple(size)
+        self.precision = precision
+        self.device = device
+        self._input = self.session.get_inputs()[0].name
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: frames})[0]

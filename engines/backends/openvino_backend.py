@@ -1,0 +1,107 @@
+"""OpenVINO on the CPU: the fastest engine measured on these machines (see
+benchmarks/engines.py). The cached engine is OpenVINO's compiled model blob, which is
+specific to the CPU's instruction set and the precision it was compiled for: the cache key
+carries the CPU model, so a blob tuned for AMX is never imported on an AVX2-only machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from engines.backends.base import BackendError, Engine, refuse_precision
+from engines.backends.onnx_export import export_onnx
+from engines.checkpoint import Checkpoint
+
+# OpenVINO's names for the precisions it can be told to infer in.
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# OPTIMIZATION_CAPABILITIES entries that mean the CPU runs that precision natively.
+_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendError("backend openvino asked for, but openvino is not installed: "
+                           "pip install openvino, or use backend onnxruntime or torch") from exc
+    return openvino
+
+
+def _capabilities() -> set[str]:
+    return set(_ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def _config(precision: str, threads: int | None) -> dict[str, object]:
+    # The precision hint must be given again on import: an imported blob otherwise runs in
+    # the CPU's default, which is bf16 on AMX machines even for an engine built as fp32.
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY",
+                                 "INFERENCE_PRECISION_HINT": _HINTS[precision]}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+class OpenVinoEngine(Engine):
+    name = "openvino"
+    artifact = "model.blob"
+
+    @classmethod
+    def check(cls, precision: str, device: str) -> None:
+        _ov()
+        if device != "cpu":
+            raise BackendError(f"backend openvino runs on the cpu here, not {device}: use "
+                               f"backend tensorrt, compile or torch on cuda")
+        refuse_precision(cls.name, precision, device, ("fp32", "bf16", "fp16", "int8"))
+        caps = _capabilities()
+        if precision in _CAPABILITY and _CAPABILITY[precision] not in caps:
+            raise BackendError(f"precision {precision} asked for (openvino backend), but this "
+                               f"CPU does not run it natively (OpenVINO reports "
+                               f"{', '.join(sorted(caps))}): use precision fp32")
+
+    @classmethod
+    def native_precisions(cls, device: str) -> tuple[str, ...]:
+        # bf16 (AMX or AVX-512 BF16) first: measured 2-3x faster than fp32 where present.
+        return ("bf16", "fp32") if "BF16" in _capabilities() else ("fp32",)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        import torch
+
+        return {"openvino": _ov().get_version(), "torch": torch.__version__}
+
+    @classmethod
+    def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
+              out: Path) -> None:
+        if precision == "int8":
+            raise BackendError("int8 openvino engines come from `orstream calibrate build` "
+                               "(they need a calibration set); export fp32 or bf16 here")
+        ov = _ov()
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = export_onnx(checkpoint, size, Path(tmp) / "model.onnx")
+            compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU",
+                                          _config(precision, None))
+        blob = compiled.export_model()  # a BytesIO in recent OpenVINO, bytes in older ones
+        out.write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else blob)
+
+    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        ov = _ov()
+        core = ov.Core()
+        self.compiled = core.import_model(Path(engine_file).read_bytes(), "CPU",
+                                          _config(precision, threads))
+        running = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        expected = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+        if precision != "int8" and expected not in running:
+            raise BackendError(f"openvino runs this engine in {running}, not the {precision} "
+                               f"asked for")
+        self.request = self.compiled.create_infer_request()
+        self.input_size = tuple(size)
+        self.precision = precision
+        self.device = device
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: frames}, share_inputs=True)[0]

@@ -1,0 +1,85 @@
+"""Torch-TensorRT's dynamo path on CUDA: fp16 (and fp32); int8 engines come from the
+calibration package (NVIDIA Model Optimizer, then this compiler). Optional extra:
+`pip install 'orstream[tensorrt]'`. The cached engine is Torch-TensorRT's serialized
+ExportedProgram, tied to the GPU and TensorRT version through the cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
+from engines.checkpoint import Checkpoint
+from engines.deploy import LabelNet, example_input
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def _trt():
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        raise BackendError("backend tensorrt asked for, but torch_tensorrt is not installed: "
+                           "pip install 'orstream[tensorrt]' on a CUDA machine, or use backend "
+                           "compile or torch") from exc
+    return torch_tensorrt
+
+
+class TensorRtEngine(Engine):
+    name = "tensorrt"
+    artifact = "model.ep"
+    devices = ("cuda",)
+
+    @classmethod
+    def check(cls, precision: str, device: str) -> None:
+        if device != "cuda":
+            raise BackendError(f"backend tensorrt runs on cuda only, not {device}: use backend "
+                               f"openvino, onnxruntime, compile or torch on the cpu")
+        require_cuda(cls.name)
+        _trt()
+        refuse_precision(cls.name, precision, device, ("fp16", "fp32", "int8"))
+
+    @classmethod
+    def native_precisions(cls, device: str) -> tuple[str, ...]:
+        return ("fp16", "fp32")
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        trt = _trt()
+        return {"torch_tensorrt": trt.__version__, "torch": torch.__version__,
+                "cuda": str(torch.version.cuda)}
+
+    @classmethod
+    def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
+              out: Path) -> None:
+        if precision == "int8":
+            raise BackendError("int8 tensorrt engines come from `orstream calibrate build`")
+        trt = _trt()
+        model = LabelNet(checkpoint, _DTYPES[precision]).to("cuda").eval()
+        example = example_input(size, batch=1, device="cuda")
+        with torch.inference_mode():
+            program = torch.export.export(model, (example,))
+            compiled = trt.dynamo.compile(program, inputs=[example],
+                                          enabled_precisions={_DTYPES[precision]},
+                                          min_block_size=1)
+            trt.save(compiled, str(out), inputs=[example])
+
+    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+                 device: str = "cuda", threads: int | None = None) -> None:
+        _trt()  # registers TensorRT's ops before the program is deserialised
+        self.module = torch.export.load(str(engine_file)).module()
+        self.input_size = tuple(size)
+        self.precision = precision
+        self.device = device
+        self._pinned = torch.empty((1, *self.input_size, 3), dtype=torch.uint8).pin_memory()
+
+    @torch.inference_mode()
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        outputs = []
+        for frame in frames:  # the engine is built for batch 1, the live path
+            self._pinned.copy_(torch.from_numpy(frame[None]))
+            x = self._pinned.to("cuda", non_blocking=True)
+            outputs.append(self.module(x))
+        return torch.cat(outputs).cpu().numpy()

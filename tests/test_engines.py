@@ -1,0 +1,192 @@
+"""Every backend this machine has must segment like eager fp32 (the reference), the engine
+cache must never hand back a stale or damaged engine, and what the machine cannot serve is an
+error that says what it can do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines import checkpoint as ckpt
+from engines.backends import BACKENDS, BackendError
+from engines.backends.torch_backend import TorchSegmenter, cpu_bf16_supported
+from engines.cache import EngineCache
+from engines.export import cache_listing, export_engine, load_engine, resolve
+from engines.preprocess import resize_image
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.runner import Pipeline
+from pipeline.stages import endovis_region
+from training.synth.generator import SynthConfig, SyntheticEndoscope
+
+WEIGHTS = ckpt.shipped("types")
+
+
+def _installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """50 synthetic frames through the live path's crop and resize: (50, 256, 320, 3)."""
+    synth = SyntheticEndoscope(SynthConfig(seed=4242))
+    y, x, h, w = endovis_region(1080, 1920)
+    return np.stack([resize_image(synth.render(i * 7).image[y:y + h, x:x + w], (256, 320))
+                     for i in range(50)])
+
+
+@pytest.fixture(scope="module")
+def reference(frames) -> np.ndarray:
+    engine = TorchSegmenter(ckpt.load(WEIGHTS), "fp32")
+    return np.stack([engine(f) for f in frames])
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(pixel agreement, Dice of the instrument pixels labelled the same class)."""
+    same_fg = np.count_nonzero((a == b) & (a > 0))
+    dice = 2 * same_fg / max(1, np.count_nonzero(a > 0) + np.count_nonzero(b > 0))
+    return float((a == b).mean()), dice
+
+
+def _servable(backend: str, precision: str) -> str | None:
+    """Why this machine cannot run the combination, or None when it can."""
+    try:
+        BACKENDS[backend].check(precision, "cpu")
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+CPU_ENGINES = [("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+               ("openvino", "bf16"), ("compile", "fp32")]
+
+
+@pytest.mark.parametrize(("backend", "precision"), CPU_ENGINES)
+def test_backend_segments_like_eager_fp32(backend, precision, frames, reference):
+    why = _servable(backend, precision)
+    if why is not None:
+        pytest.skip(why)
+    engine = load_engine(WEIGHTS, backend, precision)
+    assert engine.input_size == (256, 320)
+    labels = np.stack([engine(f) for f in frames])
+    assert labels.dtype == np.uint8 and labels.shape == reference.shape
+    agreement, dice = _agreement(reference, labels)
+    assert agreement >= 0.995, f"{backend} {precision}: pixel agreement {agreement:.4f}"
+    assert dice >= 0.99, f"{backend} {precision}: Dice with eager fp32 {dice:.4f}"
+    assert (reference > 0).mean() > 0.02, "frames without instruments prove nothing"
+
+
+def test_exported_engines_take_a_batch(frames, reference):
+    engine = load_engine(WEIGHTS, "onnxruntime", "fp32")
+    assert np.array_equal(engine.run(frames[:4]), np.stack([engine(f) for f in frames[:4]]))
+
+
+def test_cache_hits_and_rebuilds_a_corrupted_engine(tmp_path, frames, reference):
+    cache = EngineCache(tmp_path)
+    first = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    again = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    assert again.folder == first.folder and again.meta["built_at"] == first.meta["built_at"]
+    assert (first.folder / "meta.json").is_file() and first.engine_file.stat().st_size > 10_000
+
+    # Damage the engine: the listing says so, and loading rebuilds a working one.
+    data = bytearray(first.engine_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    first.engine_file.write_bytes(bytes(data))
+    assert "corrupted" in cache_listing(cache)[0]["status"]
+    engine = load_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    assert np.array_equal(engine(frames[0]), reference[0])
+    assert cache_listing(cache)[0]["status"] == "ok"
+
+
+def test_an_entry_built_for_other_versions_is_never_loaded(tmp_path):
+    cache = EngineCache(tmp_path)
+    entry = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    meta = json.loads((entry.folder / "meta.json").read_text())
+    meta["key"]["versions"]["onnxruntime"] = "0.0.1"  # as if built by another install
+    (entry.folder / "meta.json").write_text(json.dumps(meta))
+    rebuilt = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    assert rebuilt.meta["key"]["versions"]["onnxruntime"] != "0.0.1"
+
+
+def test_the_key_separates_sizes_precisions_and_weights(tmp_path):
+    cache = EngineCache(tmp_path)
+    a = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    b = export_engine(WEIGHTS, "onnxruntime", "fp32", size=(128, 160), cache=cache)
+    c = export_engine(ckpt.shipped("binary"), "onnxruntime", "fp32", cache=cache)
+    assert len({a.folder, b.folder, c.folder}) == 3
+    assert load_engine(WEIGHTS, "onnxruntime", "fp32", size=(128, 160),
+                       cache=cache).input_size == (128, 160)
+
+
+def test_unservable_requests_name_what_the_machine_can_do():
+    with pytest.raises(BackendError, match="bf16 is not served by the onnxruntime.*fp32"):
+        export_engine(WEIGHTS, "onnxruntime", "bf16")
+    with pytest.raises(BackendError, match="multiples of 32"):
+        export_engine(WEIGHTS, "openvino", "fp32", size=(250, 320))
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA device"):
+            export_engine(WEIGHTS, "compile", "fp16", device="cuda")
+    with pytest.raises(BackendError, match="tensorrt runs on cuda only"):
+        export_engine(WEIGHTS, "tensorrt", "fp16")
+    if not cpu_bf16_supported():
+        with pytest.raises(BackendError, match="no native bf16"):
+            export_engine(WEIGHTS, "compile", "bf16")
+
+
+def test_auto_picks_a_servable_backend_and_says_why():
+    chosen = resolve("auto", "auto", "cpu")
+    assert chosen.backend == "openvino"  # installed with orstream; fastest measured on CPUs
+    assert chosen.precision == ("bf16" if "bf16" in BACKENDS["openvino"].native_precisions(
+        "cpu") else "fp32")
+    assert "auto" in chosen.why
+    # A preference list whose first entry cannot run on the device moves on, and says so.
+    chosen = resolve("auto", "fp32", "cpu", ["tensorrt", "onnxruntime"])
+    assert chosen.backend == "onnxruntime" and "tensorrt" in chosen.why
+    with pytest.raises(BackendError):
+        resolve("onnxruntime", "bf16", "cpu")  # named: an error, never a fallback
+
+
+def test_export_command_builds_lists_and_refuses(tmp_path, capsys):
+    args = ["export", "--weights", str(WEIGHTS), "--backend", "openvino", "--precision",
+            "fp32", "--size", "128x160", "--cache", str(tmp_path)]
+    assert main(args) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "model.blob").is_file()
+    assert main(["export", "--list", "--json", "--cache", str(tmp_path)]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [(e["backend"], e["input"], e["status"]) for e in listing["entries"]] == [
+        ("openvino", "128x160", "ok")]
+    assert main(args[:-4] + ["--precision", "fp16", "--backend", "onnxruntime",
+                             "--cache", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_pipeline_runs_on_each_cpu_backend(backend):
+    cfg = load_config(None, [f"segment.backend={backend}", "segment.precision=fp32",
+                             "source.width=640", "source.height=360"],
+                      publish__endpoint=None)
+    result = Pipeline(cfg, max_frames=8, keep_traces=True).run()
+    assert result.frames_out == 8
+    assert all([s for s, *_ in t][:2] == ["capture", "segment"] for t in result.traces)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("backend", "precision"), [
+    ("torch", "fp32"), ("torch", "fp16"), ("compile", "fp32"), ("compile", "fp16"),
+    ("tensorrt", "fp16")])
+def test_cuda_backend_segments_like_cpu_fp32(backend, precision, frames, reference):
+    if backend == "tensorrt" and not _installed("torch_tensorrt"):
+        pytest.skip("torch_tensorrt is not installed: pip install 'orstream[tensorrt]'")
+    engine = load_engine(WEIGHTS, backend, precision, device="cuda")
+    labels = np.stack([engine(f) for f in frames])
+    agreement, dice = _agreement(reference, labels)
+    assert agreement >= 0.995 and dice >= 0.99, (backend, precision, agreement, dice)
