@@ -77,6 +77,7 @@ class SegmentStage(Stage):
         self._num_classes = len(self.checkpoint.classes)
         self._vote = self.task == "types" and self.cfg.postprocess == "vote"
         self._regions: dict[tuple[int, int], Region] = {}
+        self._gpu_prep = None  # CudaFramePrep on device cuda
 
     def open(self) -> None:
         checkpoint = self.checkpoint
@@ -88,10 +89,22 @@ class SegmentStage(Stage):
                                   self.cfg.size, self.cfg.device, self.cfg.threads,
                                   EngineCache(self.cfg.engine_cache), checkpoint)
         h, w = self.engine.input_size
+        if self.cfg.device == "cuda":
+            from engines.preprocess import CudaFramePrep
+
+            # Crop, resize and the model on the GPU, on this stage's own CUDA stream.
+            self._gpu_prep = CudaFramePrep((h, w))
         for _ in range(2):  # first calls allocate and pick kernels: not a live frame's cost
             self.engine(np.zeros((h, w, 3), np.uint8))
         logger.info("segment: {} ({}) on {}", self.cfg.weights.name, checkpoint.task,
                     self.engine.describe())
+
+    def _segment_on_gpu(self, image: np.ndarray, region: Region) -> np.ndarray:
+        import torch
+
+        with torch.cuda.stream(self._gpu_prep.stream):
+            labels = self.engine.run_tensor(self._gpu_prep(image, region))
+            return labels[0].cpu().numpy()  # waits for this stream's work only
 
     def region(self, height: int, width: int) -> Region:
         key = (height, width)
@@ -103,10 +116,15 @@ class SegmentStage(Stage):
     def process(self, frame: Frame) -> Frame:
         assert self.engine is not None, "segment stage used before open()"
         y, x, h, w = self.region(*frame.image.shape[:2])
-        mh, mw = self.engine.input_size
-        crop = frame.image[y:y + h, x:x + w]
-        small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
-        labels = self.engine(small)
+        if self._gpu_prep is not None:
+            labels = self._segment_on_gpu(frame.image, (y, x, h, w))
+        else:
+            mh, mw = self.engine.input_size
+            crop = frame.image[y:y + h, x:x + w]
+            # uint8 resize only: normalisation runs inside the engine (engines/deploy.py),
+            # measured cheaper than cv2.dnn.blobFromImage (benchmarks/engines.py).
+            small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
+            labels = self.engine(small)
         if self._vote:
             labels = instance_vote(labels, self._num_classes)
         frame.labels = labels

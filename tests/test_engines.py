@@ -190,3 +190,28 @@ def test_cuda_backend_segments_like_cpu_fp32(backend, precision, frames, referen
     labels = np.stack([engine(f) for f in frames])
     agreement, dice = _agreement(reference, labels)
     assert agreement >= 0.995 and dice >= 0.99, (backend, precision, agreement, dice)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_crop_and_resize_match_the_cpu_path():
+    from engines.preprocess import CudaFramePrep
+
+    frame = SyntheticEndoscope(SynthConfig(seed=5)).render(30).image
+    region = endovis_region(1080, 1920)
+    y, x, h, w = region
+    cpu = resize_image(frame[y:y + h, x:x + w], (256, 320)).astype(int)
+    prep = CudaFramePrep((256, 320))
+    gpu = prep(frame, region)[0].cpu().numpy().astype(int)
+    assert gpu.shape == cpu.shape
+    assert np.mean(np.abs(gpu - cpu) <= 1) > 0.99  # rounding differs, the filter does not
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "compile"])
+def test_pipeline_runs_on_cuda(backend):
+    cfg = load_config(None, [f"segment.backend={backend}", "segment.device=cuda",
+                             "segment.precision=fp16"], publish__endpoint=None)
+    result = Pipeline(cfg, max_frames=30, keep_traces=True).run()
+    assert result.frames_out == 30

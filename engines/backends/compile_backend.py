@@ -90,5 +90,14 @@ class CompiledEngine(Engine):
             self._static_in.copy_(self._pinned_in, non_blocking=True)
             self._graph.replay()
             return self._static_out.cpu().numpy()
-        out = [self.runner(torch.from_numpy(f[None]).to(self.device)) for f in frames]
-        return torch.cat(out).cpu().numpy()
+        return self.run_tensor(torch.from_numpy(frames).to(self.device)).cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on the engine's device -> (N, H, W) uint8 there."""
+        if self._graph is not None and frames.shape[0] == 1:
+            self._static_in.copy_(frames)
+            self._graph.replay()
+            return self._static_out.clone()
+        # The package is compiled for batch 1: a batch runs frame by frame.
+        return torch.cat([self.runner(f[None]) for f in frames])

@@ -59,6 +59,9 @@ class OnnxRuntimeEngine(Engine):
         if threads is not None:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: its warnings go to stderr, unlogged
+        # Idle intra-op threads would otherwise spin for the next call, stealing the cores
+        # that capture, render and the encoder share with the model in the pipeline.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(engine_file), options,
                                             providers=["CPUExecutionProvider"])
         self.input_size = tuple(size)

@@ -83,3 +83,8 @@ class TensorRtEngine(Engine):
             x = self._pinned.to("cuda", non_blocking=True)
             outputs.append(self.module(x))
         return torch.cat(outputs).cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on the GPU -> (N, H, W) uint8 there."""
+        return torch.cat([self.module(f[None]) for f in frames])

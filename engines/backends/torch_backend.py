@@ -76,11 +76,16 @@ class TorchSegmenter(Engine):
         x = torch.from_numpy(frames)
         if self._device.type == "cuda":
             x = x.pin_memory().to(self._device, non_blocking=True)
-        x = normalize(x, self._mean, self._std)
+        return self.run_tensor(x).cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 already on the engine's device -> (N, H, W) uint8 there."""
+        x = normalize(frames, self._mean, self._std)
         with torch.autocast(self._device.type, dtype=self._autocast_dtype or torch.float32,
                             enabled=self._autocast_dtype is not None):
             logits = self.model(x)  # (N, K, H, W)
-        return logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return logits.argmax(dim=1).to(torch.uint8)
 
     def describe(self) -> dict:
         return {**super().describe(), "threads": torch.get_num_threads()}
