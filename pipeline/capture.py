@@ -4,7 +4,7 @@ The decoder (or camera, or synthetic renderer) must never wait for the model, an
 model must never wait for a decode it does not need. What sits between them depends on
 the source:
 
-- **live** sources (the synthetic endoscope, paced replay, later cameras): a one-slot
+- **live** sources (the synthetic endoscope, paced replay, network streams, cameras): a one-slot
   holder. A newer frame replaces one not yet taken, and the replacement is counted; the
   frame's `index` keeps counting, so downstream sees the gap and counts the drop too.
 - **lossless** sources (lossless replay): a bounded FIFO. A full queue blocks the decoder
@@ -25,7 +25,9 @@ from loguru import logger
 from pipeline.sources import Captured, Source
 
 LOSSLESS_DEPTH = 4  # frames decoded ahead in lossless mode: enough to hide decode jitter
-CLOSE_TIMEOUT_S = 5.0  # a decoder stuck longer (a hung network read, later) is reported
+# Longer than source.read_timeout_s's default (3 s), which bounds a blocked network or camera
+# read: a decoder stuck past this is reported and left behind.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class _Holder:

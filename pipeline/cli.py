@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     unet.set_defaults(func=_cmd_train_unet)
 
     run = sub.add_parser("run", help="run the live pipeline (default: synthetic 1080p30 feed)")
-    run.add_argument("--source", help="synthetic, or a video file")
+    run.add_argument("--source", help="synthetic, a video file, a stream URL (rtsp://, "
+                     "udp://, tcp://, http://, ...), camera:N or /dev/videoN")
     _add_pipeline_options(run)
     run.set_defaults(func=_cmd_run)
 

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,9 +43,11 @@ def _endpoint(value: str) -> str:
 
 
 class SourceConfig(_Strict):
-    spec: str = "synthetic"  # synthetic | a video file path (network, camera: not yet)
-    fps: float = Field(30.0, gt=0, le=240)  # synthetic capture rate; files use their own
-    width: int = Field(1920, ge=64)  # synthetic frame size
+    # synthetic | a video file path | a URL (rtsp, rtsps, rtmp, udp, rtp, tcp, http, https,
+    # srt where FFmpeg has it) | camera:N | /dev/videoN
+    spec: str = "synthetic"
+    fps: float = Field(30.0, gt=0, le=240)  # synthetic rate; cameras: requested; files: own
+    width: int = Field(1920, ge=64)  # synthetic frame size; cameras: requested size
     height: int = Field(1080, ge=64)
     seed: int = 0  # synthetic procedure
     loop: bool = False  # files: start again at the end
@@ -53,10 +56,50 @@ class SourceConfig(_Strict):
     mode: Literal["paced", "lossless"] = "paced"
     start: float = Field(0.0, ge=0)  # files: seconds from the recording's start
     end: float | None = Field(None, gt=0)  # files: stop here (seconds); None = the end
-    # files: FFmpeg decoding threads (0 = FFmpeg picks) and threading; None = the mode's
-    # default (sources.DECODER_DEFAULTS, measured)
+    # files and network streams: FFmpeg decoding threads (0 = FFmpeg picks) and threading;
+    # None = the mode's default (sources.DECODER_DEFAULTS, measured)
     decoder_threads: int | None = Field(None, ge=0)
     thread_type: Literal["none", "slice", "frame", "auto"] | None = None
+    # Live links (network streams, cameras). A dead host must fail within open_timeout_s;
+    # a stream silent for read_timeout_s counts as dropped and is reconnected.
+    open_timeout_s: float = Field(5.0, gt=0, le=120)
+    read_timeout_s: float = Field(3.0, gt=0, le=120)
+    # Reconnect backoff: the first retry after reconnect_delay_s, doubling up to
+    # reconnect_delay_max_s; give up (SourceError) after reconnect_max_s of continuous
+    # outage; None = retry until stopped; 0 = never retry (fail at the first error)
+    reconnect_delay_s: float = Field(0.5, gt=0)
+    reconnect_delay_max_s: float = Field(10.0, gt=0)
+    reconnect_max_s: float | None = Field(None, ge=0)
+    low_latency: bool = True  # network: no input buffering, short probe, low-delay decoding
+    # network: extra FFmpeg options, over orstream's (e.g. {rtsp_transport: udp})
+    ffmpeg_options: dict[str, str] = Field(default_factory=dict)
+    pixel_format: str | None = None  # cameras: FOURCC to request (MJPG, YUYV, ...); None = device's
+
+    @field_validator("ffmpeg_options", mode="before")
+    @classmethod
+    def _option_strings(cls, value: Any) -> Any:
+        # YAML gives numbers for numeric options (buffer_size: 1048576); FFmpeg takes text.
+        if isinstance(value, dict):
+            return {str(k): "1" if v is True else "0" if v is False else str(v)
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("pixel_format")
+    @classmethod
+    def _fourcc(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value) != 4 or not value.isascii() or not value.strip():
+            raise ValueError("a pixel format is a four-character code such as MJPG or YUYV")
+        return value.upper() if value.upper() in ("MJPG", "YUYV") else value
+
+    @field_validator("reconnect_delay_max_s")
+    @classmethod
+    def _cap(cls, value: float, info: ValidationInfo) -> float:
+        first = info.data.get("reconnect_delay_s")
+        if first is not None and value < first:
+            raise ValueError(f"must be at least reconnect_delay_s ({first:g})")
+        return value
 
     @model_validator(mode="after")
     def _range(self) -> SourceConfig:

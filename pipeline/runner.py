@@ -23,7 +23,7 @@ from loguru import logger
 from pipeline.capture import CaptureThread
 from pipeline.config import PipelineConfig
 from pipeline.frame import Frame
-from pipeline.sources import Captured, Source, open_source
+from pipeline.sources import Captured, Source, SourceError, open_source
 from pipeline.stages import (
     NullStage,
     PublishStage,
@@ -230,7 +230,10 @@ class Pipeline:
     def _fail(self, stage: str, exc: BaseException) -> None:
         with self._lock:
             self.errors.append((stage, exc))
-        logger.opt(exception=exc).error("stage {} failed: {}", stage, exc)
+        # A SourceError already says what and why (a source gave up reconnecting): no
+        # traceback; anything else is a bug worth one.
+        logger.opt(exception=None if isinstance(exc, SourceError) else exc).error(
+            "stage {} failed: {}", stage, exc)
         self.abort.set()
         self.stop_requested.set()
 
@@ -292,8 +295,15 @@ class Pipeline:
         render = self._nodes["render"].stage
         assert isinstance(render, RenderStage)
         fps, p50, p99 = render.window.summary()
-        logger.info("{:.1f} fps | e2e p50 {:.0f} ms p99 {:.0f} ms | {} frames | dropped {}",
-                    fps, p50, p99, self.result.frames_out, self.dropped())
+        line = (f"{fps:.1f} fps | e2e p50 {p50:.0f} ms p99 {p99:.0f} ms | "
+                f"{self.result.frames_out} frames | dropped {self.dropped()}")
+        # A live source that dropped out is retried on the capture thread: the rest of the
+        # pipeline keeps running, and this line is where an operator sees why no frames come.
+        state = self._source.state
+        if state.up:
+            logger.info("{}", line)
+        else:
+            logger.warning("{} | {}", state.describe(), line)
 
     def _close_edges(self) -> None:
         for socket in self._sockets:

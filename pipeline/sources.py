@@ -1,14 +1,18 @@
 """Frame sources, chosen by a factory keyed on the source spec.
 
 A source yields RGB uint8 images at its own pace, on its own thread (pipeline/capture.py).
-`info.live` sources (the synthetic endoscope, a paced replay, later cameras) produce frames
-whether or not anyone keeps up, so the capture edge delivers only the newest. A lossless
-replay is not live: every decodable frame is delivered once, in order, as fast as the
-pipeline takes them.
+`info.live` sources (the synthetic endoscope, a paced replay, network streams, cameras)
+produce frames whether or not anyone keeps up, so the capture edge delivers only the newest.
+A lossless replay is not live: every decodable frame is delivered once, in order, as fast as
+the pipeline takes them.
 
 Recorded files go through PyAV, so any container and codec FFmpeg reads works, in any pixel
 format (converted to RGB24). Time comes from presentation timestamps, never from a nominal
 frame rate, so variable-frame-rate recordings replay with their own gaps.
+
+Network streams (pipeline/network.py, PyAV) and cameras (pipeline/camera.py, OpenCV V4L2)
+can drop out and come back: they are `ReconnectingSource`s, which reconnect with capped
+exponential backoff and publish a `SourceState` that the runner's status line reads.
 """
 
 from __future__ import annotations
@@ -57,10 +61,30 @@ class Captured:
     media_s: float | None = None  # files: presentation time from the recording's start
 
 
+@dataclass(frozen=True)
+class SourceState:
+    """Whether a source is delivering; replaced whole, so readers on other threads (the
+    runner's status line) always see one consistent value."""
+
+    up: bool = True
+    attempt: int = 0  # failed reconnect attempts in the current outage
+    reconnects: int = 0  # outages recovered from since the start
+    error: str | None = None  # why it is down
+    down_since: float | None = None  # monotonic seconds
+
+    def describe(self) -> str:
+        if self.up:
+            return "source up"
+        down_s = time.monotonic() - self.down_since if self.down_since is not None else 0.0
+        return (f"source down (reconnecting, attempt {self.attempt + 1}, down {down_s:.0f} s):"
+                f" {self.error}")
+
+
 class Source:
     """Yields frames until the end or until `stop` is set; waits only on `stop`."""
 
     info: SourceInfo
+    state: SourceState = SourceState()  # sources that cannot drop out are always up
 
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
         raise NotImplementedError
@@ -110,13 +134,20 @@ class SyntheticSource(Source):
 # asked for at 30 fps as a paced replay does, frame threading (AUTO) had the lowest tail,
 # idle p50/p99 5.4/20.8 ms against 9.0/22.8 single-threaded and 33 against 48 ms p99 with
 # both cores busy, because it decodes ahead in worker threads while the caller converts;
-# flat out (lossless) it decoded 150 against 108 frames/s. So both modes use it; the table
-# stays per mode because live sources (later) pay its frames in flight as latency. With
+# flat out (lossless) it decoded 150 against 108 frames/s. So both file modes use it. With
 # frame threads a corrupt packet can also cost the few frames in flight beside it: for a
 # damaged recording where every frame counts, set thread_type none.
+# Live network streams are different: a file's frames are all there to decode ahead, a
+# stream's arrive one per 33 ms, so each frame a frame-threaded decoder holds in flight is
+# 33 ms of latency. `python -m benchmarks.replay` feeds zero-latency 1080p packets at 30 fps:
+# FRAME/AUTO held 2 frames, p50 68 ms from packet to RGB frame; single-threaded p50/p99
+# 3.2/10.2 ms; AUTO with FFmpeg's low-delay flag (which the network source sets, and which
+# turns frame threading into slice threading) 2.3/4.3 ms. Live streams therefore use slice
+# threads, whatever source.low_latency says.
 DECODER_DEFAULTS: dict[str, tuple[str, int]] = {
     "paced": ("auto", 0),
     "lossless": ("auto", 0),
+    "live": ("slice", 0),
 }
 
 
@@ -157,9 +188,11 @@ class _Decoder:
     already decoded is still delivered.
     """
 
-    def __init__(self, name: str, stats: DecodeStats) -> None:
+    def __init__(self, name: str, stats: DecodeStats, live: bool = False) -> None:
         self.name = name
         self.stats = stats
+        self.live = live  # a live stream's read error is a dropped link: the caller reports it
+        self.error: BaseException | None = None  # why the last pass ended early
         self._log = RateLimitedLog()
 
     def frames(self, container: av.container.InputContainer, stream: av.VideoStream,
@@ -174,6 +207,9 @@ class _Decoder:
                 return  # PyAV's last packet is the flush: the decoder is already drained
             except av.error.FFmpegError as exc:
                 self.stats.demux_errors += 1
+                self.error = exc
+                if self.live:
+                    return  # frames in flight belong to a stream that is gone: not drained
                 logger.warning("{}: unreadable from here on ({}); ending after the frames "
                                "already decoded", self.name, exc)
                 yield from self._drain(stream)
@@ -426,16 +462,160 @@ class VideoFileSource(Source):
             "; the file ended early (truncated?)" if s.demux_errors or s.ended_early else "")
 
 
-# ------------------------------------------------------------------ not yet
+# ------------------------------------------------------------------ live links
 
 
-def _not_implemented(what: str) -> Callable[[SourceConfig], Source]:
-    def factory(cfg: SourceConfig) -> Source:
-        raise SourceError(f"source {cfg.spec}: {what} are not implemented yet (they come in "
-                          "a later part of the sources work); replay a recording "
-                          "(`orstream replay PATH`) or use 'synthetic'")
+class ReconnectingSource(Source):
+    """A live source whose link can drop: a network stream, a camera that is unplugged.
 
-    return factory
+    Subclasses say how to connect, read and release; this class owns the loop around them.
+    When the link drops or cannot be made, it waits (capped exponential backoff, woken at
+    once by `stop`) and tries again, for at most `source.reconnect_max_s` of continuous
+    outage (None: until stopped), then raises SourceError naming the source. Meanwhile
+    `state` says it is down, so the pipeline keeps running and its status line shows it.
+    """
+
+    # What to check when the source stays unreachable; subclasses say it for their kind.
+    unreachable_hint = "check the source is on and reachable"
+
+    def __init__(self, name: str, cfg: SourceConfig) -> None:
+        self.name = name
+        self.delay_s = cfg.reconnect_delay_s
+        self.delay_max_s = cfg.reconnect_delay_max_s
+        self.budget_s = cfg.reconnect_max_s
+        self.state = SourceState()
+        self._pending: object | None = None  # a link opened up front, used by frames() first
+
+    # ------------------------------------------------------------ what subclasses provide
+
+    def _connect(self) -> object:
+        """Open the link; raise SourceError (fatal: retrying cannot help) or any other
+        exception (worth retrying)."""
+        raise NotImplementedError
+
+    def _read(self, link: object,
+              stop: threading.Event) -> Iterator[tuple[np.ndarray, int]]:
+        """(RGB image, acquisition time in monotonic ns) until the link drops (return) or
+        `stop` is set."""
+        raise NotImplementedError
+
+    def _release(self, link: object) -> None:
+        raise NotImplementedError
+
+    def _lost_reason(self, link: object) -> str:
+        """Why `_read` returned: the stream ended, a read timed out, ..."""
+        return "the stream ended"
+
+    # ------------------------------------------------------------ the loop
+
+    def _first_connect(self, fatal: bool = False) -> object | None:
+        """Connect once before the pipeline starts, so that a wrong spec fails at once and
+        the frame size is known. An unreachable source is fatal when `fatal` or when no
+        retries are allowed; otherwise the pipeline starts and shows it down while it
+        retries (None)."""
+        try:
+            link = self._connect()
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
+            if fatal or self.budget_s == 0:
+                raise SourceError(f"source {self.name}: cannot connect ({_reason(exc)}); "
+                                  f"{self.unreachable_hint}") from None
+            self._down(exc, attempt=1)
+            logger.warning("source {}: cannot connect ({}); the pipeline starts and retries "
+                           "{}", self.name, _reason(exc), self._budget_text())
+            return None
+        self._pending = link
+        return link
+
+    def frames(self, stop: threading.Event) -> Iterator[Captured]:
+        index = 0
+        while not stop.is_set():
+            link, self._pending = self._pending, None
+            if link is None:
+                link = self._reconnect(stop)
+                if link is None:
+                    return  # stopped while waiting
+            delivered = False
+            try:
+                for image, t_ns in self._read(link, stop):
+                    if not self.state.up:
+                        self._recovered()
+                    delivered = True
+                    yield Captured(index, image, t_ns)
+                    index += 1
+                if stop.is_set():
+                    return
+                reason = self._lost_reason(link)
+            finally:
+                self._release(link)
+            # A link that delivered frames is retried at once (a glitch is often over by
+            # then); one that connected but delivered nothing counts as a failed attempt,
+            # so that a peer accepting and hanging up at once is retried with backoff.
+            self._down(reason, attempt=0 if delivered else self.state.attempt + 1)
+            logger.warning("source {}: lost ({}); reconnecting {}", self.name, reason,
+                           self._budget_text())
+
+    def _delay_s(self, attempt: int) -> float:
+        """The wait before reconnect attempt `attempt` (1: none): delay_s, then doubling up
+        to the cap. A source that is rebooting is found quickly, one that is gone costs one
+        attempt per cap."""
+        return 0.0 if attempt <= 1 else min(self.delay_max_s, self.delay_s * 2 ** (attempt - 2))
+
+    def _reconnect(self, stop: threading.Event) -> object | None:
+        """Try until connected (the link), stopped (None) or out of budget (SourceError)."""
+        while True:
+            attempt = self.state.attempt + 1
+            wait = self._delay_s(attempt)
+            if self.budget_s is not None and self.state.down_since is not None:
+                left = self.budget_s - (time.monotonic() - self.state.down_since)
+                if left <= 0:
+                    raise SourceError(
+                        f"source {self.name}: down for {self.budget_s:g} s, {attempt - 1} "
+                        f"attempt(s) to connect failed (last: {self.state.error}); "
+                        f"{self.unreachable_hint}, or set source.reconnect_max_s: null to "
+                        "keep retrying")
+                wait = min(wait, left)
+            if wait > 0 and stop.wait(wait):
+                return None
+            try:
+                return self._connect()
+            except SourceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
+                self._down(exc, attempt=attempt)
+                logger.warning("source {}: reconnect attempt {} failed ({}); next in {:.1f} s",
+                               self.name, attempt, _reason(exc), self._delay_s(attempt + 1))
+
+    def _down(self, error: BaseException | str, attempt: int) -> None:
+        s = self.state
+        since = s.down_since if not s.up and s.down_since is not None else time.monotonic()
+        self.state = SourceState(False, attempt, s.reconnects, _reason(error), since)
+
+    def _recovered(self) -> None:
+        s = self.state
+        down_s = time.monotonic() - s.down_since if s.down_since is not None else 0.0
+        logger.info("source {}: reconnected after {:.1f} s down ({} failed attempt(s) "
+                    "before)", self.name, down_s, s.attempt)
+        self.state = SourceState(True, 0, s.reconnects + 1)
+
+    def _budget_text(self) -> str:
+        backoff = f"(backoff {self.delay_s:g} s doubling to {self.delay_max_s:g} s)"
+        if self.budget_s is None:
+            return f"until stopped {backoff}; set source.reconnect_max_s to give up"
+        return f"for up to {self.budget_s:g} s {backoff} (source.reconnect_max_s)"
+
+    def close(self) -> None:
+        link, self._pending = self._pending, None
+        if link is not None:
+            self._release(link)
+
+
+def _reason(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    text = str(error) or error.__class__.__name__
+    return text if len(text) < 300 else text[:300] + "..."
 
 
 # ------------------------------------------------------------------ the factory
@@ -459,14 +639,27 @@ def source_kind(spec: str) -> str:
 
 def _unknown(cfg: SourceConfig) -> Source:
     raise SourceError(f"source {cfg.spec}: unknown scheme; give 'synthetic', a video file "
-                      f"path, or (later) one of {', '.join(s + '://' for s in NETWORK_SCHEMES)}")
+                      f"path, camera:N, /dev/videoN, or one of "
+                      f"{', '.join(s + '://' for s in NETWORK_SCHEMES)}")
+
+
+def _network(cfg: SourceConfig) -> Source:
+    from pipeline.network import NetworkSource  # imported here: it imports this module
+
+    return NetworkSource(cfg)
+
+
+def _camera(cfg: SourceConfig) -> Source:
+    from pipeline.camera import CameraSource  # imported here: it imports this module
+
+    return CameraSource(cfg)
 
 
 _FACTORIES: dict[str, Callable[[SourceConfig], Source]] = {
     "synthetic": SyntheticSource,
     "file": VideoFileSource,
-    "network": _not_implemented("network sources (RTSP, SRT, UDP, HTTP)"),
-    "camera": _not_implemented("camera sources"),
+    "network": _network,
+    "camera": _camera,
     "unknown": _unknown,
 }
 

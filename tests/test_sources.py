@@ -261,20 +261,6 @@ def test_factory_picks_the_source_from_the_spec(clip):
                                     "network", "network", "camera", "camera", "unknown"]
 
 
-@pytest.mark.parametrize("spec,what", [
-    ("rtsp://10.0.0.2/or1", "network sources"),
-    ("srt://10.0.0.2:9000", "network sources"),
-    ("udp://@:1234", "network sources"),
-    ("https://example.org/a.m3u8", "network sources"),
-    ("camera:0", "camera sources"),
-    ("/dev/video0", "camera sources"),
-])
-def test_network_and_camera_specs_are_a_clear_not_yet(spec, what):
-    with pytest.raises(SourceError, match=rf"^source {re.escape(spec)}: {what}.* are not "
-                                          "implemented yet.*orstream replay"):
-        open_source(SourceConfig(spec=spec))
-
-
 # ------------------------------------------------------------------ bad input
 
 
