@@ -1,0 +1,1 @@
+"""INT8 engines from representative frames, refused when they segment worse than float."""

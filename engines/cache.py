@@ -152,6 +152,20 @@ class EngineCache:
             raise
         return Entry(final, meta)
 
+    def calibrated(self, key: EngineKey) -> Entry | None:
+        """The newest valid INT8 entry that matches `key` in everything but its calibration
+        set and passed its accuracy gate: which calibration set made it is a property of the
+        engine, not something a pipeline asking for int8 can know."""
+        want = {k: v for k, v in key.as_dict().items() if k != "extra"}
+        found = []
+        for entry in self.entries():
+            have = entry.meta.get("key", {})
+            if (entry.problem is None and "calibration_sha256" in have.get("extra", {})
+                    and entry.meta.get("gate", {}).get("passed")
+                    and {k: v for k, v in have.items() if k != "extra"} == want):
+                found.append(entry)
+        return max(found, key=lambda e: e.meta.get("built_at", ""), default=None)
+
     def entries(self) -> list[Entry]:
         if not self.root.is_dir():
             return []

@@ -159,6 +159,26 @@ def export_engine(weights: Path | str, backend: str, precision: str,
     return entry
 
 
+def calibrated_entry(weights: Path, checkpoint: ckpt.Checkpoint, size: tuple[int, int],
+                     backend: str, device: str, cache: EngineCache | None) -> Entry:
+    """The gated INT8 engine for these weights, size, backend and machine, or an error that
+    says how to make one (INT8 needs a calibration set, so it is never built on the fly)."""
+    backend_class(backend).check("int8", device)
+    cache = cache or EngineCache()
+    key = engine_key(weights, checkpoint, size, backend, "int8", device)
+    entry = cache.calibrated(key)
+    if entry is None:
+        raise BackendError(
+            f"no INT8 {backend} engine for {weights.name} at {size[0]}x{size[1]} on this "
+            f"machine in {cache.root}: make one with `orstream calibrate collect --source "
+            f"SPEC --out calib.npz` then `orstream calibrate build --weights {weights} "
+            f"--backend {backend} --calib calib.npz`, or use precision fp32")
+    logger.info("INT8 engine {} (calibration {}, gate drop {:.2f} Dice points)",
+                entry.folder.name, entry.meta["key"]["extra"]["calibration_sha256"][:12],
+                entry.meta["gate"]["drop_dice_points"])
+    return entry
+
+
 def load_engine(weights: Path | str, backend: str = "torch", precision: str = "fp32",
                 size: tuple[int, int] | None = None, device: str = "cpu",
                 threads: int | None = None, cache: EngineCache | None = None,
@@ -171,7 +191,10 @@ def load_engine(weights: Path | str, backend: str = "torch", precision: str = "f
     cls = backend_class(backend)
     if cls.artifact is None:
         return TorchSegmenter(checkpoint, precision, device, threads, size)
-    entry = export_engine(weights, backend, precision, size, device, cache)
+    if precision == "int8":
+        entry = calibrated_entry(weights, checkpoint, size, backend, device, cache)
+    else:
+        entry = export_engine(weights, backend, precision, size, device, cache)
     try:
         return cls(entry.engine_file, size, precision, device, threads)
     except BackendError:

@@ -177,6 +177,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
+    from calibration.sets import collect
+
+    calib = collect(args.source, args.frames, args.size, args.crop, args.holdout)
+    path = calib.save(args.out)
+    logger.info("calibration set: {} frames + {} held out at {}x{} from {} -> {} ({:.1f} MB)",
+                len(calib.frames), len(calib.holdout), *calib.size, ", ".join(args.source),
+                path, path.stat().st_size / 1e6)
+    print(path)
+    return 0
+
+
+def _cmd_calibrate_build(args: argparse.Namespace) -> int:
+    from calibration.build import GateRefused, build_int8
+    from engines.cache import EngineCache
+
+    try:
+        entry = build_int8(args.weights, args.backend, args.calib, args.size, args.threshold,
+                           EngineCache(args.cache), args.report, args.method)
+    except GateRefused as exc:
+        logger.error("{}", exc)
+        return 1
+    print(entry.folder)
+    return 0
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline command takes (run, replay)."""
     parser.add_argument("--config", type=Path,
@@ -276,6 +302,32 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--list", action="store_true", help="show the cache's entries")
     ex.add_argument("--json", action="store_true", help="--list as JSON")
     ex.set_defaults(func=_cmd_export)
+
+    cal = sub.add_parser("calibrate", help="INT8 engines: calibration sets, quantise + gate")
+    cal_sub = cal.add_subparsers(dest="calibrate_command", required=True)
+    co = cal_sub.add_parser("collect", help="sample frames spread over sources")
+    co.add_argument("--source", action="append", required=True,
+                    help="synthetic[:SEED], a recording, or a folder of frames (repeatable)")
+    co.add_argument("--frames", type=int, default=300, help="calibration frames (>= 100)")
+    co.add_argument("--holdout", type=int, help="held-out frames for the gate "
+                    "(default: a quarter, at least 50)")
+    co.add_argument("--size", type=_size_hw, default=(256, 320), help="model input HxW")
+    co.add_argument("--crop", choices=["endovis", "none"], default="endovis")
+    co.add_argument("--out", type=Path, default=Path("calib.npz"))
+    co.set_defaults(func=_cmd_calibrate_collect)
+    cb = cal_sub.add_parser("build", help="quantise to INT8; store only if the gate passes")
+    cb.add_argument("--weights", type=Path, required=True)
+    cb.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"],
+                    required=True)
+    cb.add_argument("--calib", type=Path, required=True, help="from `calibrate collect`")
+    cb.add_argument("--size", type=_size_hw, help="must match the calibration set's")
+    cb.add_argument("--threshold", type=float, default=1.0,
+                    help="largest mean Dice drop allowed, in points (default 1.0)")
+    cb.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    cb.add_argument("--cache", type=Path, help="engine cache (default as for export)")
+    cb.add_argument("--report", type=Path, help="where a refused engine's report goes "
+                    "(default ./int8-gate-BACKEND)")
+    cb.set_defaults(func=_cmd_calibrate_build)
 
     ev = sub.add_parser("eval", help="score segmentation weights on a dataset")
     ev.add_argument("--data", type=Path, required=True)

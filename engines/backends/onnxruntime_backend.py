@@ -51,6 +51,11 @@ class OnnxRuntimeEngine(Engine):
                                "(they need a calibration set); export fp32 here")
         export_onnx(checkpoint, size, out)
 
+    @classmethod
+    def build_from_onnx(cls, onnx_file: Path, precision: str, out: Path) -> None:
+        """The engine is the ONNX model itself (float, or INT8 QDQ from calibration)."""
+        out.write_bytes(Path(onnx_file).read_bytes())
+
     def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
                  device: str = "cpu", threads: int | None = None) -> None:
         ort = _ort()

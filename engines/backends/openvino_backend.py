@@ -15,8 +15,9 @@ from engines.backends.base import BackendError, Engine, refuse_precision
 from engines.backends.onnx_export import export_onnx
 from engines.checkpoint import Checkpoint
 
-# OpenVINO's names for the precisions it can be told to infer in.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# OpenVINO's names for the precisions it can be told to infer in. An INT8 (QDQ) model runs
+# its quantised convolutions in int8 whatever the hint; the rest stays in f32.
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # OPTIMIZATION_CAPABILITIES entries that mean the CPU runs that precision natively.
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 
@@ -78,12 +79,16 @@ class OpenVinoEngine(Engine):
         if precision == "int8":
             raise BackendError("int8 openvino engines come from `orstream calibrate build` "
                                "(they need a calibration set); export fp32 or bf16 here")
-        ov = _ov()
-        core = ov.Core()
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = export_onnx(checkpoint, size, Path(tmp) / "model.onnx")
-            compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU",
-                                          _config(precision, None))
+            cls.build_from_onnx(onnx_file, precision, out)
+
+    @classmethod
+    def build_from_onnx(cls, onnx_file: Path, precision: str, out: Path) -> None:
+        """Compile an ONNX model (float, or INT8 QDQ from the calibration package) to a blob."""
+        core = _ov().Core()
+        compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU",
+                                      _config(precision, None))
         blob = compiled.export_model()  # a BytesIO in recent OpenVINO, bytes in older ones
         out.write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else blob)
 
@@ -94,8 +99,9 @@ class OpenVinoEngine(Engine):
         self.compiled = core.import_model(Path(engine_file).read_bytes(), "CPU",
                                           _config(precision, threads))
         running = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        expected = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
-        if precision != "int8" and expected not in running:
+        expected = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                    "int8": "float32"}[precision]
+        if expected not in running:
             raise BackendError(f"openvino runs this engine in {running}, not the {precision} "
                                f"asked for")
         self.request = self.compiled.create_infer_request()

@@ -66,6 +66,35 @@ class TensorRtEngine(Engine):
                                           min_block_size=1)
             trt.save(compiled, str(out), inputs=[example])
 
+    @classmethod
+    def build_int8(cls, checkpoint: Checkpoint, size: tuple[int, int], frames: np.ndarray,
+                   out: Path) -> None:
+        """INT8 through NVIDIA Model Optimizer: fake-quantise the convolutions, calibrate their
+        ranges on `frames` (N, H, W, 3) uint8, then let Torch-TensorRT turn the quantise /
+        dequantise pairs into INT8 layers. (TensorRT 10 removed the old calibrator classes,
+        so this is the supported way.)"""
+        trt = _trt()
+        try:
+            import modelopt.torch.quantization as mtq
+            from modelopt.torch.quantization.utils import export_torch_mode
+        except ImportError as exc:
+            raise BackendError("INT8 TensorRT needs NVIDIA Model Optimizer: pip install "
+                               "nvidia-modelopt") from exc
+        model = LabelNet(checkpoint).to("cuda").eval()
+
+        def forward_loop(m: torch.nn.Module) -> None:
+            with torch.no_grad():
+                for frame in frames:
+                    m(torch.from_numpy(frame[None]).to("cuda"))
+
+        mtq.quantize(model, mtq.INT8_DEFAULT_CFG, forward_loop=forward_loop)
+        example = example_input(size, batch=1, device="cuda")
+        with torch.no_grad(), export_torch_mode():
+            program = torch.export.export(model, (example,))
+            compiled = trt.dynamo.compile(program, inputs=[example],
+                                          enabled_precisions={torch.int8}, min_block_size=1)
+            trt.save(compiled, str(out), inputs=[example])
+
     def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
                  device: str = "cuda", threads: int | None = None) -> None:
         _trt()  # registers TensorRT's ops before the program is deserialised

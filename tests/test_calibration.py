@@ -1,0 +1,90 @@
+"""INT8 calibration: sets spread over their sources, engines stored only when the accuracy
+gate passes, and the pipeline running the gated engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from calibration.build import GateRefused, build_int8
+from calibration.sets import CalibrationError, collect, load_set
+from engines import checkpoint as ckpt
+from engines.backends import BackendError
+from engines.cache import EngineCache
+from engines.export import load_engine
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.runner import Pipeline
+from training.synth.writers import write_video
+
+WEIGHTS = ckpt.shipped("types")
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calib") / "calib.npz"
+    return collect(["synthetic:5"], frames=100, holdout=50).save(path)
+
+
+def test_a_set_is_spread_disjoint_and_carries_ground_truth(calib_file):
+    calib = load_set(calib_file)
+    assert calib.frames.shape == (100, 256, 320, 3) and calib.holdout.shape[0] == 50
+    assert calib.holdout_labels["types"].shape == (50, 256, 320)
+    calib_at = [w["index"] for w in calib.provenance["calibration"]]
+    held_at = [w["index"] for w in calib.provenance["holdout"]]
+    assert not set(calib_at) & set(held_at)  # the gate never judges on calibration frames
+    assert max(calib_at) - min(calib_at) > 10 * len(calib_at)  # spread, not the first N
+    assert len({f.tobytes() for f in calib.frames[::10]}) == 10
+
+
+def test_too_few_frames_or_a_missing_source_is_refused(tmp_path):
+    with pytest.raises(CalibrationError, match="at least 100"):
+        collect(["synthetic"], frames=50)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        collect([str(tmp_path / "nope.mp4")], frames=100)
+    with pytest.raises(CalibrationError, match="not an orstream calibration set"):
+        (tmp_path / "bad.npz").write_bytes(b"not numpy")
+        load_set(tmp_path / "bad.npz")
+
+
+def test_frames_from_a_recording_come_from_across_it(tmp_path):
+    video = write_video(tmp_path / "proc.mp4", seconds=8, width=640, height=360, fps=25)
+    calib = collect([str(video)], frames=100, holdout=50)
+    times = [w["time_s"] for w in calib.provenance["calibration"]]
+    assert calib.frames.shape == (100, 256, 320, 3) and calib.holdout_labels == {}
+    assert times[0] == 0 and times[-1] > 7.5
+
+
+def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_file,
+                                                            monkeypatch):
+    monkeypatch.setenv("ORSTREAM_ENGINE_CACHE", str(tmp_path / "engines"))
+    with pytest.raises(BackendError, match="orstream calibrate collect"):
+        load_engine(WEIGHTS, "openvino", "int8")  # nothing calibrated yet: say how
+    assert main(["calibrate", "build", "--weights", str(WEIGHTS), "--backend", "openvino",
+                 "--calib", str(calib_file)]) == 0
+    (entry,) = [e for e in EngineCache().entries() if "int8" in e.folder.name]
+    report = json.loads((entry.folder / "report.json").read_text())
+    assert report["passed"] and report["drop_dice_points"] <= 1.0
+    assert report["reference"] == "ground truth (types)" and report["pixel_agreement"] > 0.98
+    assert (entry.folder / "report.md").read_text().startswith("# INT8 accuracy gate")
+
+    cfg = load_config(None, ["segment.precision=int8", "source.width=640",
+                             "source.height=360"], publish__endpoint=None)
+    result = Pipeline(cfg, max_frames=10).run()
+    assert result.frames_out == 10
+
+
+def test_a_bad_calibration_set_is_refused_and_nothing_is_stored(tmp_path, calib_file):
+    bad = load_set(calib_file)
+    # Calibrated on black frames: activation ranges that real video saturates.
+    bad.frames = np.zeros_like(bad.frames)
+    bad.save(tmp_path / "black.npz")
+    cache = EngineCache(tmp_path / "engines")
+    with pytest.raises(GateRefused, match="refused: mean Dice dropped") as refused:
+        build_int8(WEIGHTS, "onnxruntime", tmp_path / "black.npz", cache=cache,
+                   report_dir=tmp_path / "report")
+    assert refused.value.report.drop_dice_points > 1.0
+    assert not [e for e in cache.entries() if "int8" in e.folder.name]
+    assert "REFUSED" in (tmp_path / "report" / "report.md").read_text()
