@@ -43,6 +43,9 @@ def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:
 
 
 def run(frames: int, warmup: int, overrides: list[str]) -> dict:
+    from pipeline.capture import keep_frame_memory
+
+    keep_frame_memory()  # as `orstream run` does
     cfg = load_config(None, overrides)
     model = ckpt.load(cfg.segment.weights)
     seg = cfg.segment

@@ -16,6 +16,8 @@ and `close()` wakes a producer blocked on a full queue or pacing towards its nex
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +30,33 @@ LOSSLESS_DEPTH = 4  # frames decoded ahead in lossless mode: enough to hide deco
 # Longer than source.read_timeout_s's default (3 s), which bounds a blocked network or camera
 # read: a decoder stuck past this is reported and left behind.
 CLOSE_TIMEOUT_S = 5.0
+# glibc mallopt settings for keep_frame_memory(): frames up to 4K RGB (25 MB) come from the
+# heap, and up to 256 MB of freed frames stay in the process for the next ones.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 64 << 20
+TRIM_THRESHOLD_BYTES = 256 << 20
+
+
+def keep_frame_memory() -> bool:
+    """Keep freed frame buffers in the process instead of handing them back to the kernel.
+
+    Frames are allocated on the decode thread and freed on another (render, a sink), a few
+    in flight at once. With glibc's defaults many freed 1080p frames (6 MB) go back to the
+    kernel and the next ones fault their pages in again: 200-440 page faults and 0.3-0.6 ms
+    of system time per frame, which kept lossless replay with segmentation off 12 % behind
+    raw decode (benchmarks/replay.py); with these two settings the faults go and so does the
+    gap. Process-wide, so for entry points (the CLI, benchmarks) to call, not library code.
+    Returns False, changing nothing, where the C library is not glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    ok = (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+          and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)
+    logger.debug("allocator: glibc mmap threshold {} MiB, trim threshold {} MiB: {}",
+                 MMAP_THRESHOLD_BYTES >> 20, TRIM_THRESHOLD_BYTES >> 20,
+                 "set" if ok else "refused")
+    return ok
 
 
 class _Holder:

@@ -94,9 +94,12 @@ def _install_signal_handlers(request_stop) -> None:
 def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     """`run` and `replay`: the config, the options they share, and `source` as
     `source__key=value` overrides (None: keep the config's value)."""
+    from pipeline.capture import keep_frame_memory
     from pipeline.config import load_config
     from pipeline.runner import Pipeline, PipelineError
     from pipeline.sources import SourceError
+
+    keep_frame_memory()  # freed frames stay in the process: no page faults per frame
 
     cfg = load_config(args.config, args.set, publish__endpoint=args.publish,
                       record__path=args.record, **source)
@@ -203,6 +206,22 @@ def _cmd_calibrate_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.harness import bench_command
+    from benchmarks.profiles import ProfileError
+    from pipeline.capture import keep_frame_memory
+
+    keep_frame_memory()  # as `run` does: the bench measures what users run
+
+    try:
+        return bench_command(args.source, args.out, args.config, args.mode, args.profile,
+                             args.frames, args.warmup, args.set, args.baseline,
+                             args.regression, not args.no_peers)
+    except ProfileError as exc:
+        logger.error("{}", exc)
+        return 2
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline command takes (run, replay)."""
     parser.add_argument("--config", type=Path,
@@ -302,6 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--list", action="store_true", help="show the cache's entries")
     ex.add_argument("--json", action="store_true", help="--list as JSON")
     ex.set_defaults(func=_cmd_export)
+
+    be = sub.add_parser("bench", help="per-frame latency against a device's budgets")
+    be.add_argument("--source", default="synthetic", help="synthetic, a recording, a URL")
+    be.add_argument("--mode", choices=["paced", "lossless"], help="files: replay mode")
+    be.add_argument("--profile", default="auto",
+                    help="configs/devices/NAME.yaml or auto (picked by the detected device)")
+    be.add_argument("--frames", type=int, default=600, help="measured frames")
+    be.add_argument("--warmup", type=int, default=30, help="frames left out of the figures")
+    be.add_argument("--out", type=Path, default=Path("bench-report"))
+    be.add_argument("--baseline", type=Path, help="an earlier --out to compare with")
+    be.add_argument("--regression", type=float, default=0.10,
+                    help="ratio over which a figure counts as regressed (default 0.10)")
+    be.add_argument("--config", type=Path, help="pipeline YAML (default configs/pipeline.yaml)")
+    be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="pipeline key, or budgets.KEY for the profile's budgets")
+    be.add_argument("--no-peers", action="store_true", help="skip the floors (memcpy, ...)")
+    be.set_defaults(func=_cmd_bench)
 
     cal = sub.add_parser("calibrate", help="INT8 engines: calibration sets, quantise + gate")
     cal_sub = cal.add_subparsers(dest="calibrate_command", required=True)

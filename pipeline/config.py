@@ -109,6 +109,9 @@ class SourceConfig(_Strict):
 
 
 class SegmentConfig(_Strict):
+    # false: no model is loaded and frames go to render unlabelled, to record or stream a
+    # feed as it is (and to measure capture without inference)
+    enabled: bool = True
     weights: Path = REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt"
     # auto: the first backend in auto_backends[device] this machine can serve
     backend: Literal["auto", "torch", "compile", "onnxruntime", "openvino", "tensorrt"] = "auto"
@@ -218,6 +221,19 @@ class PipelineConfig(_Strict):
     record: RecordConfig = RecordConfig()
     edges: dict[str, EdgeConfig] = Field(default_factory=_default_edges)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # receivers reject larger
+
+    @field_validator("publish")
+    @classmethod
+    def _labels_need_segmentation(cls, value: PublishConfig,
+                                  info: ValidationInfo) -> PublishConfig:
+        # Checked here, not when the publisher opens: a stream without its labels part
+        # would only be noticed by the displays.
+        segment = info.data.get("segment")
+        if (value.endpoint and "labels" in value.parts and segment is not None
+                and not segment.enabled):
+            raise ValueError("publish.parts lists labels but segment.enabled is false (no "
+                             "model, no labels): remove labels or enable segmentation")
+        return value
 
     @field_validator("edges", mode="before")
     @classmethod

@@ -294,20 +294,43 @@ class OverlayRenderer:
             finally:
                 numba.set_num_threads(previous)
 
-        scale = style.font_scale or max(out.shape[0] / 1080 * 0.8, 0.3)
-        thick = max(1, round(scale * 2.5))
+        scale, thick = self._font(out)
         present = [c for c in range(1, k) if counts[c]]
         self.last_legend = [self.class_names[c] for c in present] if style.legend else []
         if self.last_legend:
             self._legend(out, present, scale, thick)
-        if status:
-            self._status(out, status, scale, thick)
-        if caption:
-            text = caption if caption_age_s is None else f"{caption} ({caption_age_s:.1f} s ago)"
-            self._caption(out, text, scale, thick)
+        self._texts(out, caption, caption_age_s, status, scale, thick)
+        return out
+
+    def annotate(self, image: np.ndarray, caption: str | None = None,
+                 caption_age_s: float | None = None, status: str | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """The caption and status line of `draw`, without labels (segmentation off).
+
+        Drawn on a copy of `image` unless `out` is given (`out=image` draws in place): the
+        picture itself is shared with the frame's other consumers (publish parts, sinks).
+        """
+        image = _as_image(image)
+        out, copy = _prepare_out(image, out)
+        if copy:
+            out[...] = image
+        self.last_legend = []
+        self._texts(out, caption, caption_age_s, status, *self._font(out))
         return out
 
     # -- text
+
+    def _font(self, img: np.ndarray) -> tuple[float, int]:
+        scale = self.style.font_scale or max(img.shape[0] / 1080 * 0.8, 0.3)
+        return scale, max(1, round(scale * 2.5))
+
+    def _texts(self, img: np.ndarray, caption: str | None, caption_age_s: float | None,
+               status: str | None, scale: float, thick: int) -> None:
+        if status:
+            self._status(img, status, scale, thick)
+        if caption:
+            text = caption if caption_age_s is None else f"{caption} ({caption_age_s:.1f} s ago)"
+            self._caption(img, text, scale, thick)
 
     def _shade(self, img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
         """Darken img[y0:y1, x0:x1] in place (clipped to the image)."""

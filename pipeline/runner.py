@@ -4,6 +4,9 @@
                                      ├──► record
                                      └──► null (when nothing else consumes)
 
+With `segment.enabled: false` the segment stage is left out (capture ──► render): no model
+is loaded and frames are drawn, recorded and published without labels.
+
 Each arrow is a ZeroMQ edge whose endpoint and mode come from `config.edges`. Shutdown is
 ordered and never hangs: a stop request (Ctrl-C, SIGTERM, `--frames N`) stops the capture;
 each later stage finishes once its upstream has finished and its input is drained, so the
@@ -81,6 +84,7 @@ class Pipeline:
         self._source = source or open_source(cfg.source)
         self._nodes: dict[str, _Node] = {}
         self._sockets: list[Sender | Receiver] = []
+        self._capture_receiver: Receiver | None = None  # the edge where frames are dropped
         self._capture_done = threading.Event()
         self._lock = threading.Lock()
 
@@ -99,11 +103,21 @@ class Pipeline:
         return sender, receiver
 
     def _build(self) -> None:
-        segment = SegmentStage(self.cfg)
-        task = segment.task
-        capture_out, segment_in = self._edge("capture->segment", ("image",),
+        # Segmentation off: no stage and no model. The capture edge (configured as
+        # capture->segment: it is where the live policy drops frames) feeds render directly,
+        # so traces read capture -> render and drops are counted as before.
+        segment = SegmentStage(self.cfg) if self.cfg.segment.enabled else None
+        task = segment.task if segment is not None else None
+        capture_out, capture_in = self._edge("capture->segment", ("image",),
                                              self._capture_mode())
-        segment_out, render_in = self._edge("segment->render", ("image", "labels"))
+        self._capture_receiver = capture_in
+        if segment is not None:
+            segment_out, render_in = self._edge("segment->render", ("image", "labels"))
+            self._nodes["segment"] = _Node(segment, [capture_in], [segment_out], ["capture"])
+            render_upstream = "segment"
+        else:
+            logger.info("segment: off (segment.enabled is false): frames go unlabelled")
+            render_in, render_upstream = capture_in, "capture"
         sinks: list[tuple[str, Stage]] = []
         if self.cfg.publish.endpoint:
             sinks.append(("publish", PublishStage(self.cfg, task)))
@@ -120,8 +134,7 @@ class Pipeline:
         self._capture_sender = capture_out
         for _, stage in sinks:
             stage.stopping = self.stop_requested.is_set
-        self._nodes["segment"] = _Node(segment, [segment_in], [segment_out], ["capture"])
-        self._nodes["render"] = _Node(render, [render_in], render_outs, ["segment"])
+        self._nodes["render"] = _Node(render, [render_in], render_outs, [render_upstream])
 
     def _capture_mode(self) -> Mode:
         """The capture edge follows the source. A source that is not live (lossless replay)
@@ -137,8 +150,8 @@ class Pipeline:
     # -------------------------------------------------------------- counters
 
     def dropped(self) -> int:
-        node = self._nodes.get("segment")
-        return node.inputs[0].dropped if node else 0
+        receiver = self._capture_receiver
+        return receiver.dropped if receiver is not None else 0
 
     # -------------------------------------------------------------- threads
 

@@ -45,3 +45,14 @@ def test_bad_files_are_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["render.alpha"])
+
+
+def test_publishing_labels_needs_segmentation():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["segment.enabled=false", "publish.parts=[overlay, labels]"])
+    assert "publish.parts" in str(err.value) and "segment.enabled" in str(err.value)
+    # No publisher, nothing to send: the parts list is not an error then.
+    cfg = load_config(None, ["segment.enabled=false", "publish.parts=[overlay, labels]",
+                             "publish.endpoint=null"])
+    assert not cfg.segment.enabled
+    assert load_config().segment.enabled  # on by default

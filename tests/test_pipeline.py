@@ -144,3 +144,74 @@ def test_sigterm_finalises_the_recording_and_exits_0(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert len(_decode(out)) >= 10
+
+
+# ------------------------------------------------------------------ segmentation off
+
+
+def _no_model(monkeypatch):
+    """Segmentation off must not touch the model: building the stage fails the test."""
+    def refuse(self, cfg):
+        raise AssertionError("SegmentStage built with segment.enabled=false")
+
+    monkeypatch.setattr(SegmentStage, "__init__", refuse)
+
+
+def test_segmentation_off_replays_every_frame_unlabelled_into_the_recording(tmp_path,
+                                                                            monkeypatch):
+    from training.synth.writers import write_video
+
+    _no_model(monkeypatch)
+    clip = write_video(tmp_path / "clip.mp4", seconds=1, width=640, height=360)
+    source = _decode(clip)
+    cfg = load_config(None, ["segment.enabled=false", "publish.endpoint=null",
+                             f"source.spec={clip}", "source.mode=lossless"],
+                      record__path=str(tmp_path / "out.mp4"))
+    seen = []
+    result = Pipeline(cfg, keep_traces=True, on_frame=seen.append).run()
+
+    assert result.frames_out == len(source) == 30 and result.dropped == 0
+    assert result.stages == {"render": 30, "record": 30}  # no segment stage at all
+    assert [f.seq for f in seen] == list(range(30))
+    assert all(f.labels is None and f.region is None for f in seen)
+    for trace in result.traces:
+        assert [t[0] for t in trace] == ["capture", "render"]
+    recorded = _decode(tmp_path / "out.mp4")
+    assert len(recorded) == 30
+    # The status line is burnt in at the top right; the rest is the picture, no overlay
+    # (two lossy encodes apart: compare loosely).
+    status, rest = (slice(0, 30), slice(-300, None)), (slice(60, None), slice(None))
+    assert not np.array_equal(seen[-1].overlay[status], source[-1][status])
+    diff = np.abs(recorded[-1][rest].astype(int) - source[-1][rest].astype(int))
+    assert diff.mean() < 3
+
+
+def test_segmentation_off_publishes_the_plain_picture_beside_the_overlay(monkeypatch):
+    from pipeline import wire
+
+    _no_model(monkeypatch)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cfg = load_config(None, ["segment.enabled=false", "publish.parts=[overlay, image]",
+                             "source.width=320", "source.height=256"],
+                      publish__endpoint=endpoint)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"orstream/or-1/")
+    sub.connect(endpoint)
+    pipeline = Pipeline(cfg, max_frames=60)
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    try:
+        assert sub.poll(20000), "no frame published"
+        message = sub.recv_multipart()
+    finally:
+        pipeline.request_stop()
+        runner.join(20)
+        sub.close(0)
+    frame = wire.decode(message)
+    header = wire.header_of(message)
+    assert [p["name"] for p in header["parts"]] == ["overlay", "image"]
+    assert "classes" not in header and frame.labels is None
+    # The status line went on the overlay only: a publisher of the plain picture gets it
+    # untouched (render draws in place only when nobody sends the picture).
+    assert not np.array_equal(frame.overlay, frame.image)
+    assert np.array_equal(frame.overlay[60:], frame.image[60:])

@@ -418,3 +418,11 @@ def test_random_bytes_in_a_file_with_a_video_extension_never_crash(tmp_path):
         assert str(path) in str(exc)
     else:
         take(source)
+
+
+def test_keep_frame_memory_sets_the_allocator_where_it_is_glibc():
+    import platform
+
+    from pipeline.capture import keep_frame_memory
+
+    assert keep_frame_memory() is (platform.libc_ver()[0] == "glibc")

@@ -1,0 +1,280 @@
+"""`orstream bench`: the real pipeline on a recording or the synthetic feed, every frame's
+trace collected, figures per stage and end to end, judged against a device profile's budgets.
+
+Latency is read off the traces (monotonic clock, the same one every stage stamps), so what
+is measured is what the pipeline did, not a re-timing of it. The first `warmup` frames are
+left out of every figure; engine build and warm-up (time to the first frame) are reported
+apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from benchmarks.profiles import Profile, detect_device, load_profile, matches
+from pipeline.config import PipelineConfig, load_config
+
+PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
+
+
+@dataclass
+class FrameRecord:
+    seq: int
+    trace: list[tuple[str, int, int]]
+    t_done_ns: int
+
+
+@dataclass
+class BenchRun:
+    records: list[FrameRecord] = field(default_factory=list)
+    stages_processed: dict[str, int] = field(default_factory=dict)
+    captured: int = 0
+    dropped: int = 0
+    startup_s: float = 0.0  # pipeline start -> first frame out (engine load, warm-up)
+    engine: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def figures(ms: np.ndarray) -> dict[str, float]:
+    if len(ms) == 0:
+        return {}
+    out = {k: float(np.percentile(ms, q)) for k, q in PERCENTILES.items()}
+    out.update(max=float(ms.max()), mean=float(ms.mean()), n=int(len(ms)))
+    return out
+
+
+def _engine_info(cfg: PipelineConfig) -> dict[str, Any]:
+    """Build (or find) the segment engine before the run, timed: a build is reported apart
+    from the frames' latency."""
+    if not cfg.segment.enabled:
+        return {"backend": None, "note": "segmentation off"}
+    from engines.cache import EngineCache, file_sha256
+    from engines.export import export_engine, resolve
+
+    seg = cfg.segment
+    chosen = resolve(seg.backend, seg.precision, seg.device, seg.auto_backends.get(seg.device))
+    info: dict[str, Any] = {"backend": chosen.backend, "precision": chosen.precision,
+                            "why": chosen.why, "weights": str(seg.weights),
+                            "weights_sha256": file_sha256(seg.weights)}
+    if chosen.precision != "int8":
+        t0 = time.perf_counter()
+        entry = export_engine(seg.weights, chosen.backend, chosen.precision, seg.size,
+                              seg.device, EngineCache(seg.engine_cache))
+        info["engine_ready_s"] = round(time.perf_counter() - t0, 3)
+        info["engine_build_s"] = entry.meta.get("build_s")
+        info["engine_cached"] = info["engine_ready_s"] < entry.meta.get("build_s", 0) * 0.5 \
+            or info["engine_ready_s"] < 0.5
+    return info
+
+
+def run(cfg: PipelineConfig, frames: int, warmup: int) -> BenchRun:
+    from pipeline.runner import Pipeline
+
+    bench = BenchRun(engine=_engine_info(cfg))
+    lock = threading.Lock()
+
+    def on_frame(frame) -> None:
+        with lock:
+            bench.records.append(FrameRecord(frame.seq, list(frame.trace), time.monotonic_ns()))
+            done = len(bench.records)
+        if done % 100 == 0:
+            logger.info("bench: {} / {} frames", done, frames + warmup)
+
+    pipeline = Pipeline(cfg, max_frames=frames + warmup, on_frame=on_frame)
+    t0 = time.monotonic_ns()
+    result = pipeline.run()
+    bench.elapsed_s = (time.monotonic_ns() - t0) / 1e9
+    bench.stages_processed = dict(result.stages)
+    bench.dropped = result.dropped
+    bench.captured = result.frames_out + result.dropped
+    if bench.records:
+        bench.startup_s = (bench.records[0].t_done_ns - t0) / 1e9
+    return bench
+
+
+def analyse(bench: BenchRun, warmup: int) -> dict[str, Any]:
+    records = bench.records[warmup:]
+    if len(records) < 2:
+        raise ValueError(f"only {len(bench.records)} frames came out ({warmup} are warm-up): "
+                         f"run more --frames or a longer source")
+    stages: dict[str, list[float]] = {}
+    e2e = []
+    for r in records:
+        for name, t_in, t_out in r.trace:
+            stages.setdefault(name, []).append((t_out - t_in) / 1e6)
+        e2e.append((r.trace[-1][2] - r.trace[0][1]) / 1e6)
+    done = np.array([r.t_done_ns for r in records]) / 1e9
+    intervals = np.diff(done) * 1e3
+    seqs = np.array([r.seq for r in records])
+    missing = sorted(set(range(int(seqs.min()), int(seqs.max()) + 1)) - set(seqs.tolist()))
+    # A frame lost at a stage is one its upstream handed on and it never processed: the
+    # latest-frame edges drop there, lossless edges never do.
+    processed = bench.stages_processed
+    drops, upstream_count = {}, bench.captured
+    for name in ("segment", "render"):
+        if name in processed:
+            drops[name] = max(0, upstream_count - processed[name])
+            upstream_count = processed[name]
+    return {
+        "frames": len(records),
+        "warmup_frames": warmup,
+        "captured": bench.captured,
+        "dropped": bench.dropped,
+        "drop_rate": bench.dropped / max(1, bench.captured),
+        "drops_per_stage": drops,
+        "dropped_seqs_after_warmup": missing,
+        "throughput_fps": float((len(done) - 1) / (done[-1] - done[0])),
+        "jitter_ms": {"interval_p50": float(np.percentile(intervals, 50)),
+                      "interval_std": float(intervals.std()),
+                      "interval_p99_minus_p50": float(np.percentile(intervals, 99)
+                                                      - np.percentile(intervals, 50))},
+        "latency_ms": {"end_to_end": figures(np.asarray(e2e)),
+                       "stages": {k: figures(np.asarray(v)) for k, v in stages.items()}},
+        "series": {"seq": seqs.tolist(), "t_s": (done - done[0]).round(4).tolist(),
+                   "end_to_end_ms": np.round(e2e, 3).tolist()},
+        "startup_s": bench.startup_s,
+        "elapsed_s": bench.elapsed_s,
+        "_stage_samples": stages,  # for the plots; not written to report.json
+    }
+
+
+def judge(report: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """Which budget figures broke, worst overshoot first."""
+    budgets = profile.budgets
+    broken = []
+    e2e = report["latency_ms"]["end_to_end"]["p99"]
+    if e2e > budgets.end_to_end_p99_ms:
+        broken.append({"stage": "end_to_end", "figure": "p99", "value": e2e,
+                       "budget": budgets.end_to_end_p99_ms})
+    for stage, limit in budgets.stages_p99_ms.items():
+        got = report["latency_ms"]["stages"].get(stage, {}).get("p99")
+        if got is not None and got > limit:
+            broken.append({"stage": stage, "figure": "p99", "value": got, "budget": limit})
+    if report["drop_rate"] > budgets.max_drop_rate:
+        broken.append({"stage": "capture", "figure": "drop_rate",
+                       "value": report["drop_rate"], "budget": budgets.max_drop_rate})
+    broken.sort(key=lambda b: -b["value"] / b["budget"])
+    return {"profile": profile.name, "pass": not broken, "broken": broken,
+            "budgets": budgets.model_dump(), "why": profile.why}
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("torch", "numpy", "opencv-python-headless", "av", "pyzmq", "onnxruntime",
+                 "openvino", "torch-tensorrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _peak_memory() -> dict[str, float | None]:
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:
+        pass
+    return {"cpu_rss_mb": round(rss_mb, 1), "gpu_mb": gpu}
+
+
+def bench(source: str, config: Path | None = None, mode: str | None = None,
+          profile_name: str = "auto", frames: int = 600, warmup: int = 30,
+          sets: list[str] | None = None, peers: bool = True) -> dict[str, Any]:
+    """Run and analyse; returns the report (see docs/bench-report.md for the schema)."""
+    device = detect_device()
+    budget_sets = [s for s in sets or [] if s.startswith("budgets.")]
+    pipeline_sets = [s for s in sets or [] if not s.startswith("budgets.")]
+    profile = load_profile(profile_name, device, budget_sets)
+    h, w = profile.input_size
+    derived = [f"source.spec={source}", f"segment.size={h}x{w}"]
+    if mode:
+        derived.append(f"source.mode={mode}")
+    if source == "synthetic":
+        derived.append(f"source.fps={profile.fps:g}")
+    cfg = load_config(config, derived + pipeline_sets)
+    logger.info("bench: profile {} ({}), {} frames after {} warm-up, source {}",
+                profile.name, profile.description, frames, warmup, source)
+    bench_run = run(cfg, frames, warmup)
+    report = analyse(bench_run, warmup)
+    engine = bench_run.engine
+    notes = []
+    if not matches(profile, device):
+        notes.append(f"profile {profile.name} is for {profile.match.kind}"
+                     f"{' ' + profile.match.name_contains if profile.match.name_contains else ''}"
+                     f", but this runs on {device['kind']} {device['name']}: its budgets are "
+                     f"a target, not this machine's")
+    for key in ("backend", "precision"):
+        expected = getattr(profile, key)
+        if expected != "auto" and engine.get(key) not in (None, expected):
+            notes.append(f"profile {profile.name} expects {key} {expected}; this run used "
+                         f"{engine.get(key)}")
+    report.update({
+        "schema": "orstream.bench/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {"spec": cfg.source.spec, "mode": cfg.source.mode},
+        "device": device,
+        "versions": _versions(),
+        "engine": engine,
+        "config_sha256": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+        "memory": _peak_memory(),
+        "notes": notes,
+    })
+    report["budget"] = judge(report, profile)
+    if peers:
+        from benchmarks.peers import floors
+
+        report["floors"] = floors(cfg.source.spec, (cfg.source.height, cfg.source.width))
+    return report
+
+
+def bench_command(source: str, out: Path, config: Path | None = None, mode: str | None = None,
+                  profile: str = "auto", frames: int = 600, warmup: int = 30,
+                  sets: list[str] | None = None, baseline: Path | None = None,
+                  regression: float = 0.10, peers: bool = True) -> int:
+    """What `orstream bench` does: 0 when every budget holds, 1 when one breaks (the last
+    line names the stage and figure); usage errors raise before anything runs."""
+    import json
+
+    from benchmarks.report import compare, write
+
+    old = None
+    if baseline is not None:
+        path = Path(baseline) / "report.json" if Path(baseline).is_dir() else Path(baseline)
+        if not path.is_file():
+            raise FileNotFoundError(f"--baseline {baseline}: no report.json there")
+        old = json.loads(path.read_text())
+    report = bench(source, config, mode, profile, frames, warmup, sets, peers)
+    if old is not None:
+        report["baseline"] = compare(report, old, regression)
+    paths = write(report, Path(out))
+    e2e = report["latency_ms"]["end_to_end"]
+    print(f"{report['frames']} frames, {report['throughput_fps']:.2f} fps, end to end p50 "
+          f"{e2e['p50']:.1f} ms p99 {e2e['p99']:.1f} ms, dropped {report['dropped']}; "
+          f"report in {paths['md']}")
+    if report.get("baseline", {}).get("regressions"):
+        print("regressions against the baseline: "
+              + ", ".join(report["baseline"]["regressions"]))
+    budget = report["budget"]
+    if budget["pass"]:
+        print(f"PASS: every {budget['profile']} budget holds")
+        return 0
+    print("FAIL: " + "; ".join(f"{b['stage']} {b['figure']} {b['value']:.4g} > budget "
+                               f"{b['budget']:g}" for b in budget["broken"]))
+    return 1

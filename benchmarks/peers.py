@@ -1,0 +1,101 @@
+"""Floors, measured in the same run as what they bound: how fast the hardware and the
+simplest peer move or decode one frame, so a report says how far each stage is from them.
+
+    python -m benchmarks.peers [--source PATH|synthetic] [--out benchmarks/results]
+
+- memcpy of one frame (the floor of any hop);
+- raw PyAV decode + RGB conversion of the same file (the floor of capture), when the
+  source is a file;
+- one imagezmq REQ/REP hop of the same frame between two processes over ipc (the
+  simplest peer of the display hop), when imagezmq is installed (`.[bench]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import stats, time_calls, write_json
+
+
+def memcpy_floor(shape: tuple[int, int, int]) -> dict[str, Any]:
+    src = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    dst = np.empty_like(src)
+    return {"what": f"memcpy {shape[1]}x{shape[0]} frame", **stats(
+        time_calls(lambda: np.copyto(dst, src), iters=200, warmup=10))}
+
+
+def decode_floor(path: Path, limit: int = 300) -> dict[str, Any]:
+    import time
+
+    import av
+
+    times = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # what lossless replay uses
+        t0 = time.perf_counter_ns()
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+            t1 = time.perf_counter_ns()
+            times.append((t1 - t0) / 1e6)
+            t0 = t1
+            if len(times) >= limit:
+                break
+    ms = np.asarray(times)
+    return {"what": f"PyAV decode + RGB of {path.name}", "fps": float(1000 / ms.mean()),
+            **stats(ms)}
+
+
+def imagezmq_floor(shape: tuple[int, int, int], frames: int = 90) -> dict[str, Any]:
+    from benchmarks.transport import imagezmq_row
+
+    with tempfile.TemporaryDirectory() as tmp:
+        row = imagezmq_row(f"ipc://{tmp}/peer", shape, frames, 30.0, warmup=10)
+    return {"what": "imagezmq REQ/REP hop over ipc (process to process)", **row}
+
+
+def floors(spec: str, frame_hw: tuple[int, int]) -> list[dict[str, Any]]:
+    """Every floor that applies to this source; a floor that cannot run says why."""
+    shape = (*frame_hw, 3)
+    out = [memcpy_floor(shape)]
+    path = Path(spec)
+    if path.is_file():
+        try:
+            out.append(decode_floor(path))
+        except Exception as exc:  # a floor must never sink the report it annotates
+            out.append({"what": "PyAV decode", "skipped": f"{exc.__class__.__name__}: {exc}"})
+    if importlib.util.find_spec("imagezmq") is not None:
+        try:
+            out.append(imagezmq_floor(shape))
+        except Exception as exc:
+            out.append({"what": "imagezmq hop", "skipped": f"{exc.__class__.__name__}: {exc}"})
+    else:
+        out.append({"what": "imagezmq hop",
+                    "skipped": "imagezmq not installed: pip install -e '.[bench]'"})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="synthetic")
+    parser.add_argument("--size", default="1080x1920", help="frame HxW for memcpy and hops")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    h, w = (int(v) for v in args.size.split("x"))
+    rows = floors(args.source, (h, w))
+    for r in rows:
+        detail = r.get("skipped") or f"p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms"
+        print(f"{r['what']}: {detail}")
+    print(f"wrote {write_json(args.out / 'peers.json', {'floors': rows})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
