@@ -141,7 +141,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
     _install_signal_handlers(stop.set)
     summary = view(args.endpoint, frames=args.frames, save=args.save, save_every=args.every,
                    window=False if args.headless else None, timeout_s=args.timeout,
-                   stop=stop, quiet=args.json)
+                   stop=stop, quiet=args.json, measure=args.measure, clock=args.clock,
+                   size=args.size)
     if args.json:
         print(json.dumps(summary.to_json()))
     return 0
@@ -306,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--timeout", type=float, help="exit after this many seconds without frames")
     vw.add_argument("--headless", action="store_true", help="never open a window")
     vw.add_argument("--json", action="store_true", help="one summary JSON object at exit")
+    vw.add_argument("--size", type=_size_wh, help="show the picture at WxH (a smaller screen)")
+    vw.add_argument("--measure", action="store_true",
+                    help="capture to display from the timecode in the pixels shown "
+                         "(source.timecode; synthetic by default)")
+    vw.add_argument("--clock", choices=["monotonic", "wall"], default="monotonic",
+                    help="--measure against: monotonic (same host, default) or wall (another "
+                         "host; as good as the clocks' sync)")
     vw.set_defaults(func=_cmd_view)
 
     ex = sub.add_parser("export", help="build an inference engine into the engine cache")

@@ -74,6 +74,10 @@ class SourceConfig(_Strict):
     # network: extra FFmpeg options, over orstream's (e.g. {rtsp_transport: udp})
     ffmpeg_options: dict[str, str] = Field(default_factory=dict)
     pixel_format: str | None = None  # cameras: FOURCC to request (MJPG, YUYV, ...); None = device's
+    # Burn seq and capture time into each frame as it is taken (pipeline/timecode.py), for
+    # `orstream view --measure`: auto = the sources that do by default (synthetic); true =
+    # any source (overwrites a 256x192 patch left of the segmentation crop); false = never
+    timecode: bool | Literal["auto"] = "auto"
 
     @field_validator("ffmpeg_options", mode="before")
     @classmethod

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from pipeline import timecode
 from pipeline.capture import CaptureThread
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.frame import Frame
 from pipeline.sources import Captured, Source, SourceError, open_source
 from pipeline.stages import (
@@ -87,6 +88,7 @@ class Pipeline:
         self._capture_receiver: Receiver | None = None  # the edge where frames are dropped
         self._capture_done = threading.Event()
         self._lock = threading.Lock()
+        self._timecode = False  # burn seq and capture time into frames (source.timecode)
 
     # -------------------------------------------------------------- graph (the one place)
 
@@ -103,6 +105,7 @@ class Pipeline:
         return sender, receiver
 
     def _build(self) -> None:
+        self._timecode = self._timecode_on()
         # Segmentation off: no stage and no model. The capture edge (configured as
         # capture->segment: it is where the live policy drops frames) feeds render directly,
         # so traces read capture -> render and drops are counted as before.
@@ -135,6 +138,26 @@ class Pipeline:
         for _, stage in sinks:
             stage.stopping = self.stop_requested.is_set
         self._nodes["render"] = _Node(render, [render_in], render_outs, [render_upstream])
+
+    def _timecode_on(self) -> bool:
+        """Whether capture burns the timecode in: source.timecode, `auto` asking the source."""
+        setting = self.cfg.source.timecode
+        info = self._source.info
+        size_known = info.width > 0 and info.height > 0
+        if setting == "auto":
+            # A test feed at a size too small to carry it goes unmarked rather than failing.
+            on = info.timecode and size_known and timecode.fits(info.height, info.width)
+        elif setting and size_known and not timecode.fits(info.height, info.width):
+            raise ConfigError(f"source.timecode: {info.name} gives {info.width}x{info.height}"
+                              f" frames, too small for the timecode (at least 480x270); set "
+                              f"source.timecode: false")
+        else:
+            on = setting
+        if on and self.cfg.segment.enabled and self.cfg.segment.crop == "none":
+            # Without the EndoVis crop the model sees the code and may draw over it.
+            logger.warning("source.timecode is on with segment.crop none: the model sees "
+                           "the timecode; keep crop endovis to leave it out of segmentation")
+        return on
 
     def _capture_mode(self) -> Mode:
         """The capture edge follows the source. A source that is not live (lossless replay)
@@ -172,6 +195,10 @@ class Pipeline:
                     # (replaced in the capture holder, or late) show downstream as seq gaps
                     # and are counted as dropped with the rest.
                     frame = _frame_of(self.cfg.stream, item)
+                    if self._timecode:
+                        # Here, once seq and both capture times are final: the code carries
+                        # exactly the header's values, and its cost counts as capture.
+                        _burn_timecode(frame)
                     frame.stamp("capture", frame.t_capture_ns)
                     while not self._capture_sender.send(frame):
                         if self.abort.is_set() or self.stop_requested.is_set():
@@ -332,6 +359,13 @@ def _frame_of(stream: str, item: Captured) -> Frame:
         frame.t_capture_ns = item.t_capture_ns
     frame.media_s = item.media_s
     return frame
+
+
+def _burn_timecode(frame: Frame) -> None:
+    try:
+        timecode.write(frame.image, frame.seq, frame.t_capture_ns, frame.t_wall_ns)
+    except timecode.TimecodeError as exc:  # the source changed size mid-stream
+        raise ConfigError(f"source.timecode: {exc}; set source.timecode: false") from None
 
 
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None,

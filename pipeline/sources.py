@@ -46,6 +46,9 @@ class SourceInfo:
     fps: float  # nominal rate (a file's average); pacing itself follows timestamps
     width: int
     height: int
+    # Burns the timecode in when source.timecode is auto: a test feed, whose pixels nobody
+    # needs untouched (pipeline/timecode.py)
+    timecode: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ class SyntheticSource(Source):
 
         self._synth = SyntheticEndoscope(SynthConfig(width=cfg.width, height=cfg.height,
                                                      fps=cfg.fps, seed=cfg.seed))
-        self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height)
+        self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height,
+                               timecode=True)
 
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
         period = 1.0 / self.info.fps

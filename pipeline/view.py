@@ -5,6 +5,14 @@ overlay in a window when OpenCV has GUI support and a display exists, and otherw
 headless: a line per second of fps, latency (capture to receipt) and drops, `--save DIR` to
 keep every Nth frame as PNG, and `--json` for a summary at exit.
 
+`--measure` reads the timecode burnt into the picture (pipeline/timecode.py) back from the
+pixels about to be shown, after the viewer's resize and colour conversion, and reports
+capture to display from it: the software part of glass to glass, measured the way a camera
+filming the screen would, but without the screen's own scan-out and panel delay. The
+header's capture time for the same frames and display instants is kept beside it, so the two
+can be compared; a code that does not read, or reads a different seq than the header's, is
+counted and never becomes a latency.
+
 orstream depends on opencv-python-headless (servers, CI and the pipeline need no GUI, and
 the two OpenCV wheels cannot live in one environment). For a window, replace it:
 `pip uninstall -y opencv-python-headless && pip install opencv-python`.
@@ -17,12 +25,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from loguru import logger
 
+from pipeline import timecode
+from pipeline.frame import Frame
 from pipeline.transport import Receiver
+
+Clock = Literal["monotonic", "wall"]
 
 
 def has_gui() -> bool:
@@ -34,6 +47,61 @@ def has_gui() -> bool:
     return "NONE" not in gui_line.upper()
 
 
+def _percentiles(values: list[float]) -> dict[str, float]:
+    lat = np.asarray(values) if values else np.zeros(1)
+    return {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max())}
+
+
+@dataclass
+class GlassMeter:
+    """Capture to display read from the pixels shown, and the header's figure beside it.
+
+    clock: `monotonic` compares the code's t_capture_ns with this host's CLOCK_MONOTONIC,
+    valid only on the capturing host; `wall` compares t_wall_ns with CLOCK_REALTIME, valid
+    across hosts only as far as their clocks agree (NTP: about a millisecond; PTP: better).
+    """
+
+    clock: Clock = "monotonic"
+    latencies_ms: list[float] = field(default_factory=list)  # from the pixels
+    header_ms: list[float] = field(default_factory=list)  # same frames and instants, header
+    capture_diff_ms: list[float] = field(default_factory=list)  # |pixels - header| capture
+    # (seq, display instant, capture time read from the pixels) per counted frame, ns on
+    # `clock`: to set against the pipeline's own traces of the same frames
+    samples: list[tuple[int, int, int]] = field(default_factory=list)
+    unreadable: int = 0  # no code, or one that failed its checks
+    seq_mismatch: int = 0  # a valid code of another frame (e.g. burnt into a replayed file)
+
+    def add(self, frame: Frame, shown: np.ndarray, t_mono_ns: int, t_wall_ns: int) -> float | None:
+        """Read the code in `shown`, displayed at the given instant; the latency in ms, or None
+        when it does not count (unreadable, another frame's code)."""
+        code = timecode.read(shown)
+        if code is None:
+            self.unreadable += 1
+            return None
+        if code.seq != frame.seq & 0xFFFF_FFFF:
+            self.seq_mismatch += 1
+            return None
+        if self.clock == "wall":
+            now, pixel_t, header_t = t_wall_ns, code.t_wall_ns, frame.t_wall_ns
+        else:
+            now, pixel_t, header_t = t_mono_ns, code.t_capture_ns, frame.t_capture_ns
+        latency = (now - pixel_t) / 1e6
+        self.samples.append((frame.seq, now, pixel_t))
+        self.latencies_ms.append(latency)
+        self.header_ms.append((now - header_t) / 1e6)
+        self.capture_diff_ms.append(abs(pixel_t - header_t) / 1e6)
+        return latency
+
+    def to_json(self) -> dict:
+        diff = np.asarray(self.capture_diff_ms) if self.capture_diff_ms else np.zeros(1)
+        return {**_percentiles(self.latencies_ms), "frames": len(self.latencies_ms),
+                "unreadable": self.unreadable, "seq_mismatch": self.seq_mismatch,
+                "clock": self.clock, "header": _percentiles(self.header_ms),
+                "capture_diff_ms": {"mean_abs": float(diff.mean()),
+                                    "max_abs": float(diff.max())}}
+
+
 @dataclass
 class ViewSummary:
     frames: int = 0
@@ -42,12 +110,12 @@ class ViewSummary:
     increasing: bool = True  # seq strictly increased from frame to frame
     dropped: int = 0
     rejected: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # capture to receipt, header
     saved: int = 0
+    glass: GlassMeter | None = None  # --measure
 
     def to_json(self) -> dict:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        return {
+        out = {
             "frames": self.frames,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
@@ -55,27 +123,94 @@ class ViewSummary:
             "dropped": self.dropped,
             "rejected": self.rejected,
             "saved": self.saved,
-            "latency_ms": {"p50": float(np.percentile(lat, 50)),
-                           "p99": float(np.percentile(lat, 99)),
-                           "max": float(lat.max())},
+            "latency_ms": _percentiles(self.latencies_ms),
         }
+        if self.glass is not None:
+            out["glass_ms"] = self.glass.to_json()
+        return out
+
+
+class _Window:
+    """The last second's figures for the log line."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.count = 0
+        self.latency: list[float] = []
+        self.glass: list[float] = []
+        self.unreadable = 0
+
+    def line(self, now: float, receiver: Receiver, measure: bool) -> str:
+        def p(values: list[float], q: float) -> float:
+            return float(np.percentile(values, q)) if values else 0.0
+
+        text = (f"{self.count / (now - self.start):.1f} fps | latency p50 "
+                f"{p(self.latency, 50):.1f} ms p99 {p(self.latency, 99):.1f} ms")
+        if measure:
+            text += (f" | glass p50 {p(self.glass, 50):.1f} ms p99 {p(self.glass, 99):.1f} ms"
+                     f" unreadable {self.unreadable}")
+        return (f"{text} | dropped {receiver.dropped} | rejected "
+                f"{sum(receiver.stats.rejected.values())}")
+
+
+class _Display:
+    """Resize, convert, show, save and measure one picture."""
+
+    def __init__(self, title: str, show: bool, save: Path | None, save_every: int,
+                 size: tuple[int, int] | None) -> None:
+        self.title = title
+        self.show = show
+        self.save = save
+        self.save_every = save_every
+        self.size = size
+
+    def present(self, frame: Frame, picture: np.ndarray, summary: ViewSummary,
+                second: _Window) -> bool:
+        """Show (and save, measure) one picture; True when the user asked to quit."""
+        if self.size is not None and (picture.shape[1], picture.shape[0]) != self.size:
+            picture = cv2.resize(picture, self.size, interpolation=cv2.INTER_AREA)
+        # What a window is given (OpenCV windows take BGR): converted whenever it is shown,
+        # saved or measured, so that the measured path is the displayed one.
+        converted = self.show or summary.glass is not None or self.save is not None
+        shown = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR) if converted else picture
+        quit_key = False
+        if self.show:
+            cv2.imshow(self.title, shown)
+            # The window repaints inside waitKey: only then is the frame on its way out.
+            quit_key = cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+        if summary.glass is not None:
+            glass = summary.glass.add(frame, shown, time.monotonic_ns(), time.time_ns())
+            if glass is None:
+                second.unreadable += 1
+            else:
+                second.glass.append(glass)
+        if self.save is not None and frame.seq % self.save_every == 0:
+            cv2.imwrite(str(self.save / f"frame_{frame.seq:06d}.png"), shown)
+            summary.saved += 1
+        return quit_key
 
 
 def view(endpoint: str, frames: int | None = None, save: Path | None = None,
          save_every: int = 30, window: bool | None = None, timeout_s: float | None = None,
-         stop: threading.Event | None = None, quiet: bool = False) -> ViewSummary:
-    """Receive until `frames` frames arrived, `timeout_s` passed without any, or `stop`."""
+         stop: threading.Event | None = None, quiet: bool = False, measure: bool = False,
+         clock: Clock = "monotonic", size: tuple[int, int] | None = None) -> ViewSummary:
+    """Receive until `frames` frames arrived, `timeout_s` passed without any, or `stop`.
+
+    measure: read the timecode from each picture as displayed (after resizing to `size`,
+    (W, H), and converting to the window's BGR) and report capture to display from it, on
+    `clock` (monotonic: same host; wall: across hosts, as good as the clocks' agreement).
+    """
     stop = stop or threading.Event()
     show = has_gui() if window is None else window
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
-    summary = ViewSummary()
-    last_report = time.monotonic()
-    window_count = 0
-    window_lat: list[float] = []
+    summary = ViewSummary(glass=GlassMeter(clock) if measure else None)
+    display = _Display(f"orstream {endpoint}", show, save, save_every, size)
+    second = _Window()
     last_frame_at = time.monotonic()
     with Receiver(endpoint, "latest", name="view") as receiver:
-        logger.info("viewing {} ({})", receiver.endpoint, "window" if show else "headless")
+        logger.info("viewing {} ({}{})", receiver.endpoint, "window" if show else "headless",
+                    ", measuring capture to display from the picture" if measure else "")
         while not stop.is_set() and (frames is None or summary.frames < frames):
             frame = receiver.recv(timeout_ms=200)
             now = time.monotonic()
@@ -93,25 +228,15 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                 summary.last_seq = frame.seq
                 summary.frames += 1
                 summary.latencies_ms.append(latency)
-                window_count += 1
-                window_lat.append(latency)
+                second.count += 1
+                second.latency.append(latency)
                 picture = frame.overlay if frame.overlay is not None else frame.image
-                if save is not None and picture is not None and frame.seq % save_every == 0:
-                    cv2.imwrite(str(save / f"frame_{frame.seq:06d}.png"),
-                                cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-                    summary.saved += 1
-                if show and picture is not None:
-                    cv2.imshow(f"orstream {endpoint}", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                        break
-            if now - last_report >= 1.0:
+                if picture is not None and display.present(frame, picture, summary, second):
+                    break  # q or Esc in the window
+            if now - second.start >= 1.0:
                 if not quiet:
-                    p50 = float(np.percentile(window_lat, 50)) if window_lat else 0.0
-                    p99 = float(np.percentile(window_lat, 99)) if window_lat else 0.0
-                    logger.info("{:.1f} fps | latency p50 {:.1f} ms p99 {:.1f} ms | dropped {} "
-                                "| rejected {}", window_count / (now - last_report), p50, p99,
-                                receiver.dropped, sum(receiver.stats.rejected.values()))
-                window_count, window_lat, last_report = 0, [], now
+                    logger.info("{}", second.line(now, receiver, measure))
+                second = _Window()
         summary.dropped = receiver.dropped
         summary.rejected = sum(receiver.stats.rejected.values())
     if show:
