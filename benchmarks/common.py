@@ -12,13 +12,9 @@ import numpy as np
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from engines.backends.base import cpu_name
+
+    return cpu_name()
 
 
 def machine() -> dict:

@@ -13,26 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.backends.base import BackendError, Engine
-from engines.backends.torch_backend import check_torch_precision, torch_native_precisions
+from engines.backends.base import BackendError
+from engines.backends.torch_backend import TorchPrecisions
 from engines.checkpoint import Checkpoint
 from engines.deploy import LabelNet, example_input
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class CompiledEngine(Engine):
+class CompiledEngine(TorchPrecisions):
     name = "compile"
     artifact = "model.pt2"
-    devices = ("cpu", "cuda")
-
-    @classmethod
-    def check(cls, precision: str, device: str) -> None:
-        check_torch_precision(cls.name, precision, device)
-
-    @classmethod
-    def native_precisions(cls, device: str) -> tuple[str, ...]:
-        return torch_native_precisions(device)
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -22,36 +22,32 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def check_torch_precision(backend: str, precision: str, device: str) -> None:
-    """What torch itself serves; shared by the eager and compiled torch backends."""
-    if device == "cuda":
-        require_cuda(backend)
-    served = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}[device]
-    refuse_precision(backend, precision, device, served)
-    if device == "cpu" and precision == "bf16" and not cpu_bf16_supported():
-        raise BackendError(f"precision bf16 asked for ({backend} backend), but this CPU has no "
-                           f"native bf16 (AVX-512 BF16 or AMX): use precision fp32")
+class TorchPrecisions(Engine):
+    """What torch itself serves on each device: shared by the eager and compiled backends."""
 
-
-def torch_native_precisions(device: str) -> tuple[str, ...]:
-    if device == "cuda":
-        return ("fp16", "fp32")
-    return ("bf16", "fp32") if cpu_bf16_supported() else ("fp32",)
-
-
-class TorchSegmenter(Engine):
-    """Eager torch on (N, H, W, 3) uint8 frames."""
-
-    name = "torch"
     devices = ("cpu", "cuda")
 
     @classmethod
     def check(cls, precision: str, device: str) -> None:
-        check_torch_precision(cls.name, precision, device)
+        if device == "cuda":
+            require_cuda(cls.name)
+        served = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}[device]
+        refuse_precision(cls.name, precision, device, served)
+        if device == "cpu" and precision == "bf16" and not cpu_bf16_supported():
+            raise BackendError(f"precision bf16 asked for ({cls.name} backend), but this CPU "
+                               f"has no native bf16 (AVX-512 BF16 or AMX): use precision fp32")
 
     @classmethod
     def native_precisions(cls, device: str) -> tuple[str, ...]:
-        return torch_native_precisions(device)
+        if device == "cuda":
+            return ("fp16", "fp32")
+        return ("bf16", "fp32") if cpu_bf16_supported() else ("fp32",)
+
+
+class TorchSegmenter(TorchPrecisions):
+    """Eager torch on (N, H, W, 3) uint8 frames."""
+
+    name = "torch"
 
     @classmethod
     def versions(cls) -> dict[str, str]:
