@@ -1,6 +1,6 @@
 """Frame transport latency: orstream's ZeroMQ hop against a memory copy and imagezmq.
 
-    python -m benchmarks.transport [--frames 300] [--saturated-frames 300]
+    python -m benchmarks.transport [--frames 300] [--saturated-frames 300] [--rounds 3]
                                    [--slow-seconds 5] [--out benchmarks/results]
 
 Everything runs in one process run, so the ratios are comparable on a noisy machine:
@@ -12,6 +12,11 @@ Everything runs in one process run, so the ratios are comparable on a noisy mach
    30 fps rows use "latest" (what displays use, the publisher binds), saturated rows use
    "lossless" (latest drops on purpose; the receiving stage binds its input).
 3. imagezmq REQ/REP over ipc, same frame and rates (skipped if imagezmq is not installed).
+   At 30 fps it runs against orstream's ipc row in `--rounds` alternating segments, pooled,
+   so that the two see the same stretches of a shared machine. Both clocks start right
+   before the library's send call (Sender.send, send_image) and stop right after its
+   receive returns (Receiver.recv with its validation, recv_image); both receivers wait in
+   a blocking recv with a 100 ms ZMQ_RCVTIMEO and drop the frame once stamped.
 4. orstream hop between two threads over inproc, 1080p and 4K: buffers go by reference, so
    the cost should not grow with the frame size.
 5. latest mode with a consumer three times slower than a 30 fps producer: the consumer must
@@ -124,8 +129,11 @@ def orstream_sender(endpoint: str, mode: str, bind: bool, shape: tuple[int, ...]
             seq += 1
             time.sleep(0.01)
         def send_one(i: int) -> int:
-            # t_capture_ns is set just before sending: the hop is all that is measured.
-            frame = Frame(STREAM, i, time.monotonic_ns(), time.time_ns(), image)
+            # The Frame is what the capture stage hands over; t_capture_ns is set just before
+            # Sender.send, as imagezmq_sender takes its timestamp just before send_image, so
+            # both clocks start at the library call and the hop is all that is measured.
+            frame = Frame(STREAM, i, 0, time.time_ns(), image)
+            frame.t_capture_ns = time.monotonic_ns()
             while not sender.send(frame):  # lossless: no room yet (backpressure)
                 if done.is_set():
                     break
@@ -220,6 +228,7 @@ def _summary(lat_ns: list[int], t_rx_ns: list[int]) -> dict:
     out = stats(np.asarray(lat_ns) / 1e6)
     span = (t_rx_ns[-1] - t_rx_ns[0]) / 1e9
     out["throughput_fps"] = (len(t_rx_ns) - 1) / span if span > 0 else None
+    out["lat_ns"] = lat_ns  # for pooling rounds; dropped before the report
     return out
 
 
@@ -227,25 +236,35 @@ def orstream_row(endpoint: str, mode: str, sender_binds: bool, shape: tuple[int,
                  n: int, fps: float, warmup: int, thread: bool = False) -> dict:
     from pipeline.transport import Receiver
 
+    def recv(rx: Receiver) -> tuple[str, int, int, int] | None:
+        frame = rx.recv(100)
+        now_ns = time.monotonic_ns()  # receipt: right after Receiver.recv returns
+        if frame is None:
+            return None
+        # The frame, and with it the receive buffer, is released on return, as imagezmq_row
+        # releases its image: holding it until the next one arrives would make the receiving
+        # side allocate a second buffer (fresh pages) for each frame, on one side only.
+        return frame.stream, frame.seq, frame.t_capture_ns, now_ns
+
     with Receiver(endpoint, mode, bind=not sender_binds, name="bench") as rx, \
             _Peer(orstream_sender, (endpoint, mode, sender_binds, shape, n, fps),
                   thread=thread) as peer:
-        _wait_for_prime(lambda: rx.recv(100), peer.go, f"orstream {endpoint}")
+        _wait_for_prime(lambda: recv(rx), peer.go, f"orstream {endpoint}")
         dropped_before = rx.dropped
         lat, t_rx = [], []
         received = 0
         last_seen = time.monotonic()
         while time.monotonic() - last_seen < IDLE_TIMEOUT_S:
-            frame = rx.recv(100)
-            now_ns = time.monotonic_ns()  # receipt: right after Receiver.recv returns
-            if frame is None or frame.stream != STREAM:
+            got = recv(rx)
+            if got is None or got[0] != STREAM:
                 continue
+            _stream, seq, t_capture_ns, now_ns = got
             last_seen = time.monotonic()
             received += 1
-            if frame.seq >= warmup:
-                lat.append(now_ns - frame.t_capture_ns)
+            if seq >= warmup:
+                lat.append(now_ns - t_capture_ns)
                 t_rx.append(now_ns)
-            if frame.seq >= n - 1:
+            if seq >= n - 1:
                 break
         peer.done.set()
         sent = peer.result()
@@ -263,11 +282,16 @@ def imagezmq_row(endpoint: str, shape: tuple[int, ...], n: int, fps: float,
 
     hub = imagezmq.ImageHub(open_port=endpoint, REQ_REP=True)
     hub.zmq_socket.setsockopt(zmq.LINGER, 0)
+    # Wait the way orstream's Receiver does, inside a blocking recv with a 100 ms
+    # ZMQ_RCVTIMEO, so both sides wake at the same point; a poll() first would add a poller
+    # round to imagezmq's side only.
+    hub.zmq_socket.setsockopt(zmq.RCVTIMEO, 100)
 
     def recv() -> tuple[str, int] | None:
-        if not hub.zmq_socket.poll(100, zmq.POLLIN):
+        try:
+            msg, _image = hub.recv_image()
+        except zmq.Again:
             return None
-        msg, _image = hub.recv_image()
         now_ns = time.monotonic_ns()  # receipt, before the reply
         hub.send_reply(b"OK")
         return msg, now_ns
@@ -296,6 +320,37 @@ def imagezmq_row(endpoint: str, shape: tuple[int, ...], n: int, fps: float,
         hub.close()
     out = _summary(lat, t_rx)
     out.update(received=received, sent=sent["sent"], sender_fps=sent["fps"])
+    return out
+
+
+def paired_rows(endpoint: Any, n: int, fps: float, warmup: int, rounds: int) -> dict[str, dict]:
+    """orstream (latest) and imagezmq (REQ/REP) over ipc in `rounds` alternating segments of
+    n / rounds frames, the order flipped each round, latencies pooled per side. On a shared
+    machine the hop's p50 drifts by 10 % from one 10 s stretch to the next; back-to-back
+    rows would compare two stretches, alternating segments compare the same ones."""
+    per = max(n // rounds, warmup + 2)
+    segments: dict[str, list[dict]] = {"orstream": [], "imagezmq": []}
+    for r in range(rounds):
+        for who in ("orstream", "imagezmq") if r % 2 == 0 else ("imagezmq", "orstream"):
+            segments[who].append(
+                orstream_row(endpoint(), "latest", True, HD, per, fps, warmup)
+                if who == "orstream" else imagezmq_row(endpoint(), HD, per, fps, warmup))
+    out = {}
+    for who, rows in segments.items():
+        pooled = stats(np.asarray([x for row in rows for x in row["lat_ns"]]) / 1e6)
+        pooled.update(
+            throughput_fps=float(np.mean([row["throughput_fps"] or 0.0 for row in rows])),
+            received=sum(row["received"] for row in rows),
+            sent=sum(row["sent"] for row in rows),
+            sender_fps=float(np.mean([row["sender_fps"] for row in rows])),
+            rounds=rounds, rounds_p50=[row["p50"] for row in rows])
+        if who == "orstream":
+            pooled.update(dropped=sum(row["dropped"] for row in rows),
+                          rejected=sum(row["rejected"] for row in rows))
+        out[who] = pooled
+    ratios = [o["p50"] / i["p50"] for o, i in zip(segments["orstream"], segments["imagezmq"],
+                                                  strict=True)]
+    out["orstream"]["rounds_vs_imagezmq"] = ratios
     return out
 
 
@@ -365,7 +420,8 @@ def _free_port() -> int:
 # --------------------------------------------------------------------------- main
 
 
-def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int) -> dict:
+def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
+        rounds: int = 3) -> dict:
     have_imagezmq = importlib.util.find_spec("imagezmq") is not None
     tmp = tempfile.mkdtemp(prefix="orstream-bench-")
     counter = iter(range(10**6))
@@ -376,27 +432,35 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int) ->
     def tcp() -> str:
         return f"tcp://127.0.0.1:{_free_port()}"
 
-    # (what, transport, mode, rate, callable)
-    plan: list[tuple[str, str, str, str, Any]] = []
+    # ([(what, transport, mode, rate), ...], callable returning one result per label)
+    Label = tuple[str, str, str, str]
+    plan: list[tuple[list[Label], Any]] = []
     for rate, fps, n, mode in (("30 fps", FPS, frames, "latest"),
                                ("saturated", 0.0, saturated_frames, "lossless")):
         # latest: the publisher binds and displays connect; lossless: the receiving stage
         # binds its input and upstream connects (pipeline/transport.py).
         sender_binds = mode == "latest"
-        plan.append(("orstream process hop", "ipc", mode, rate, lambda fps=fps, n=n, m=mode,
-                     b=sender_binds: orstream_row(ipc(), m, b, HD, n, fps, warmup)))
-        plan.append(("orstream process hop", "tcp", mode, rate, lambda fps=fps, n=n, m=mode,
-                     b=sender_binds: orstream_row(tcp(), m, b, HD, n, fps, warmup)))
-        if have_imagezmq:
-            plan.append(("imagezmq process hop", "ipc", "REQ/REP", rate,
-                         lambda fps=fps, n=n: imagezmq_row(ipc(), HD, n, fps, warmup)))
+        ours: Label = ("orstream process hop", "ipc", mode, rate)
+        theirs: Label = ("imagezmq process hop", "ipc", "REQ/REP", rate)
+        if have_imagezmq and rate == "30 fps":  # the compared pair: alternating rounds
+            plan.append(([ours, theirs], lambda fps=fps, n=n: list(
+                paired_rows(ipc, n, fps, warmup, rounds).values())))
+        else:
+            plan.append(([ours], lambda fps=fps, n=n, m=mode, b=sender_binds: [
+                orstream_row(ipc(), m, b, HD, n, fps, warmup)]))
+        plan.append(([("orstream process hop", "tcp", mode, rate)],
+                     lambda fps=fps, n=n, m=mode, b=sender_binds: [
+                         orstream_row(tcp(), m, b, HD, n, fps, warmup)]))
+        if have_imagezmq and rate != "30 fps":
+            plan.append(([theirs], lambda fps=fps, n=n: [
+                imagezmq_row(ipc(), HD, n, fps, warmup)]))
     for rate, fps, n, mode in (("30 fps", FPS, frames, "latest"),
                                ("saturated", 0.0, saturated_frames, "lossless")):
         for label, shape in (("1080p", HD), ("4K", UHD)):
-            plan.append((f"orstream thread hop {label}", "inproc", mode, rate,
-                         lambda fps=fps, n=n, m=mode, s=shape: orstream_row(
+            plan.append(([(f"orstream thread hop {label}", "inproc", mode, rate)],
+                         lambda fps=fps, n=n, m=mode, s=shape: [orstream_row(
                              f"inproc://bench-{next(counter)}", m, False, s, n, fps, warmup,
-                             thread=True)))
+                             thread=True)]))
 
     load_before = os.getloadavg()
     rows = memcpy_rows(max(frames, 50))
@@ -404,17 +468,22 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int) ->
         row.update(transport="memory", mode="-", rate="-")
     failed = []
     try:
-        for what, transport, mode, rate, fn in plan:
-            print(f"  {what} {transport} {mode} {rate} ...", file=sys.stderr, flush=True)
-            row: dict[str, Any] = {"what": what, "transport": transport, "mode": mode,
-                                   "rate": rate}
+        for labels, fn in plan:
+            print("  " + " and ".join(" ".join(label) for label in labels) + " ...",
+                  file=sys.stderr, flush=True)
+            planned: list[dict[str, Any]] = [
+                {"what": what, "transport": transport, "mode": mode, "rate": rate}
+                for what, transport, mode, rate in labels]
             try:
-                row.update(fn())
+                for row, result in zip(planned, fn(), strict=True):
+                    result.pop("lat_ns", None)  # pooled already; too long for the report
+                    row.update(result)
             except Exception as exc:  # one broken row must not lose the others
-                row["error"] = f"{type(exc).__name__}: {exc}"
-                failed.append(row)
-                print(f"  FAILED: {row['error']}", file=sys.stderr)
-            rows.append(row)
+                for row in planned:
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                    failed.append(row)
+                print(f"  FAILED: {planned[0]['error']}", file=sys.stderr)
+            rows.extend(planned)
         print(f"  slow consumer (latest, ipc, {slow_seconds:.0f} s) ...", file=sys.stderr,
               flush=True)
         try:
@@ -466,7 +535,8 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int) ->
     else:
         checks.append({"target": "slow consumer", "passed": False, "error": slow["error"]})
     return {"frame": "1920x1080x3 uint8", "frames": frames, "saturated_frames": saturated_frames,
-            "warmup": warmup, "imagezmq": have_imagezmq, "load_before": load_before,
+            "warmup": warmup, "rounds": rounds, "imagezmq": have_imagezmq,
+            "load_before": load_before,
             "load_after": os.getloadavg(), "rows": rows, "slow_consumer": slow,
             "checks": checks, "failed": len(failed)}
 
@@ -483,15 +553,22 @@ def main() -> None:
                         help="frames per saturated row")
     parser.add_argument("--slow-seconds", type=float, default=5.0,
                         help="how long the slow-consumer producer runs")
-    parser.add_argument("--warmup", type=int, default=10, help="unmeasured frames per row")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="unmeasured frames per row (per round in the paired rows)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of the orstream / imagezmq 30 fps ipc pair")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     _script_dir_off_path()
-    if min(args.frames, args.saturated_frames) <= args.warmup + 1:
-        parser.error("--frames and --saturated-frames must exceed --warmup + 1")
-    result = run(args.frames, args.saturated_frames, args.slow_seconds, args.warmup)
+    if min(args.frames // max(args.rounds, 1), args.saturated_frames) <= args.warmup + 1:
+        parser.error("--frames / --rounds and --saturated-frames must exceed --warmup + 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    result = run(args.frames, args.saturated_frames, args.slow_seconds, args.warmup,
+                 args.rounds)
     print(f"Frame transport, {result['frame']}, {args.frames} frames per 30 fps row, "
-          f"{args.saturated_frames} per saturated row, first {args.warmup} not measured; "
+          f"{args.saturated_frames} per saturated row, first {args.warmup} not measured "
+          f"(per round in the orstream / imagezmq 30 fps ipc pair); "
           f"load average {result['load_before'][0]:.2f} before, "
           f"{result['load_after'][0]:.2f} after")
     print(table(result["rows"], [
@@ -512,6 +589,11 @@ def main() -> None:
         print(f"Slow consumer: producer sent {slow['sent']} at {slow['producer_fps']:.1f} fps; "
               f"consumer got {slow['received']}, Receiver.dropped = {slow['dropped']}; "
               f"age p50 {slow['age_ms']['p50']:.1f} ms, max {slow['age_ms']['max']:.1f} ms")
+    paired = next((r for r in result["rows"] if "rounds_vs_imagezmq" in r), None)
+    if paired:
+        print("orstream / imagezmq p50 at 30 fps over ipc, round by round: "
+              + ", ".join(f"{v:.2f}" for v in paired["rounds_vs_imagezmq"])
+              + f" ({paired['rounds']} alternating rounds, pooled in the table)")
     for transport in ("ipc", "tcp"):
         ours = next((r for r in result["rows"] if r["what"] == "orstream process hop"
                      and r["transport"] == transport and r["rate"] == "saturated"
