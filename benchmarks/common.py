@@ -34,15 +34,19 @@ def machine() -> dict:
 
 
 def time_calls(fn: Callable[[], object], iters: int, warmup: int,
-               sync: Callable[[], None] | None = None) -> np.ndarray:
+               sync: Callable[[], None] | None = None, idle_s: float = 0.0) -> np.ndarray:
     """Milliseconds per call, after `warmup` unmeasured calls; `sync` runs before each clock read
-    (torch.cuda.synchronize on a GPU, so the clock sees finished work)."""
+    (torch.cuda.synchronize on a GPU, so the clock sees finished work). `idle_s` sleeps
+    before each measured call, outside the clock: a live feed leaves the engine idle between
+    frames, and waking an idle CPU is part of what a frame costs."""
     for _ in range(warmup):
         fn()
     if sync:
         sync()
     out = np.empty(iters)
     for i in range(iters):
+        if idle_s:
+            time.sleep(idle_s)
         t0 = time.perf_counter_ns()
         fn()
         if sync:

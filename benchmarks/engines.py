@@ -3,7 +3,7 @@ size, and the speedup over eager fp32 NCHW measured in the same run.
 
     python -m benchmarks.engines [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
                                  [--backends torch,compile,onnxruntime,openvino]
-                                 [--rounds 5] [--iters 20] [--out benchmarks/results]
+                                 [--rounds 5] [--iters 20] [--idle-ms 0] [--out ...]
 
 Every engine takes the live path's input (a uint8 frame at the model's size) and returns the
 uint8 label map, so host-side normalisation and argmax are counted where a backend does them.
@@ -72,7 +72,8 @@ def _eager_nchw(weights: Path, device: str):
 
 
 def measure(variant: str, size: tuple[int, int], device: str, backends: list[str],
-            rounds: int, iters: int, cache: EngineCache, workdir: Path) -> list[dict]:
+            rounds: int, iters: int, cache: EngineCache, workdir: Path,
+            idle_ms: float = 0.0) -> list[dict]:
     weights = _weights(variant, workdir)
     image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
     engines = {("eager NCHW (baseline)", "fp32"): _eager_nchw(weights, device)}
@@ -94,13 +95,13 @@ def measure(variant: str, size: tuple[int, int], device: str, backends: list[str
     for _ in range(rounds):
         for key, engine in engines.items():
             samples[key].append(time_calls(lambda e=engine: e(image), iters, warmup=3,
-                                           sync=sync))
+                                           sync=sync, idle_s=idle_ms / 1000))
     base = stats(np.concatenate(samples[("eager NCHW (baseline)", "fp32")]))
     rows = []
     for (backend, precision), parts in samples.items():
         s = stats(np.concatenate(parts))
         rows.append({"variant": variant, "input": f"{size[0]}x{size[1]}", "device": device,
-                     "backend": backend, "precision": precision, **s,
+                     "backend": backend, "precision": precision, "idle_ms": idle_ms, **s,
                      "speedup_p50": base["p50"] / s["p50"]})
     return rows + skipped
 
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--devices", default="cpu,cuda",
                         help="cpu, cuda or both (cuda is skipped without a GPU)")
+    parser.add_argument("--idle-ms", type=float, default=0.0,
+                        help="sleep before each timed call, as a live feed's gap between frames "
+                             "(33 at 30 fps): waking an idle CPU shows in the figures")
     parser.add_argument("--cache", type=Path, help="engine cache (default: a throwaway one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     if device == "cpu" and size[0] > 512:
                         continue  # 1024x1280 is a GPU size: seconds per frame on two cores
                     rows += measure(variant, size, device, args.backends.split(","),
-                                    args.rounds, args.iters, cache, Path(tmp))
+                                    args.rounds, args.iters, cache, Path(tmp), args.idle_ms)
     timed = [r for r in rows if "skipped" not in r]
     print(table(timed, [("device", "device", ""), ("variant", "variant", ""),
                         ("input", "input", ""), ("backend", "backend", ""),
