@@ -77,6 +77,7 @@ class Entry:
     folder: Path
     meta: dict[str, Any]
     problem: str | None = None  # why the entry cannot be used; None when it can
+    built_now: bool = False  # made by this process's store(), not found in the cache
 
     @property
     def engine_file(self) -> Path | None:
@@ -150,7 +151,7 @@ class EngineCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Entry(final, meta)
+        return Entry(final, meta, built_now=True)
 
     def calibrated(self, key: EngineKey) -> Entry | None:
         """The newest valid INT8 entry that matches `key` in everything but its calibration

@@ -129,10 +129,11 @@ def cache_listing(cache: EngineCache) -> list[dict]:
 
 def export_engine(weights: Path | str, backend: str, precision: str,
                   size: tuple[int, int] | None = None, device: str = "cpu",
-                  cache: EngineCache | None = None, rebuild: bool = False) -> Entry:
+                  cache: EngineCache | None = None, rebuild: bool = False,
+                  checkpoint: ckpt.Checkpoint | None = None) -> Entry:
     """Build the engine for this request into the cache (or find it there)."""
     weights = Path(weights)
-    checkpoint = ckpt.load(weights)
+    checkpoint = checkpoint or ckpt.load(weights)
     size = tuple(size or checkpoint.input_size)
     check_size(checkpoint, size)
     cls = backend_class(backend)
@@ -194,7 +195,8 @@ def load_engine(weights: Path | str, backend: str = "torch", precision: str = "f
     if precision == "int8":
         entry = calibrated_entry(weights, checkpoint, size, backend, device, cache)
     else:
-        entry = export_engine(weights, backend, precision, size, device, cache)
+        entry = export_engine(weights, backend, precision, size, device, cache,
+                              checkpoint=checkpoint)
     try:
         return cls(entry.engine_file, size, precision, device, threads)
     except BackendError:

@@ -56,6 +56,23 @@ def require_cuda(backend: str) -> None:
                            f"openvino)")
 
 
+def import_backend(module: str, backend: str, alternatives: str):
+    """The library a backend runs on, or BackendError saying how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendError(f"backend {backend} asked for, but {module} is not installed: "
+                           f"pip install {module}, or use backend {alternatives}") from exc
+
+
+def require_cpu(backend: str, device: str) -> None:
+    if device != "cpu":
+        raise BackendError(f"backend {backend} runs on the cpu here, not {device}: use "
+                           f"backend tensorrt, compile or torch on cuda")
+
+
 def refuse_precision(backend: str, precision: str, device: str,
                      served: tuple[str, ...]) -> None:
     if precision not in served:

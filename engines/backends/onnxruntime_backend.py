@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backends.base import BackendError, Engine, refuse_precision
+from engines.backends.base import (
+    BackendError,
+    Engine,
+    import_backend,
+    refuse_precision,
+    require_cpu,
+)
 from engines.backends.onnx_export import export_onnx
 from engines.checkpoint import Checkpoint
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendError("backend onnxruntime asked for, but onnxruntime is not installed: "
-                           "pip install onnxruntime, or use backend torch") from exc
-    return onnxruntime
+    return import_backend("onnxruntime", "onnxruntime", "openvino or torch")
 
 
 class OnnxRuntimeEngine(Engine):
@@ -30,9 +31,7 @@ class OnnxRuntimeEngine(Engine):
     @classmethod
     def check(cls, precision: str, device: str) -> None:
         _ort()
-        if device != "cpu":
-            raise BackendError(f"backend onnxruntime runs on the cpu here, not {device}: use "
-                               f"backend tensorrt, compile or torch on cuda")
+        require_cpu(cls.name, device)
         refuse_precision(cls.name, precision, device, ("fp32", "int8"))
 
     @classmethod

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backends.base import BackendError, Engine, refuse_precision
+from engines.backends.base import (
+    BackendError,
+    Engine,
+    import_backend,
+    refuse_precision,
+    require_cpu,
+)
 from engines.backends.onnx_export import export_onnx
 from engines.checkpoint import Checkpoint
 
@@ -23,12 +29,7 @@ _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise BackendError("backend openvino asked for, but openvino is not installed: "
-                           "pip install openvino, or use backend onnxruntime or torch") from exc
-    return openvino
+    return import_backend("openvino", "openvino", "onnxruntime or torch")
 
 
 def _capabilities() -> set[str]:
@@ -52,9 +53,7 @@ class OpenVinoEngine(Engine):
     @classmethod
     def check(cls, precision: str, device: str) -> None:
         _ov()
-        if device != "cpu":
-            raise BackendError(f"backend openvino runs on the cpu here, not {device}: use "
-                               f"backend tensorrt, compile or torch on cuda")
+        require_cpu(cls.name, device)
         refuse_precision(cls.name, precision, device, ("fp32", "bf16", "fp16", "int8"))
         caps = _capabilities()
         if precision in _CAPABILITY and _CAPABILITY[precision] not in caps:
