@@ -38,6 +38,43 @@ def _cmd_synth_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_vlm_data(args: argparse.Namespace) -> int:
+    from training.vlm.data import write_vlm_data
+
+    write_vlm_data(args.dir, frames=args.frames, seed=args.seed, per_video=args.per_video,
+                   step=args.step, render_size=args.size, input_size=args.input_size,
+                   workers=args.workers)
+    print(args.dir)
+    return 0
+
+
+def _cmd_train_vlm(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from training.vlm.trainer import VLMTrainConfig, train_vlm
+
+    values: dict = {}
+    if args.config:
+        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    values.update({k: v for k, v in vars(args).items()
+                   if k in VLMTrainConfig.model_fields and v is not None})
+    try:
+        cfg = VLMTrainConfig(**values)
+    except ValidationError as exc:
+        raise SystemExit(_config_error(exc, args.config)) from None
+    print(train_vlm(cfg))
+    return 0
+
+
+def _cmd_eval_vlm(args: argparse.Namespace) -> int:
+    from training.vlm.evaluate import evaluate_vlm, format_table
+
+    result = evaluate_vlm(args.data, args.weights, batch=args.batch, frames=args.frames)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
 def _cmd_train_unet(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
@@ -103,13 +140,14 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
 
     cfg = load_config(args.config, args.set, publish__endpoint=args.publish,
                       record__path=args.record, **source)
+    stages = args.stages.split(",") if getattr(args, "stages", None) else None
     try:
-        pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0)
+        pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0, stages=stages)
     except SourceError as exc:
         logger.error("{}", exc)
         return 2
     _install_signal_handlers(pipeline.request_stop)
-    if cfg.publish.endpoint:
+    if cfg.publish.endpoint and "render" in pipeline.local:
         print(f"publishing on {cfg.publish.endpoint}  (watch: orstream view "
               f"{cfg.publish.endpoint})", flush=True)
     try:
@@ -135,16 +173,35 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     import threading
 
+    from pipeline.security import curve_from_files
     from pipeline.view import view
 
+    curve = None
+    if args.key or args.server_key:
+        if not (args.key and args.server_key):
+            logger.error("view over CurveZMQ needs both --key (yours, NAME.key_secret) and "
+                         "--server-key (the publisher's NAME.key)")
+            return 2
+        curve = curve_from_files(args.key, args.server_key)
     stop = threading.Event()
     _install_signal_handlers(stop.set)
     summary = view(args.endpoint, frames=args.frames, save=args.save, save_every=args.every,
                    window=False if args.headless else None, timeout_s=args.timeout,
                    stop=stop, quiet=args.json, measure=args.measure, clock=args.clock,
-                   size=args.size)
+                   size=args.size, curve=curve)
     if args.json:
         print(json.dumps(summary.to_json()))
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from pipeline.security import make_keys
+
+    public, secret = make_keys(args.dir, args.name)
+    logger.info("public key {} (give it to peers: allowed_clients or server_public_key); "
+                "secret key {} (keep it on this machine: security.key)", public, secret)
+    print(public)
+    print(secret)
     return 0
 
 
@@ -261,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--fps", type=float, default=30.0)
     vid.add_argument("--seed", type=int, default=0)
     vid.set_defaults(func=_cmd_synth_video)
+    vd = synth_sub.add_parser("vlm-data", help="frames + ground truth for the scene VLM")
+    vd.add_argument("dir", type=Path)
+    vd.add_argument("--frames", type=int, default=12000, help="frames in all")
+    vd.add_argument("--seed", type=int, default=0,
+                    help="procedures' seed; evaluate on a seed training never saw")
+    vd.add_argument("--per-video", dest="per_video", type=int, default=50,
+                    help="frames per procedure (each has its own tissue)")
+    vd.add_argument("--step", type=int, default=30,
+                    help="take every Nth frame of the 30 fps video (default 30: 1 Hz)")
+    vd.add_argument("--size", type=_size_wh, default=(1920, 1080), help="render WxH")
+    vd.add_argument("--input-size", dest="input_size", type=_size_hw, default=(128, 160),
+                    help="stored HxW, the model's input (default 128x160)")
+    vd.add_argument("--workers", type=int, default=2, help="processes")
+    vd.set_defaults(func=_cmd_synth_vlm_data)
 
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="what", required=True)
@@ -280,10 +351,30 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--seed", type=int)
     unet.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     unet.set_defaults(func=_cmd_train_unet)
+    vlm = train_sub.add_parser("vlm", help="train the scene-describing VLM")
+    vlm.add_argument("--config", help="YAML with VLMTrainConfig keys; flags override it")
+    vlm.add_argument("--data", type=Path, help="from `orstream synth vlm-data`")
+    vlm.add_argument("--model", help="vlm_tiny, vlm_s")
+    vlm.add_argument("--epochs", type=int)
+    vlm.add_argument("--batch", type=int, help="frames per step")
+    vlm.add_argument("--questions", type=int, help="questions per frame per step (0-4)")
+    vlm.add_argument("--lr", type=float)
+    vlm.add_argument("--precision", choices=["fp32", "bf16"])
+    vlm.add_argument("--threads", type=int, help="torch threads")
+    vlm.add_argument("--val-frames", dest="val_frames", type=int,
+                     help="validation frames scored per epoch")
+    vlm.add_argument("--out", type=Path)
+    vlm.add_argument("--resume", action="store_true", default=None)
+    vlm.add_argument("--seed", type=int)
+    vlm.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
+    vlm.set_defaults(func=_cmd_train_vlm)
 
     run = sub.add_parser("run", help="run the live pipeline (default: synthetic 1080p30 feed)")
     run.add_argument("--source", help="synthetic, a video file, a stream URL (rtsp://, "
                      "udp://, tcp://, http://, ...), camera:N or /dev/videoN")
+    run.add_argument("--stages", help="run only these stages here, e.g. capture,segment "
+                     "(of capture, segment, render); the config's ipc/tcp edges join them "
+                     "to the processes running the rest")
     _add_pipeline_options(run)
     run.set_defaults(func=_cmd_run)
 
@@ -314,7 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--clock", choices=["monotonic", "wall"], default="monotonic",
                     help="--measure against: monotonic (same host, default) or wall (another "
                          "host; as good as the clocks' sync)")
+    vw.add_argument("--key", type=Path, help="CurveZMQ: your NAME.key_secret")
+    vw.add_argument("--server-key", dest="server_key", type=Path,
+                    help="CurveZMQ: the publisher's public NAME.key")
     vw.set_defaults(func=_cmd_view)
+
+    keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key, NAME.key_secret)")
+    keys.add_argument("dir", type=Path)
+    keys.add_argument("name", help="e.g. the host or role: or1-capture, inference, display-3")
+    keys.set_defaults(func=_cmd_keys)
 
     ex = sub.add_parser("export", help="build an inference engine into the engine cache")
     ex.add_argument("--weights", type=Path, help="checkpoint (e.g. engines/weights/...pt)")
@@ -383,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vote: one type per connected instrument (default for types)")
     ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ev.set_defaults(func=_cmd_eval)
+
+    evl = sub.add_parser("eval-vlm", help="score VLM weights: BLEU, mention F1, VQA")
+    evl.add_argument("--data", type=Path, required=True, help="from `orstream synth vlm-data`")
+    evl.add_argument("--weights", type=Path, required=True)
+    evl.add_argument("--frames", type=int, help="score only the first N frames")
+    evl.add_argument("--batch", type=int, default=64)
+    evl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    evl.set_defaults(func=_cmd_eval_vlm)
     return parser
 
 

@@ -182,6 +182,9 @@ class RenderConfig(_Strict):
     legend: bool = True  # classes present
     status: bool = True  # fps / latency / drops line
     threads: int | None = Field(1, ge=1)  # numba threads for the blend; 1 beside a busy model
+    # Several segment workers finish frames out of order: render holds an early frame up to
+    # this long for the one before it, then goes on without it. 0: frames go as they come.
+    reorder_ms: float = Field(0.0, ge=0, le=1000)
 
 
 class PublishConfig(_Strict):
@@ -192,14 +195,57 @@ class PublishConfig(_Strict):
     _check = field_validator("endpoint")(lambda v: None if v is None else _endpoint(v))
 
 
+class MasksConfig(_Strict):
+    # The mask-only stream (PROTOCOL.md): label map, outlines, classes, caption; no pixels
+    endpoint: str | None = None  # None: no mask stream
+    mode: Literal["latest", "lossless"] = "latest"
+
+    _check = field_validator("endpoint")(lambda v: None if v is None else _endpoint(v))
+
+
+class SecurityConfig(_Strict):
+    # CurveZMQ on every tcp socket: peers authenticate with key pairs and traffic is
+    # encrypted. Keys come from `orstream keys DIR NAME`.
+    curve: bool = False
+    key: Path | None = None  # this process's secret key file (NAME.key_secret)
+    server_public_key: Path | None = None  # the peer this process connects to (NAME.key)
+    allowed_clients: Path | None = None  # folder of public keys allowed to connect here
+    # Binding a non-loopback address without curve is refused unless this is true
+    allow_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _keys(self) -> SecurityConfig:
+        if self.curve and self.key is None:
+            raise ValueError("curve is on but no key is given: set security.key to a "
+                             "NAME.key_secret file made by `orstream keys`")
+        for name in ("key", "server_public_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} does not exist (make keys with "
+                                 f"`orstream keys DIR NAME`)")
+        if self.allowed_clients is not None and not self.allowed_clients.is_dir():
+            raise ValueError(f"allowed_clients: {self.allowed_clients} is not a folder of "
+                             f"public keys")
+        return self
+
+
 class RecordConfig(_Strict):
     path: Path | None = None  # fragmented MP4 (or .ts): playable even after a crash
     crf: int = Field(23, ge=0, le=51)
 
 
 class EdgeConfig(_Strict):
+    # `{stream}` in an endpoint is replaced by the frame's stream id: one inference process
+    # serving several operating rooms sends each its own results
     endpoint: str
     mode: Literal["latest", "lossless"]
+    # receiver: the consuming stage binds and producers connect (several cameras or rooms
+    # into one stage); sender: the producer binds and consumers connect, so that a lossless
+    # edge deals frames out to several workers in turn
+    bind: Literal["receiver", "sender"] = "receiver"
+    # frames queued per socket; None: 2 for latest (a deeper queue only holds older frames:
+    # a full PUB queue drops the newest), 8 for lossless. 1 keeps workers' input fresh.
+    hwm: int | None = Field(None, ge=1, le=1000)
 
     _check = field_validator("endpoint")(lambda v: _endpoint(v))
 
@@ -212,6 +258,7 @@ def _default_edges() -> dict[str, EdgeConfig]:
         "segment->render": EdgeConfig(endpoint="inproc://segment", mode="lossless"),
         "render->publish": EdgeConfig(endpoint="inproc://render-publish", mode="latest"),
         "render->record": EdgeConfig(endpoint="inproc://render-record", mode="lossless"),
+        "render->masks": EdgeConfig(endpoint="inproc://render-masks", mode="latest"),
         "render->null": EdgeConfig(endpoint="inproc://render-null", mode="lossless"),
     }
 
@@ -223,6 +270,8 @@ class PipelineConfig(_Strict):
     render: RenderConfig = RenderConfig()
     publish: PublishConfig = PublishConfig()
     record: RecordConfig = RecordConfig()
+    masks: MasksConfig = MasksConfig()
+    security: SecurityConfig = SecurityConfig()
     edges: dict[str, EdgeConfig] = Field(default_factory=_default_edges)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # receivers reject larger
 
@@ -239,6 +288,27 @@ class PipelineConfig(_Strict):
                              "model, no labels): remove labels or enable segmentation")
         return value
 
+    @model_validator(mode="after")
+    def _exposure(self) -> PipelineConfig:
+        # Refused here, before any socket exists: an open port on the hospital network
+        # carrying patient video is not something to find out about from a log line.
+        exposed = exposed_endpoints(self)
+        if exposed and not self.security.curve and not self.security.allow_insecure:
+            key, endpoint = exposed[0]
+            raise ValueError(f"{key}: {endpoint} is reachable from other machines but "
+                             f"security.curve is off: make keys (`orstream keys`) and set "
+                             f"security.curve, or set security.allow_insecure: true")
+        return self
+
+    @model_validator(mode="after")
+    def _reorder_needs_lossless_dispatch(self) -> PipelineConfig:
+        edge = self.edges["capture->segment"]
+        if self.render.reorder_ms and edge.mode != "lossless":
+            raise ValueError("render.reorder_ms needs edges.capture->segment.mode lossless "
+                             "(frames dealt out to workers); with latest every worker gets "
+                             "every frame")
+        return self
+
     @field_validator("edges", mode="before")
     @classmethod
     def _merge_edges(cls, value: Any) -> Any:
@@ -251,6 +321,22 @@ class PipelineConfig(_Strict):
         for key, edge in value.items():
             merged[key] = {**merged[key], **(edge or {})}
         return merged
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]")
+
+
+def exposed_endpoints(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """(config key, endpoint) of every tcp endpoint on an address other than loopback."""
+    named = [("publish.endpoint", cfg.publish.endpoint), ("masks.endpoint", cfg.masks.endpoint)]
+    named += [(f"edges.{k}.endpoint", e.endpoint) for k, e in cfg.edges.items()]
+    out = []
+    for key, endpoint in named:
+        if endpoint and endpoint.startswith("tcp://"):
+            host = endpoint[len("tcp://"):].rpartition(":")[0]
+            if host not in LOOPBACK_HOSTS:
+                out.append((key, endpoint))
+    return out
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

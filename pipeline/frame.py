@@ -32,6 +32,10 @@ class Frame:
     overlay: np.ndarray | None = None  # (H, W, 3) uint8 RGB, what displays show
     caption: Caption | None = None
     media_s: float | None = None  # recorded sources: presentation time in the recording
+    # The seq of the frame sent before this one on the capture edge (None: the first). With
+    # several segment workers frames arrive out of order; this tells render which frame comes
+    # next, so a seq gap left by a live drop is not waited for.
+    prev_seq: int | None = None
     trace: list[tuple[str, int, int]] = field(default_factory=list)
 
     @classmethod

@@ -25,6 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.frame import Frame
 from pipeline.overlay import OverlayRenderer, OverlayStyle
 from pipeline.recorder import Recorder
+from pipeline.security import Curve
 from pipeline.transport import Sender
 from training.classes import palette
 
@@ -225,25 +226,32 @@ class RenderStage(Stage):
         return frame
 
 
+def class_table(task: str | None) -> dict | None:
+    """The header's class table; None without segmentation (no labels to name)."""
+    from training.classes import CLASSES
+
+    if task is None:
+        return None
+    return {"task": task, "names": list(CLASSES[task]),  # type: ignore[index]
+            "colors": [list(c) for c in palette(task)]}  # type: ignore[arg-type]
+
+
 class PublishStage(Stage):
     """Publishes frames to displays on the configured endpoint (PROTOCOL.md)."""
 
     name = "publish"
 
-    def __init__(self, cfg: PipelineConfig, task: str | None) -> None:
-        from training.classes import CLASSES
-
+    def __init__(self, cfg: PipelineConfig, task: str | None,
+                 curve: Curve | None = None) -> None:
         self.cfg = cfg.publish
-        # task None (segmentation off): no labels, so the header carries no class table.
-        self.classes = None if task is None else {
-            "task": task, "names": list(CLASSES[task]),  # type: ignore[index]
-            "colors": [list(c) for c in palette(task)]}  # type: ignore[arg-type]
+        self.classes = class_table(task)
+        self.curve = curve
         self.sender: Sender | None = None
 
     def open(self) -> None:
         assert self.cfg.endpoint is not None
         self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, parts=self.cfg.parts,
-                             classes=self.classes)
+                             classes=self.classes, curve=self.curve)
         logger.info("publishing {} on {} ({})", "+".join(self.cfg.parts), self.sender.endpoint,
                     self.cfg.mode)
 
@@ -252,6 +260,37 @@ class PublishStage(Stage):
         while not self.sender.send(frame):  # lossless: wait for room; latest never waits
             if self.stopping():
                 logger.warning("publish: no display took frame {} before shutdown", frame.seq)
+                return
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+class MaskPublishStage(Stage):
+    """Publishes the mask-only stream (PROTOCOL.md): labels, outlines, classes, caption."""
+
+    name = "masks"
+
+    def __init__(self, cfg: PipelineConfig, task: str | None,
+                 curve: Curve | None = None) -> None:
+        self.cfg = cfg.masks
+        self.classes = class_table(task)
+        self.curve = curve
+        self.sender: Sender | None = None
+
+    def open(self) -> None:
+        assert self.cfg.endpoint is not None
+        self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, curve=self.curve)
+        logger.info("publishing masks on {} ({})", self.sender.endpoint, self.cfg.mode)
+
+    def process(self, frame: Frame) -> None:
+        from pipeline import masks
+
+        assert self.sender is not None
+        while not self.sender.send_raw(masks.encode(frame, self.classes)):
+            if self.stopping():
+                logger.warning("masks: no display took frame {} before shutdown", frame.seq)
                 return
 
     def close(self) -> None:

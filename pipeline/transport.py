@@ -35,6 +35,7 @@ from loguru import logger
 
 from pipeline import inproc, wire
 from pipeline.frame import Frame
+from pipeline.security import Curve
 
 Mode = Literal["latest", "lossless"]
 _CONTEXT_LOCK = threading.Lock()
@@ -94,7 +95,13 @@ class ReceiverStats:
     rejected: Counter = field(default_factory=Counter)  # reason -> invalid messages
 
 
-def _attach(socket: zmq.Socket, endpoint: str, bind: bool) -> None:
+def _attach(socket: zmq.Socket, endpoint: str, bind: bool, curve: Curve | None) -> None:
+    if curve is not None:
+        try:
+            curve.apply(socket, endpoint, bind)
+        except Exception:
+            socket.close(0)
+            raise
     try:
         if bind:
             socket.bind(endpoint)
@@ -130,7 +137,7 @@ class Sender(_Endpoint):
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  parts: tuple[str, ...] = ("image",), classes: dict[str, Any] | None = None,
-                 linger_ms: int = 200, bind: bool = True) -> None:
+                 linger_ms: int = 200, bind: bool = True, curve: Curve | None = None) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self.mode = mode
         self.parts = parts
@@ -143,7 +150,7 @@ class Sender(_Endpoint):
         self._socket = context().socket(zmq.PUB if mode == "latest" else zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, linger_ms)
-        _attach(self._socket, self.endpoint, bind)
+        _attach(self._socket, self.endpoint, bind, curve)
 
     def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
         """Send one frame. Lossless: waits up to `timeout_ms` for room, False if none came
@@ -171,11 +178,16 @@ class Sender(_Endpoint):
         self.sent += 1
         return True
 
-    def send_raw(self, message: list[bytes]) -> None:
-        """Send bytes as they are (tests and tools that speak the protocol by hand)."""
+    def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
+        """Send an already-encoded message (another kind, such as the mask stream, or tools
+        that speak the protocol by hand); same waiting rules as `send`."""
         if self._box is not None:
             raise ValueError(f"{self.endpoint}: inproc edges carry Frames, not bytes")
+        if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
+            return False
         self._socket.send_multipart(message)
+        self.sent += 1
+        return True
 
 
 class Receiver(_Endpoint):
@@ -183,7 +195,7 @@ class Receiver(_Endpoint):
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  max_bytes: int = wire.DEFAULT_MAX_BYTES, stream: str | None = None,
-                 name: str = "receiver", bind: bool = False) -> None:
+                 name: str = "receiver", bind: bool = False, curve: Curve | None = None) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self.mode = mode
         self.max_bytes = max_bytes
@@ -202,7 +214,11 @@ class Receiver(_Endpoint):
         if mode == "latest":
             prefix = wire.topic(stream)[: -len(b"frame")] if stream else b""
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
-        _attach(self._socket, self.endpoint, bind)
+        # latest: the newest frame of each stream waiting to be taken. Several streams
+        # (operating rooms) may feed one stage; each keeps its own newest frame, so a busy
+        # room never starves a quiet one.
+        self._pending: dict[str, Frame] = {}
+        _attach(self._socket, self.endpoint, bind, curve)
 
     def _decode(self, message: list[zmq.Frame]) -> Frame | None:
         try:
@@ -221,7 +237,12 @@ class Receiver(_Endpoint):
             if frame is not None:
                 self._count(frame)
             return frame
-        socket = self._socket
+        if self.mode == "latest" and self._pending:
+            self._drain()  # frames of other streams are waiting: no need to block
+            waiting = self._take()
+            if waiting is not None:
+                self._count(waiting)
+            return waiting
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
@@ -230,19 +251,41 @@ class Receiver(_Endpoint):
                 return None
             frame = self._decode(message)
             if self.mode == "latest":
-                # Drain what else has arrived; keep the newest valid frame. ZMQ_EVENTS asks
-                # the socket directly: poll(0) would build a Poller and make a poll syscall.
-                while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    newer = self._decode(self._rest([socket.recv(zmq.NOBLOCK, copy=False)]))
-                    if newer is not None:
-                        if frame is not None:
-                            self.stats.superseded += 1
-                        frame = newer
+                if frame is not None:
+                    self._keep(frame)
+                self._drain()
+                frame = self._take()
             if frame is not None:
                 self._count(frame)
                 return frame
             if time.monotonic() >= deadline:
                 return None
+
+    def _keep(self, frame: Frame) -> None:
+        if frame.stream in self._pending:
+            self.stats.superseded += 1
+        self._pending[frame.stream] = frame
+
+    def _drain(self) -> None:
+        """Decode what else has arrived, keeping the newest valid frame per stream.
+        ZMQ_EVENTS asks the socket directly: poll(0) would build a Poller and make a poll
+        syscall."""
+        socket = self._socket
+        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            newer = self._decode(self._rest([socket.recv(zmq.NOBLOCK, copy=False)]))
+            if newer is not None:
+                self._keep(newer)
+
+    def _take(self) -> Frame | None:
+        """The waiting frame captured longest ago (one stream: the only one)."""
+        pending = self._pending
+        if not pending:
+            return None
+        if len(pending) == 1:
+            stream = next(iter(pending))
+        else:
+            stream = min(pending, key=lambda k: pending[k].t_capture_ns)
+        return pending.pop(stream)
 
     def _wait_message(self, timeout_ms: int) -> list[zmq.Frame] | None:
         """One whole multipart message, waiting up to `timeout_ms`; None if none came.

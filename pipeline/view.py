@@ -33,6 +33,7 @@ from loguru import logger
 
 from pipeline import timecode
 from pipeline.frame import Frame
+from pipeline.security import Curve
 from pipeline.transport import Receiver
 
 Clock = Literal["monotonic", "wall"]
@@ -193,7 +194,8 @@ class _Display:
 def view(endpoint: str, frames: int | None = None, save: Path | None = None,
          save_every: int = 30, window: bool | None = None, timeout_s: float | None = None,
          stop: threading.Event | None = None, quiet: bool = False, measure: bool = False,
-         clock: Clock = "monotonic", size: tuple[int, int] | None = None) -> ViewSummary:
+         clock: Clock = "monotonic", size: tuple[int, int] | None = None,
+         curve: Curve | None = None) -> ViewSummary:
     """Receive until `frames` frames arrived, `timeout_s` passed without any, or `stop`.
 
     measure: read the timecode from each picture as displayed (after resizing to `size`,
@@ -208,7 +210,7 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
     display = _Display(f"orstream {endpoint}", show, save, save_every, size)
     second = _Window()
     last_frame_at = time.monotonic()
-    with Receiver(endpoint, "latest", name="view") as receiver:
+    with Receiver(endpoint, "latest", name="view", curve=curve) as receiver:
         logger.info("viewing {} ({}{})", receiver.endpoint, "window" if show else "headless",
                     ", measuring capture to display from the picture" if measure else "")
         while not stop.is_set() and (frames is None or summary.frames < frames):

@@ -80,6 +80,9 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
         "parts": descs,
         "trace": [list(t) for t in frame.trace],
         "media_s": frame.media_s,
+        "prev_seq": frame.prev_seq,
+        # Lets a receiver on another host bring the monotonic times into its own clock.
+        "wall_minus_mono_ns": _clock_offset_ns(),
         "caption": None if frame.caption is None else {
             "text": frame.caption.text, "seq": frame.caption.seq,
             "t_capture_ns": frame.caption.t_capture_ns},
@@ -87,6 +90,30 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
     if classes is not None:
         header["classes"] = classes
     return [topic(frame.stream), _ENCODER.encode(header).encode(), *arrays]
+
+
+def _clock_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC here, now: the same for every process on a host."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+# Offsets of two hosts differ by their boot times (seconds to years); on one host they agree
+# within the microseconds between reading the two clocks, or by a wall-clock step (NTP) that
+# happened between the sender's reading and ours. Below this, times are taken as they are.
+SAME_HOST_NS = 50_000_000
+
+
+def _rebase(frame: Frame, remote_offset: int) -> None:
+    """Move the frame's monotonic times from the sender's clock into this host's, through
+    the wall clock: exact on one host, as good as the hosts' clock sync across hosts."""
+    shift = remote_offset - _clock_offset_ns()
+    if abs(shift) < SAME_HOST_NS:
+        return
+    frame.t_capture_ns += shift
+    frame.trace = [(stage, t_in + shift, t_out + shift) for stage, t_in, t_out in frame.trace]
+    if frame.caption is not None:
+        frame.caption = Caption(frame.caption.text, frame.caption.seq,
+                                frame.caption.t_capture_ns + shift)
 
 
 def _require(header: dict, key: str, kind: type) -> Any:
@@ -109,6 +136,8 @@ def _parse_header(raw: Any) -> Any:
         header, end = _DECODER.raw_decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError("bad_json", str(exc)[:80]) from None
+    except (RecursionError, ValueError) as exc:  # nested 100k deep; a 5000-digit integer
+        raise WireError("bad_json", f"{exc.__class__.__name__}: {str(exc)[:60]}") from None
     if end != len(text) and text[end:].strip(" \t\n\r"):  # JSON's whitespace, as json.loads
         raise WireError("bad_json", f"extra data after the header object at byte {end}")
     return header
@@ -196,6 +225,16 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
                 and type(caption.get("t_capture_ns")) is int):
             raise WireError("bad_header", "caption must have text, seq and t_capture_ns")
         frame.caption = Caption(caption["text"], caption["seq"], caption["t_capture_ns"])
+    prev_seq = header.get("prev_seq")
+    if prev_seq is not None:
+        if type(prev_seq) is not int or not 0 <= prev_seq < frame.seq:
+            raise WireError("bad_header", "prev_seq must be an integer below seq, or null")
+        frame.prev_seq = prev_seq
+    offset = header.get("wall_minus_mono_ns")
+    if offset is not None:
+        if type(offset) is not int:
+            raise WireError("bad_header", "wall_minus_mono_ns must be an integer")
+        _rebase(frame, offset)
     return frame
 
 

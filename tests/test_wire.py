@@ -65,6 +65,8 @@ def _header(**changes) -> bytes:
     ([b"\x00\xff" * 10], "bad_framing"),
     ([b"orstream/x/frame", b"{not json", b""], "bad_json"),
     ([b"orstream/x/frame", b"[1, 2]"], "bad_json"),
+    ([b"orstream/x/frame", b"[" * 100_000], "bad_json"),  # RecursionError in json
+    ([b"orstream/x/frame", b'{"v": 1, "seq": ' + b"9" * 5000 + b"}"], "bad_json"),  # int cap
     ([b"orstream/x/frame", _header(v=2), bytes(320)], "bad_version"),
     ([b"orstream/x/frame", _header(seq="41"), bytes(320)], "bad_header"),
     ([b"orstream/x/frame", _header(), bytes(319)], "bad_length"),
