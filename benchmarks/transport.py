@@ -2,6 +2,7 @@
 
     python -m benchmarks.transport [--frames 300] [--saturated-frames 300] [--rounds 3]
                                    [--slow-seconds 5] [--out benchmarks/results]
+                                   [--holoscan-python PATH] [--chain-only]
 
 Everything runs in one process run, so the ratios are comparable on a noisy machine:
 
@@ -21,6 +22,14 @@ Everything runs in one process run, so the ratios are comparable on a noisy mach
    the cost should not grow with the frame size.
 5. latest mode with a consumer three times slower than a 30 fps producer: the consumer must
    always get a fresh frame and the producer must not slow down.
+6. a 1080p frame through a chain of 5 stages: orstream's runner in miniature (5 stage threads
+   over inproc edges, each stamping the Frame's trace) against the Holoscan SDK's peer, 5 Python
+   operators under the event-based scheduler with 4 workers (benchmarks/holoscan_peer.py), at
+   30 fps and saturated, in `--rounds` alternating segments. Holoscan usually lives in its own
+   venv: `--holoscan-python PATH` (or ORSTREAM_HOLOSCAN_PYTHON) names its interpreter, which
+   runs the peer in a subprocess with the CUDA runtime's lib folder on LD_LIBRARY_PATH and a
+   32 MB stack limit; without one (and without holoscan here) the Holoscan row says how to
+   install it and the rest still runs. `--chain-only` runs the memcpy floor and this pair alone.
 
 The first `--warmup` frames of every row are not measured; the sender waits for a start
 signal after the connection is primed, so connecting and subscribing are not measured either.
@@ -29,16 +38,22 @@ signal after the connection is primed, so connecting and subscribing are not mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import itertools
+import json
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +75,14 @@ INPROC_TARGET_MS = 0.25
 PRODUCER_TARGET_FPS = 29.0
 START_TIMEOUT_S = 60.0  # spawning a child on a busy machine can take a while
 IDLE_TIMEOUT_S = 5.0  # no frame for this long ends a row
+CHAIN_STAGES = 5  # source, 3 pass-through stages, sink: 4 hops
+HOLOSCAN_WORKERS = 4  # the event-based scheduler's worker threads, as in the issue's figure
+HOLOSCAN_STACK_BYTES = 32 * 1024 * 1024  # the stack limit issue 3 runs Holoscan with
+HOLOSCAN_PYTHON_ENV = "ORSTREAM_HOLOSCAN_PYTHON"
+HOLOSCAN_PEER = Path(__file__).resolve().parent / "holoscan_peer.py"
+HOLOSCAN_INSTALL = ("python3 -m venv ~/holoscan-venv && ~/holoscan-venv/bin/pip install "
+                    "holoscan-cu12 nvidia-cuda-runtime-cu12 numpy, then --holoscan-python "
+                    "~/holoscan-venv/bin/python")
 
 
 def _script_dir_off_path() -> None:
@@ -392,6 +415,231 @@ def slow_consumer(endpoint: str, seconds: float, warmup: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- 5-stage chain
+# orstream's runner against the Holoscan SDK: the same 1080p image through 5 stages, each
+# frame's latency through the chain and per hop, with the same stamps on both sides (t_in when
+# a stage has its input, t_out just before it sends on).
+
+_CHAIN_IDS = itertools.count()
+
+
+def _run_threads(targets: list[Any]) -> list[threading.Thread]:
+    """One started daemon thread per callable."""
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def orstream_chain(n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES) -> dict:
+    """orstream's runner in miniature: a source, `stages - 2` pass-through stage threads and a
+    sink thread chained over inproc edges, each stage receiving, stamping the Frame's trace and
+    sending on as Pipeline._stage_loop does. Edges are lossless with room for one frame, as
+    Holoscan's default queues are, so the saturated rows queue alike on both sides."""
+    from pipeline.frame import Frame
+    from pipeline.transport import Receiver, Sender
+
+    chain_id = next(_CHAIN_IDS)
+    endpoints = [f"inproc://chain-{chain_id}-{k}" for k in range(stages - 1)]
+    image = _image(HD)
+    stop, sink_done = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+    lat: list[int] = []
+    hops: list[list[int]] = []
+    t_rx: list[int] = []
+    received = 0
+
+    def guarded(fn: Any) -> Any:
+        def body() -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised by the caller after join
+                errors.append(exc)
+                stop.set()
+                sink_done.set()
+        return body
+
+    def relay(name: str, rx: Receiver, tx: Sender) -> None:
+        while not stop.is_set():
+            frame = rx.recv(100)
+            if frame is None:
+                continue
+            t_in = time.monotonic_ns()
+            frame.stamp(name, t_in)
+            while not tx.send(frame):  # lossless: wait for room downstream
+                if stop.is_set():
+                    return
+
+    def sink(rx: Receiver) -> None:
+        nonlocal received
+        last_seen = time.monotonic()
+        while not stop.is_set() and time.monotonic() - last_seen < IDLE_TIMEOUT_S:
+            frame = rx.recv(100)
+            t_in = time.monotonic_ns()
+            if frame is None:
+                continue
+            last_seen = time.monotonic()
+            received += 1
+            if frame.seq >= warmup:
+                # trace: [(source, t, t), (stage1, t_in, t_out), ...]; a hop is the next
+                # stage's t_in minus this one's t_out, the last hop ends here.
+                ins = [t for _, t, _ in frame.trace[1:]] + [t_in]
+                hops.append([t1 - t_out for (_, _, t_out), t1
+                             in zip(frame.trace, ins, strict=True)])
+                lat.append(t_in - frame.trace[0][2])
+                t_rx.append(t_in)
+            if frame.seq >= n - 1:
+                break
+        sink_done.set()
+
+    with contextlib.ExitStack() as edges:
+        # Each edge's receiving stage binds its input and the upstream stage connects, as
+        # between the runner's stages; inproc edges are mailboxes whoever opens them first.
+        rxs = [edges.enter_context(Receiver(e, "lossless", hwm=1, name=f"stage{k + 1}",
+                                            bind=True)) for k, e in enumerate(endpoints)]
+        txs = [edges.enter_context(Sender(e, "lossless", hwm=1, bind=False))
+               for e in endpoints]
+        threads = _run_threads(
+            [guarded(lambda k=k: relay(f"stage{k}", rxs[k - 1], txs[k]))
+             for k in range(1, stages - 1)] + [guarded(lambda: sink(rxs[-1]))])
+        source = txs[0]
+
+        def send_one(i: int) -> int:
+            frame = Frame(STREAM, i, 0, time.time_ns(), image)
+            frame.t_capture_ns = time.monotonic_ns()
+            frame.stamp("source", frame.t_capture_ns, frame.t_capture_ns)
+            while not source.send(frame):
+                if sink_done.is_set():
+                    break
+            return frame.t_capture_ns
+
+        try:
+            sent = _send_paced(n, fps, send_one, sink_done)
+            sink_done.wait(IDLE_TIMEOUT_S + 5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(5)
+    if errors:
+        raise errors[0]
+    out = _summary(lat, t_rx)
+    out.update(_hop_stats(hops), received=received, sent=sent["sent"],
+               sender_fps=sent["fps"], hop_ns=hops)
+    return out
+
+
+def _hop_stats(hops: list[list[int]]) -> dict:
+    """Pooled over every hop, and the p50 of each hop along the chain."""
+    ms = np.asarray(hops) / 1e6  # (frames, hops)
+    pooled = stats(ms.ravel())
+    return {"hop_p50": pooled["p50"], "hop_p99": pooled["p99"],
+            "hops_p50": [float(v) for v in np.percentile(ms, 50, axis=0)]}
+
+
+def _holoscan_stack_limit() -> None:
+    """preexec_fn of the Holoscan peer: the stack limit it needs (checked against the hard
+    limit in HoloscanPeer.find, so this cannot fail here)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (HOLOSCAN_STACK_BYTES, hard))
+
+
+@dataclass(frozen=True)
+class HoloscanPeer:
+    """An interpreter that has the Holoscan SDK, and the environment its subprocess needs."""
+
+    python: str
+    env: dict[str, str]
+    version: str
+
+    @classmethod
+    def find(cls, python: str | None) -> HoloscanPeer | None:
+        """The interpreter named (flag or ORSTREAM_HOLOSCAN_PYTHON), else this one if it has
+        holoscan; None when neither: not installed. A named interpreter that cannot run
+        Holoscan is an error, not a missing row."""
+        if python is None:
+            if importlib.util.find_spec("holoscan") is None:
+                return None
+            python = sys.executable
+        found = shutil.which(python)
+        if found is None:
+            raise RuntimeError(f"{python}: no such interpreter")
+        python = found
+        _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        if hard != resource.RLIM_INFINITY and hard < HOLOSCAN_STACK_BYTES:
+            raise RuntimeError(f"the stack's hard limit ({hard} bytes) is below the "
+                               f"{HOLOSCAN_STACK_BYTES} Holoscan needs")
+        sites = json.loads(subprocess.run(
+            [python, "-c", "import json, sysconfig; p = sysconfig.get_paths(); "
+                           "print(json.dumps([p['purelib'], p['platlib']]))"],
+            capture_output=True, text=True, check=True, timeout=30).stdout)
+        libs = [str(Path(site) / "nvidia" / "cuda_runtime" / "lib") for site in sites]
+        lib = next((d for d in libs if Path(d).is_dir()), None)
+        if lib is None:
+            raise RuntimeError(f"no nvidia/cuda_runtime/lib under {python}'s site-packages "
+                               f"({', '.join(dict.fromkeys(sites))}): pip install holoscan-cu12 "
+                               "nvidia-cuda-runtime-cu12 there (Holoscan loads libcudart "
+                               "even CPU-only)")
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [lib, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+        env.setdefault("HOLOSCAN_LOG_LEVEL", "WARN")  # its info lines would bury an error
+        peer = cls(python, env, "")
+        probe = peer._run(["--probe"], timeout_s=60)
+        return cls(python, env, probe["holoscan"])
+
+    def _run(self, args: list[str], timeout_s: float) -> dict:
+        proc = subprocess.run([self.python, str(HOLOSCAN_PEER), *args], env=self.env,
+                              preexec_fn=_holoscan_stack_limit, capture_output=True,
+                              text=True, timeout=timeout_s)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-5:]
+            raise RuntimeError(f"{self.python} {HOLOSCAN_PEER.name} {' '.join(args)} exited "
+                               f"{proc.returncode}: " + " / ".join(tail))
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def chain(self, n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES,
+              workers: int = HOLOSCAN_WORKERS) -> dict:
+        """The peer's chain in a subprocess; the same summary as orstream_chain's."""
+        got = self._run(["--frames", str(n), "--fps", str(fps), "--warmup", str(warmup),
+                         "--ops", str(stages), "--workers", str(workers)],
+                        timeout_s=60 + n / (fps or 100.0))
+        if not got["by_reference"]:
+            raise RuntimeError("Holoscan copied the image between operators: not the hop "
+                               "this row measures")
+        out = _summary(got["lat_ns"], got["t_rx_ns"])
+        out.update(_hop_stats(got["hop_ns"]), received=got["received"], sent=n,
+                   hop_ns=got["hop_ns"])
+        return out
+
+
+def chain_rows(holoscan: HoloscanPeer, n: int, fps: float, warmup: int,
+               rounds: int) -> list[dict]:
+    """orstream's chain and Holoscan's in `rounds` alternating segments (A B, B A, ...) of
+    n / rounds frames, pooled per side, as paired_rows does for imagezmq: on a shared
+    machine only segments that alternate see the same stretches of load."""
+    per = max(n // rounds, warmup + 2)
+    segments: dict[str, list[dict]] = {"orstream": [], "holoscan": []}
+    for r in range(rounds):
+        for who in ("orstream", "holoscan") if r % 2 == 0 else ("holoscan", "orstream"):
+            segments[who].append(orstream_chain(per, fps, warmup) if who == "orstream"
+                                 else holoscan.chain(per, fps, warmup))
+    out = []
+    for rows in segments.values():
+        pooled = stats(np.asarray([x for row in rows for x in row["lat_ns"]]) / 1e6)
+        pooled.update(_hop_stats([h for row in rows for h in row["hop_ns"]]))
+        pooled.update(
+            throughput_fps=float(np.mean([row["throughput_fps"] or 0.0 for row in rows])),
+            received=sum(row["received"] for row in rows),
+            sent=sum(row["sent"] for row in rows),
+            rounds=rounds, rounds_p50=[row["p50"] for row in rows])
+        out.append(pooled)
+    out[0]["rounds_vs_holoscan"] = [
+        o["p50"] / h["p50"] for o, h in zip(segments["orstream"], segments["holoscan"],
+                                            strict=True)]
+    out[0]["vs_holoscan"] = out[0]["p50"] / out[1]["p50"]
+    return out
+
+
 def memcpy_rows(iters: int) -> list[dict]:
     import mmap
 
@@ -421,7 +669,8 @@ def _free_port() -> int:
 
 
 def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
-        rounds: int = 3) -> dict:
+        rounds: int = 3, holoscan: HoloscanPeer | None = None,
+        chain_only: bool = False) -> dict:
     have_imagezmq = importlib.util.find_spec("imagezmq") is not None
     tmp = tempfile.mkdtemp(prefix="orstream-bench-")
     counter = iter(range(10**6))
@@ -461,6 +710,19 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
                          lambda fps=fps, n=n, m=mode, s=shape: [orstream_row(
                              f"inproc://bench-{next(counter)}", m, False, s, n, fps, warmup,
                              thread=True)]))
+    if chain_only:
+        plan = []
+    chain_ours = f"orstream {CHAIN_STAGES}-stage chain"
+    chain_theirs = f"Holoscan {CHAIN_STAGES}-operator chain"
+    for rate, fps, n in (("30 fps", FPS, frames), ("saturated", 0.0, saturated_frames)):
+        runner: Label = (chain_ours, "inproc", "lossless, 1 slot", rate)
+        peer: Label = (chain_theirs, f"event-based x{HOLOSCAN_WORKERS}",
+                       "queue 1, backpressure", rate)
+        if holoscan is not None:
+            plan.append(([runner, peer], lambda fps=fps, n=n: chain_rows(
+                holoscan, n, fps, warmup, rounds)))
+        else:
+            plan.append(([runner], lambda fps=fps, n=n: [orstream_chain(n, fps, warmup)]))
 
     load_before = os.getloadavg()
     rows = memcpy_rows(max(frames, 50))
@@ -477,6 +739,7 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
             try:
                 for row, result in zip(planned, fn(), strict=True):
                     result.pop("lat_ns", None)  # pooled already; too long for the report
+                    result.pop("hop_ns", None)
                     row.update(result)
             except Exception as exc:  # one broken row must not lose the others
                 for row in planned:
@@ -484,17 +747,23 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
                     failed.append(row)
                 print(f"  FAILED: {planned[0]['error']}", file=sys.stderr)
             rows.extend(planned)
-        print(f"  slow consumer (latest, ipc, {slow_seconds:.0f} s) ...", file=sys.stderr,
-              flush=True)
-        try:
-            slow = slow_consumer(ipc(), slow_seconds, warmup)
-        except Exception as exc:
-            slow = {"error": f"{type(exc).__name__}: {exc}"}
-            failed.append(slow)
-            print(f"  FAILED: {slow['error']}", file=sys.stderr)
+            if holoscan is None and labels[0][0] == chain_ours:
+                rows.append({"what": chain_theirs, "transport": "-", "mode": "-",
+                             "rate": labels[0][3],
+                             "note": f"not installed: {HOLOSCAN_INSTALL}"})
+        slow: dict | None = None
+        if not chain_only:
+            print(f"  slow consumer (latest, ipc, {slow_seconds:.0f} s) ...", file=sys.stderr,
+                  flush=True)
+            try:
+                slow = slow_consumer(ipc(), slow_seconds, warmup)
+            except Exception as exc:
+                slow = {"error": f"{type(exc).__name__}: {exc}"}
+                failed.append(slow)
+                print(f"  FAILED: {slow['error']}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if "age_ms" in slow:
+    if slow is not None and "age_ms" in slow:
         rows.append({"what": "slow consumer: frame age", "transport": "ipc", "mode": "latest",
                      "rate": "30 fps -> 10 Hz", **slow["age_ms"],
                      "throughput_fps": slow["producer_fps"]})
@@ -513,6 +782,20 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
         return next((r for r in rows if r["what"] == what and r["transport"] == transport
                      and r["rate"] == rate and "p50" in r), None)
 
+    # The chain pair has no target of its own: Holoscan is a peer to read beside the runner.
+    checks = [] if slow is None else _transport_checks(find, slow)
+    return {"frame": "1920x1080x3 uint8", "frames": frames, "saturated_frames": saturated_frames,
+            "warmup": warmup, "rounds": rounds, "imagezmq": have_imagezmq,
+            "holoscan": holoscan and {"python": holoscan.python, "version": holoscan.version},
+            "chain_only": chain_only,
+            "load_before": load_before,
+            "load_after": os.getloadavg(), "rows": rows, "slow_consumer": slow,
+            "checks": checks, "failed": len(failed)}
+
+
+def _transport_checks(find: Any, slow: dict) -> list[dict]:
+    """The issue's targets for the hop rows and the slow consumer; `find(what, transport,
+    rate)` returns a measured row or None."""
     checks = []
     ours, theirs = find("orstream process hop", "ipc", "30 fps"), \
         find("imagezmq process hop", "ipc", "30 fps")
@@ -534,15 +817,34 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
                        "passed": slow["age_ok"]})
     else:
         checks.append({"target": "slow consumer", "passed": False, "error": slow["error"]})
-    return {"frame": "1920x1080x3 uint8", "frames": frames, "saturated_frames": saturated_frames,
-            "warmup": warmup, "rounds": rounds, "imagezmq": have_imagezmq,
-            "load_before": load_before,
-            "load_after": os.getloadavg(), "rows": rows, "slow_consumer": slow,
-            "checks": checks, "failed": len(failed)}
+    return checks
 
 
 def _verdict(passed: bool | None) -> str:
     return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def _print_chains(result: dict) -> None:
+    chains = [r for r in result["rows"] if "chain" in r["what"]]
+    print(f"\nA 1080p frame through {CHAIN_STAGES} stages (4 hops): orstream's stage threads "
+          f"over inproc edges against Holoscan's Python operators under its event-based "
+          f"scheduler ({HOLOSCAN_WORKERS} workers)")
+    print(table(chains, [
+        ("what", "what", "s"), ("rate", "rate", "s"), ("p50", "chain p50 ms", ".3f"),
+        ("p99", "chain p99 ms", ".3f"), ("max", "chain max ms", ".3f"),
+        ("hop_p50", "hop p50 ms", ".3f"), ("hop_p99", "hop p99 ms", ".3f"),
+        ("throughput_fps", "throughput fps", ".1f"),
+        ("vs_holoscan", "p50 / Holoscan p50", ".2f"), ("note", "note", "s"),
+    ]))
+    for row in chains:
+        if "rounds_vs_holoscan" in row:
+            print(f"orstream / Holoscan chain p50, {row['rate']}, round by round: "
+                  + ", ".join(f"{v:.2f}" for v in row["rounds_vs_holoscan"])
+                  + f" ({row['rounds']} alternating rounds, pooled in the table)")
+    if result["holoscan"]:
+        print(f"Holoscan {result['holoscan']['version']} from {result['holoscan']['python']}, "
+              "CPU only. Chain latency: the sink's receipt minus the source's send; a hop: "
+              "a stage's receipt minus the previous stage's send.")
 
 
 def main() -> None:
@@ -556,7 +858,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10,
                         help="unmeasured frames per row (per round in the paired rows)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating rounds of the orstream / imagezmq 30 fps ipc pair")
+                        help="alternating rounds of the orstream / imagezmq 30 fps ipc pair "
+                             "and of the orstream / Holoscan chains")
+    parser.add_argument("--holoscan-python", default=os.environ.get(HOLOSCAN_PYTHON_ENV),
+                        help="an interpreter with holoscan-cu12 and nvidia-cuda-runtime-cu12 "
+                             f"(default: ${HOLOSCAN_PYTHON_ENV}, else this one if it has "
+                             "holoscan)")
+    parser.add_argument("--chain-only", action="store_true",
+                        help="only the memcpy floor and the orstream / Holoscan 5-stage chains "
+                             "(written to transport_chain.json)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     _script_dir_off_path()
@@ -564,8 +874,12 @@ def main() -> None:
         parser.error("--frames / --rounds and --saturated-frames must exceed --warmup + 1")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    try:
+        holoscan = HoloscanPeer.find(args.holoscan_python)
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        parser.error(f"--holoscan-python: {exc}")
     result = run(args.frames, args.saturated_frames, args.slow_seconds, args.warmup,
-                 args.rounds)
+                 args.rounds, holoscan, args.chain_only)
     print(f"Frame transport, {result['frame']}, {args.frames} frames per 30 fps row, "
           f"{args.saturated_frames} per saturated row, first {args.warmup} not measured "
           f"(per round in the orstream / imagezmq 30 fps ipc pair); "
@@ -585,7 +899,7 @@ def main() -> None:
         if "error" in row:
             print(f"FAILED {row['what']} {row['transport']} {row['rate']}: {row['error']}")
     slow = result["slow_consumer"]
-    if "age_ms" in slow:
+    if slow is not None and "age_ms" in slow:
         print(f"Slow consumer: producer sent {slow['sent']} at {slow['producer_fps']:.1f} fps; "
               f"consumer got {slow['received']}, Receiver.dropped = {slow['dropped']}; "
               f"age p50 {slow['age_ms']['p50']:.1f} ms, max {slow['age_ms']['max']:.1f} ms")
@@ -606,9 +920,10 @@ def main() -> None:
                   f"{ours['throughput_fps'] / theirs['throughput_fps']:.2f} (REQ/REP keeps one "
                   "frame in flight; lossless queues up to the high-water marks, so its "
                   "saturated latency is queueing, not hop cost)")
-    if not result["imagezmq"]:
+    if not result["imagezmq"] and not args.chain_only:
         print("imagezmq is not installed: its rows are skipped "
               "(pip install -e '.[bench]' to compare)")
+    _print_chains(result)
     for check in result["checks"]:
         value = check.get("value_ms", check.get("value_fps"))
         unit = " ms" if "value_ms" in check else " fps"
@@ -617,7 +932,8 @@ def main() -> None:
             shown += f" vs {check['reference_ms']:.3f} ms"
         shown += ")" if shown else ""
         print(f"{_verdict(check['passed'])}: {check['target']}{shown}")
-    path = write_json(args.out / "transport.json", {"machine": machine(), **result})
+    name = "transport_chain.json" if args.chain_only else "transport.json"
+    path = write_json(args.out / name, {"machine": machine(), **result})
     print(f"wrote {path}")
     if result["failed"]:
         sys.exit(1)
