@@ -1,0 +1,1 @@
+"""Training data, tasks, training loop and evaluation of the scene-describing VLM."""
