@@ -194,6 +194,20 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from pipeline.describe import ask
+
+    reply = ask(args.endpoint, args.question, args.timeout)
+    if args.json:
+        print(json.dumps(reply))
+    elif "error" in reply:
+        logger.error("{}", reply["error"])
+    else:
+        print(f"{reply['answer']}  (frame {reply['seq']} of {reply['stream']}, "
+              f"{reply['ms']:.0f} ms)")
+    return 1 if "error" in reply else 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from pipeline.security import make_keys
 
@@ -410,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CurveZMQ: the publisher's public NAME.key")
     vw.set_defaults(func=_cmd_view)
 
+    ak = sub.add_parser("ask", help="ask the running pipeline about the scene (describe)")
+    ak.add_argument("endpoint", help="the pipeline's describe.ask_endpoint, by default "
+                    "tcp://127.0.0.1:5601")
+    ak.add_argument("question", help='e.g. "is there smoke?"')
+    ak.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    ak.add_argument("--json", action="store_true", help="the reply as JSON")
+    ak.set_defaults(func=_cmd_ask)
+
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key, NAME.key_secret)")
     keys.add_argument("dir", type=Path)
     keys.add_argument("name", help="e.g. the host or role: or1-capture, inference, display-3")
@@ -504,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TimeoutError,
+            OSError) as exc:
         logger.error("{}", exc)
         return 2
     except BackendError as exc:  # the machine cannot serve what was asked: say what it can

@@ -176,6 +176,28 @@ class SegmentConfig(_Strict):
         return value
 
 
+class DescribeConfig(_Strict):
+    # The scene-describing VLM beside the frame path (pipeline/describe.py)
+    enabled: bool = False
+    weights: Path | None = None  # None: the shipped engines/weights/vlm_tiny.pt
+    # caption the newest frame this often; 0: whenever the describe thread is idle
+    interval_s: float = Field(1.0, ge=0, le=3600)
+    every_frames: int | None = Field(None, ge=1)  # instead of interval_s: every Nth frame drawn
+    threads: int = Field(1, ge=1, le=64)  # torch threads for the VLM; the frame path keeps the rest
+    nice: int = Field(10, ge=0, le=19)  # OS priority below the frame path (Linux, per thread)
+    ask_endpoint: str | None = "tcp://127.0.0.1:5601"  # `orstream ask` questions; None: none
+    max_new_tokens: int = Field(48, ge=1, le=256)  # longest caption or answer
+
+    _check = field_validator("ask_endpoint")(lambda v: None if v is None else _endpoint(v))
+
+    @field_validator("weights")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"VLM weights {value} do not exist (null: the shipped ones)")
+        return value
+
+
 class RenderConfig(_Strict):
     alpha: float = Field(0.45, ge=0, le=1)  # overlay opacity
     outlines: bool = True  # instrument outlines
@@ -267,6 +289,7 @@ class PipelineConfig(_Strict):
     stream: str = Field("or-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # stream id in the topic
     source: SourceConfig = SourceConfig()
     segment: SegmentConfig = SegmentConfig()
+    describe: DescribeConfig = DescribeConfig()
     render: RenderConfig = RenderConfig()
     publish: PublishConfig = PublishConfig()
     record: RecordConfig = RecordConfig()
@@ -328,7 +351,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]")
 
 def exposed_endpoints(cfg: PipelineConfig) -> list[tuple[str, str]]:
     """(config key, endpoint) of every tcp endpoint on an address other than loopback."""
-    named = [("publish.endpoint", cfg.publish.endpoint), ("masks.endpoint", cfg.masks.endpoint)]
+    named = [("publish.endpoint", cfg.publish.endpoint), ("masks.endpoint", cfg.masks.endpoint),
+             ("describe.ask_endpoint", cfg.describe.ask_endpoint)]
     named += [(f"edges.{k}.endpoint", e.endpoint) for k, e in cfg.edges.items()]
     out = []
     for key, endpoint in named:

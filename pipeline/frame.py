@@ -37,6 +37,9 @@ class Frame:
     # next, so a seq gap left by a live drop is not waited for.
     prev_seq: int | None = None
     trace: list[tuple[str, int, int]] = field(default_factory=list)
+    # Not on the wire: how far this host moved the frame's monotonic times on receipt
+    # (0: sent from this host). Non-zero latencies are only as good as the hosts' clock sync.
+    clock_shift_ns: int = 0
 
     @classmethod
     def capture(cls, stream: str, seq: int, image: np.ndarray) -> Frame:

@@ -31,6 +31,7 @@ from loguru import logger
 from pipeline import timecode
 from pipeline.capture import CaptureThread
 from pipeline.config import ConfigError, PipelineConfig, exposed_endpoints
+from pipeline.describe import DescribeWorker
 from pipeline.frame import Frame
 from pipeline.reorder import ReorderingReceiver
 from pipeline.security import Curve, curve_from_files
@@ -64,6 +65,10 @@ class RunResult:
     traces: list[list[tuple[str, int, int]]] = field(default_factory=list)
     elapsed_s: float = 0.0
     stages: dict[str, int] = field(default_factory=dict)  # stage -> frames processed
+    captions: int = 0  # scene descriptions made (describe)
+    # frames whose times came from another host's clock (converted via wall clocks): their
+    # latencies are only as good as the hosts' clock sync
+    rebased: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # stream id -> frames processed
 
 
@@ -112,6 +117,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._timecode = False  # burn seq and capture time into frames (source.timecode)
         self._curve: Curve | None = None
+        self._describe: DescribeWorker | None = None
 
     # -------------------------------------------------------------- graph (the one place)
 
@@ -206,7 +212,11 @@ class Pipeline:
             sinks.append(("record", RecordStage(self.cfg, fps)))
         if not sinks:
             sinks.append(("null", NullStage()))
-        render = RenderStage(self.cfg, task, self.dropped)
+        if self.cfg.describe.enabled:
+            # With render: it sees every frame and draws the caption; a process without
+            # render has no use for one.
+            self._describe = DescribeWorker(self.cfg.describe)
+        render = RenderStage(self.cfg, task, self.dropped, self._describe)
         render_outs: list[Sender | StreamSenders] = []
         for name, stage in sinks:
             sender, receiver = self._edge(f"render->{name}", ("image", "overlay", "labels"),
@@ -401,6 +411,8 @@ class Pipeline:
             self._build()
         except Exception:
             self._close_edges()
+            if self._describe is not None:
+                self._describe.close()
             if self._source is not None:
                 self._source.close()
             raise
@@ -415,6 +427,8 @@ class Pipeline:
                                             daemon=True))
         else:
             self._capture_done.set()
+        if self._describe is not None:
+            self._describe.start()
         for t in threads:
             t.start()
         next_status = time.monotonic() + (self.status_every_s or 0)
@@ -433,13 +447,18 @@ class Pipeline:
                 if t.is_alive():
                     stuck.append(t.name)
             self._close_edges()
+            if self._describe is not None:
+                self._describe.close()
             if self._source is not None:
                 self._source.close()
         self.result.elapsed_s = time.monotonic() - started
         self.result.dropped = self.dropped()
         self.result.rejected = sum(sum(n.inputs[0].stats.rejected.values())
                                    for n in self._nodes.values())
+        self.result.rebased = sum(n.inputs[0].stats.rebased for n in self._nodes.values())
         self.result.stages = {name: n.processed for name, n in self._nodes.items()}
+        if self._describe is not None:
+            self.result.captions = self._describe.captions
         first = self._nodes.get("segment") or self._nodes.get("render")
         self.result.streams = dict(first.by_stream) if first is not None else {}
         if self.errors:

@@ -22,6 +22,7 @@ from engines.cache import EngineCache
 from engines.export import load_engine, resolve
 from engines.postprocess import instance_vote
 from pipeline.config import PipelineConfig
+from pipeline.describe import DescribeWorker
 from pipeline.frame import Frame
 from pipeline.overlay import OverlayRenderer, OverlayStyle
 from pipeline.recorder import Recorder
@@ -172,9 +173,10 @@ class RenderStage(Stage):
     name = "render"
 
     def __init__(self, cfg: PipelineConfig, task: str | None,
-                 dropped: Callable[[], int]) -> None:
+                 dropped: Callable[[], int], describe: DescribeWorker | None = None) -> None:
         from training.classes import CLASSES
 
+        self.describe = describe
         self.cfg = cfg.render
         # Without a task the class table is background alone, which is never drawn.
         names, colors = ((CLASSES[task], palette(task)) if task  # type: ignore[index]
@@ -209,6 +211,10 @@ class RenderStage(Stage):
                                 f"dropped {self._dropped()}")
                 self._status_due_ns = now + STATUS_REFRESH_NS
             status = self._status
+        if self.describe is not None:
+            self.describe.offer(frame)  # a reference: the VLM looks when a caption is due
+            if frame.caption is None:
+                frame.caption = self.describe.latest()
         caption = age = None
         if frame.caption is not None:
             caption = frame.caption.text

@@ -92,6 +92,7 @@ class ReceiverStats:
     received: int = 0  # valid frames handed to the consumer
     superseded: int = 0  # valid frames dropped by `latest` because a newer one was waiting
     lost: int = 0  # frames missing from the seq sequence (dropped anywhere upstream)
+    rebased: int = 0  # frames from another host whose times were converted via wall clocks
     rejected: Counter = field(default_factory=Counter)  # reason -> invalid messages
 
 
@@ -313,6 +314,14 @@ class Receiver(_Endpoint):
 
     def _count(self, frame: Frame) -> None:
         self.stats.received += 1
+        if frame.clock_shift_ns:
+            if not self.stats.rebased:
+                logger.warning("{} on {}: frames come from another host (clocks {:+.3f} s "
+                               "apart); their times are converted through the wall clocks, "
+                               "so latencies across hosts are only as good as the hosts' "
+                               "clock sync (NTP ~1 ms, PTP better)", self.name, self.endpoint,
+                               frame.clock_shift_ns / 1e9)
+            self.stats.rebased += 1
         last = self._last_seq.get(frame.stream)
         if last is not None and frame.seq > last + 1:
             self.stats.lost += frame.seq - last - 1

@@ -110,6 +110,7 @@ def _rebase(frame: Frame, remote_offset: int) -> None:
     if abs(shift) < SAME_HOST_NS:
         return
     frame.t_capture_ns += shift
+    frame.clock_shift_ns = shift
     frame.trace = [(stage, t_in + shift, t_out + shift) for stage, t_in, t_out in frame.trace]
     if frame.caption is not None:
         frame.caption = Caption(frame.caption.text, frame.caption.seq,

@@ -98,3 +98,24 @@ def test_unknown_part_name_is_validated_then_ignored():
     assert g.labels.shape == (16, 20)
     with pytest.raises(wire.WireError):
         wire.decode([b"t", header, bytes(320), bytes(15)])
+
+
+def test_times_from_another_host_are_moved_into_this_hosts_clock(monkeypatch):
+    from pipeline import wire as w
+
+    def as_bytes(message):  # what a socket delivers
+        return [p if isinstance(p, bytes) else p.tobytes() for p in message]
+
+    frame = Frame.capture("or-1", 5, np.zeros((4, 4, 3), np.uint8))
+    frame.stamp("capture", frame.t_capture_ns)
+    same = w.decode(as_bytes(w.encode(frame, ("image",))))
+    assert same.t_capture_ns == frame.t_capture_ns and same.clock_shift_ns == 0
+    # The sender booted an hour later than us: its monotonic clock reads an hour less.
+    here = w._clock_offset_ns()
+    monkeypatch.setattr(w, "_clock_offset_ns", lambda: here + 3600 * 10**9)
+    message = as_bytes(w.encode(frame, ("image",)))
+    monkeypatch.undo()
+    moved = w.decode(message)
+    assert abs(moved.clock_shift_ns - 3600 * 10**9) < 10**7
+    assert moved.t_capture_ns == frame.t_capture_ns + moved.clock_shift_ns
+    assert moved.trace[0][1:] == tuple(t + moved.clock_shift_ns for t in frame.trace[0][1:])

@@ -1,0 +1,267 @@
+"""The describe stage: scene captions and answers from the VLM, beside the frame path.
+
+It never holds a frame up. Render offers every frame it draws to a one-slot holder (a
+reference, no copy) and attaches the latest caption to every frame it draws. The describe
+thread runs at a lower OS priority with its own torch thread budget: when a caption is due
+it takes the newest frame and publishes a Caption (text, plus the seq and capture time of
+the frame it describes, so render shows its age and displays get it in the header).
+
+Questions arrive on a ZeroMQ REP socket (`orstream ask ENDPOINT "is there smoke?"`): JSON
+`{"question": str}` in, `{"answer": str, "seq": int, "t_capture_ns": int, "ms": float}` or
+`{"error": str}` out. They are answered on the newest frame, ahead of the next caption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+from loguru import logger
+
+from pipeline.config import DescribeConfig
+from pipeline.frame import Caption, Frame
+from pipeline.transport import context, normalize_endpoint
+
+ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
+ASK_WAIT_S = 5.0  # the REP side gives up on the describe thread after this
+
+
+class Describes(Protocol):
+    def caption(self, image_rgb_uint8) -> str: ...
+    def answer(self, image_rgb_uint8, question: str) -> str: ...
+
+
+@dataclass
+class _Question:
+    text: str
+    done: threading.Event
+    reply: dict | None = None
+
+
+class DescribeWorker:
+    """The describe thread and the ask socket; `offer` and `latest` are for render."""
+
+    def __init__(self, cfg: DescribeConfig) -> None:
+        self.cfg = cfg
+        self.captions = 0  # captions made
+        self.answers = 0  # questions answered
+        self.caption_ms: list[float] = []  # time per caption, for the log and benchmarks
+        self._cond = threading.Condition()
+        self._newest: Frame | None = None
+        self._offered = 0  # frames offered since the last caption (every_frames)
+        self._wants_frame = False  # the thread sleeps until a new frame: wake it on offer
+        self._latest: Caption | None = None
+        self._questions: list[_Question] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self._socket: zmq.Socket | None = None
+        if cfg.ask_endpoint:
+            # Bound here, on the caller's thread, so a port already in use fails the start
+            # of the pipeline with the key to change, not a log line later.
+            endpoint = normalize_endpoint(cfg.ask_endpoint)
+            socket = context().socket(zmq.REP)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, ASK_MAX_BYTES)
+            socket.setsockopt(zmq.RCVTIMEO, 200)  # how often the ask thread checks for stop
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                socket.close(0)
+                raise OSError(f"describe.ask_endpoint: cannot bind {endpoint} ({exc}); set "
+                              f"another port, or null for no questions") from None
+            self._socket = socket
+            self.endpoint = endpoint
+
+    # ------------------------------------------------------------------ render's side
+
+    def offer(self, frame: Frame) -> None:
+        """The newest frame, from render; returns at once."""
+        with self._cond:
+            self._newest = frame
+            self._offered += 1
+            if self._wants_frame:
+                self._cond.notify()
+
+    def latest(self) -> Caption | None:
+        return self._latest
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._run, name="orstream-describe",
+                                          daemon=True)]
+        if self._socket is not None:
+            self._threads.append(threading.Thread(target=self._serve, name="orstream-ask",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout_s)
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+        if self.captions:
+            ms = sorted(self.caption_ms)
+            logger.info("describe: {} captions (p50 {:.0f} ms), {} questions answered",
+                        self.captions, ms[len(ms) // 2], self.answers)
+
+    # ------------------------------------------------------------------ describe thread
+
+    def _load(self) -> Describes:
+        from engines.vlm.describer import Describer
+
+        return Describer.load(self.cfg.weights, threads=self.cfg.threads,
+                              max_new_tokens=self.cfg.max_new_tokens)
+
+    def _run(self) -> None:
+        try:
+            # Linux: a thread is a task with its own nice value. Below the frame path, so
+            # the scheduler hands the cores to segmentation first when both want them.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.nice)
+        except (AttributeError, OSError) as exc:  # other systems: same work, same priority
+            logger.debug("describe: priority unchanged ({})", exc)
+        try:
+            describer = self._load()
+        except Exception as exc:  # noqa: BLE001 - reported; the frame path runs on
+            self._failed = exc
+            logger.error("describe: cannot load the VLM ({}); no captions this run", exc)
+            self._ready.set()
+            return
+        name = self.cfg.weights.name if self.cfg.weights else "the shipped VLM"
+        logger.info("describe: {} on {} thread(s), {}", name, self.cfg.threads,
+                    self._rate_text())
+        self._ready.set()
+        next_due = time.monotonic()
+        last_seq: tuple[str, int] | None = None
+        while not self._stop.is_set():
+            question, frame = None, None
+            with self._cond:
+                while not self._stop.is_set():
+                    if self._questions:
+                        question = self._questions.pop(0)
+                        frame = self._newest
+                        break
+                    newest = self._newest
+                    fresh = newest is not None and (newest.stream, newest.seq) != last_seq
+                    wait = self._wait_s(fresh, next_due)
+                    if wait == 0:
+                        frame = newest
+                        self._offered = 0
+                        break
+                    self._wants_frame = not fresh or self.cfg.every_frames is not None
+                    self._cond.wait(wait)
+                    self._wants_frame = False
+            if self._stop.is_set():
+                break
+            if question is not None:
+                self._answer(describer, question, frame)
+                continue
+            assert frame is not None
+            t0 = time.monotonic()
+            text = describer.caption(frame.image)
+            self.caption_ms.append((time.monotonic() - t0) * 1e3)
+            self._latest = Caption(text, frame.seq, frame.t_capture_ns)
+            self.captions += 1
+            last_seq = (frame.stream, frame.seq)
+            if self.cfg.interval_s:
+                # Paced from when it was due, not when it finished: a steady 1 Hz.
+                next_due = max(next_due + self.cfg.interval_s, t0)
+
+    def _wait_s(self, fresh: bool, next_due: float) -> float | None:
+        """0: caption now; otherwise how long to wait (None: until woken)."""
+        if not fresh:
+            return None
+        if self.cfg.every_frames is not None:
+            return 0 if self._offered >= self.cfg.every_frames else None
+        return max(0.0, next_due - time.monotonic())
+
+    def _rate_text(self) -> str:
+        if self.cfg.every_frames is not None:
+            return f"every {self.cfg.every_frames} frames"
+        if self.cfg.interval_s:
+            return f"every {self.cfg.interval_s:g} s"
+        return "whenever idle"
+
+    def _answer(self, describer: Describes, question: _Question, frame: Frame | None) -> None:
+        if frame is None:
+            question.reply = {"error": "no frame has been seen yet"}
+        else:
+            t0 = time.monotonic()
+            try:
+                text = describer.answer(frame.image, question.text)
+            except ValueError as exc:
+                question.reply = {"error": str(exc)}
+            else:
+                self.answers += 1
+                question.reply = {"answer": text, "seq": frame.seq, "stream": frame.stream,
+                                  "t_capture_ns": frame.t_capture_ns,
+                                  "ms": round((time.monotonic() - t0) * 1e3, 1)}
+        question.done.set()
+
+    # ------------------------------------------------------------------ ask thread
+
+    def _serve(self) -> None:
+        socket = self._socket
+        assert socket is not None
+        while not self._stop.is_set():
+            try:
+                raw = socket.recv()
+            except zmq.Again:
+                continue
+            except zmq.ZMQError:
+                break  # closed
+            reply = self._reply_to(raw)
+            try:
+                socket.send(json.dumps(reply).encode())
+            except zmq.ZMQError:
+                break
+
+    def _reply_to(self, raw: bytes) -> dict:
+        try:
+            request = json.loads(raw)
+            text = request["question"]
+            if type(text) is not str or not text.strip():
+                raise TypeError
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return {"error": 'expected JSON {"question": "..."}'}
+        if not self._ready.wait(ASK_WAIT_S):
+            return {"error": "the describe model is still loading; ask again"}
+        if self._failed is not None:
+            return {"error": f"the describe model failed to load: {self._failed}"}
+        question = _Question(text, threading.Event())
+        with self._cond:
+            self._questions.append(question)
+            self._cond.notify()
+        if not question.done.wait(ASK_WAIT_S):
+            return {"error": f"no answer within {ASK_WAIT_S:.0f} s"}
+        assert question.reply is not None
+        return question.reply
+
+
+def ask(endpoint: str, question: str, timeout_s: float = 5.0) -> dict:
+    """Send one question to a running pipeline; its JSON reply (see module docstring)."""
+    socket = context().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    try:
+        socket.connect(normalize_endpoint(endpoint))
+        socket.send(json.dumps({"question": question}).encode())
+        try:
+            return json.loads(socket.recv())
+        except zmq.Again:
+            raise TimeoutError(f"no reply from {endpoint} within {timeout_s:g} s: is "
+                               f"`orstream run` running with describe on?") from None
+    finally:
+        socket.close(0)
