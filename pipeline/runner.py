@@ -70,6 +70,7 @@ class RunResult:
     # latencies are only as good as the hosts' clock sync
     rebased: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # stream id -> frames processed
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)  # stream id -> frames lost
 
 
 @dataclass
@@ -461,6 +462,8 @@ class Pipeline:
             self.result.captions = self._describe.captions
         first = self._nodes.get("segment") or self._nodes.get("render")
         self.result.streams = dict(first.by_stream) if first is not None else {}
+        self.result.dropped_by_stream = (dict(first.inputs[0].stats.lost_by_stream)
+                                         if first is not None else {})
         if self.errors:
             stage, exc = self.errors[0]
             raise PipelineError(f"stage {stage!r} failed: {exc.__class__.__name__}: {exc}")
@@ -477,8 +480,14 @@ class Pipeline:
 
     def _log_status(self) -> None:
         node = self._nodes.get("render")
-        if node is None:  # capture or segment only: how many frames went on, per stream
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(self._stream_counts().items()))
+        if node is None:  # capture or segment only: frames on and dropped, per stream
+            segment = self._nodes.get("segment")
+            if segment is None:
+                logger.info("{} frames sent", self.result.frames_out)
+                return
+            lost = segment.inputs[0].stats.lost_by_stream
+            counts = ", ".join(f"{k} {v} (dropped {lost[k]})"
+                               for k, v in sorted(segment.by_stream.items()))
             logger.info("{} frames | {}", self.result.frames_out, counts or "no frames yet")
             return
         render = node.stage
@@ -496,10 +505,6 @@ class Pipeline:
             logger.info("{}", line)
         else:
             logger.warning("{} | {}", state.describe(), line)
-
-    def _stream_counts(self) -> dict[str, int]:
-        node = self._nodes.get("segment")
-        return dict(node.by_stream) if node is not None else {}
 
     def _close_edges(self) -> None:
         for socket in self._sockets:

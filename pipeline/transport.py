@@ -93,6 +93,7 @@ class ReceiverStats:
     superseded: int = 0  # valid frames dropped by `latest` because a newer one was waiting
     lost: int = 0  # frames missing from the seq sequence (dropped anywhere upstream)
     rebased: int = 0  # frames from another host whose times were converted via wall clocks
+    lost_by_stream: Counter = field(default_factory=Counter)  # stream -> frames lost
     rejected: Counter = field(default_factory=Counter)  # reason -> invalid messages
 
 
@@ -325,6 +326,7 @@ class Receiver(_Endpoint):
         last = self._last_seq.get(frame.stream)
         if last is not None and frame.seq > last + 1:
             self.stats.lost += frame.seq - last - 1
+            self.stats.lost_by_stream[frame.stream] += frame.seq - last - 1
         self._last_seq[frame.stream] = frame.seq
 
     @property
