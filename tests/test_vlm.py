@@ -281,3 +281,15 @@ def test_config_errors_name_the_key(tmp_path):
         VLMTrainConfig(data=tmp_path, questions=9)
     with pytest.raises(FileNotFoundError, match="synth vlm-data"):
         load_vlm_data(tmp_path)
+
+
+def test_shipped_weights_name_the_instruments_of_unseen_frames():
+    from training.synth.generator import SynthConfig, SyntheticEndoscope
+
+    describer = Describer.load()  # engines/weights/vlm_tiny.pt
+    synth = SyntheticEndoscope(SynthConfig(seed=4242))  # 1080p, a seed no training used
+    frames = [synth.render(i) for i in range(0, 30 * 12, 30)]
+    captions = [describer.caption(f.image) for f in frames]
+    truths = [Counter(s.type_id for s in f.instruments if s.visible) for f in frames]
+    assert mention_scores(captions, truths)["f1"] >= 0.8, captions
+    assert describer.answer(frames[0].image, "is there smoke?") in ("yes", "no")

@@ -10,7 +10,7 @@ the Describer's own preprocessing, and writes
 
 Written once rather than rendered on the fly: a 1080p frame costs ~8 ms to render and
 reduce while a training step on two cores needs ~40 frames, so rendering every epoch would
-take as long as training; on disk, 12 000 frames are 740 MB that load in a second. Questions
+take as long as training; on disk, 20 000 frames are 1.2 GB that load in a second. Questions
 are not stored: they are drawn from the ground truth per step (training) or from a fixed
 seed (evaluation), so one dataset serves any mix of phrasings.
 """
