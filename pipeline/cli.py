@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     vid.set_defaults(func=_cmd_synth_video)
     vd = synth_sub.add_parser("vlm-data", help="frames + ground truth for the scene VLM")
     vd.add_argument("dir", type=Path)
-    vd.add_argument("--frames", type=int, default=12000, help="frames in all")
+    vd.add_argument("--frames", type=int, default=20000, help="frames in all")
     vd.add_argument("--seed", type=int, default=0,
                     help="procedures' seed; evaluate on a seed training never saw")
     vd.add_argument("--per-video", dest="per_video", type=int, default=50,
