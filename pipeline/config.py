@@ -184,7 +184,9 @@ class DescribeConfig(_Strict):
     interval_s: float = Field(1.0, ge=0, le=3600)
     every_frames: int | None = Field(None, ge=1)  # instead of interval_s: every Nth frame drawn
     threads: int = Field(1, ge=1, le=64)  # torch threads for the VLM; the frame path keeps the rest
-    nice: int = Field(10, ge=0, le=19)  # OS priority below the frame path (Linux, per thread)
+    # CPU class of the model's process: idle = only cores the frame path leaves idle (Linux
+    # SCHED_IDLE); low = nice 10; normal = same as the frame path
+    priority: Literal["idle", "low", "normal"] = "idle"
     ask_endpoint: str | None = "tcp://127.0.0.1:5601"  # `orstream ask` questions; None: none
     max_new_tokens: int = Field(48, ge=1, le=256)  # longest caption or answer
 

@@ -1,10 +1,14 @@
 """The describe stage: scene captions and answers from the VLM, beside the frame path.
 
 It never holds a frame up. Render offers every frame it draws to a one-slot holder (a
-reference, no copy) and attaches the latest caption to every frame it draws. The describe
-thread runs at a lower OS priority with its own torch thread budget: when a caption is due
-it takes the newest frame and publishes a Caption (text, plus the seq and capture time of
-the frame it describes, so render shows its age and displays get it in the header).
+reference, no copy) and attaches the latest caption to every frame it draws. A describe
+thread waits for a caption to be due, takes the newest frame, shrinks it to the model's
+input and hands it to the model, which runs in its own process (pipeline/describe_worker.py)
+at the lowest CPU priority with its own torch threads: in a thread of this process its
+Python would contend for the GIL with the frame path, measured as a 42 % rise of the
+end-to-end p99 at 1 Hz (benchmarks/describe.py). The result is a Caption (text, plus the seq
+and capture time of the frame it describes, so render shows its age and displays get it in
+the header).
 
 Questions arrive on a ZeroMQ REP socket (`orstream ask ENDPOINT "is there smoke?"`): JSON
 `{"question": str}` in, `{"answer": str, "seq": int, "t_capture_ns": int, "ms": float}` or
@@ -13,13 +17,19 @@ Questions arrive on a ZeroMQ REP socket (`orstream ask ENDPOINT "is there smoke?
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import zmq
 from loguru import logger
 
@@ -29,11 +39,86 @@ from pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
 ASK_WAIT_S = 5.0  # the REP side gives up on the describe thread after this
+WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
+WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Describes(Protocol):
     def caption(self, image_rgb_uint8) -> str: ...
     def answer(self, image_rgb_uint8, question: str) -> str: ...
+
+
+class RemoteDescriber:
+    """The VLM in its own process, with the Describer's two calls. The frame is shrunk to
+    the model's input here (a 1080p frame would be 6 MB to send; its input is 60 KB)."""
+
+    def __init__(self, cfg: DescribeConfig) -> None:
+        from engines.vlm.preprocess import prepare_image
+
+        self._prepare = prepare_image
+        self._dir = Path(tempfile.mkdtemp(prefix="orstream-describe-"))
+        endpoint = f"ipc://{self._dir}/vlm"
+        self._socket = context().socket(zmq.PAIR)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(endpoint)
+        command = [sys.executable, "-m", "pipeline.describe_worker", endpoint,
+                   "--threads", str(cfg.threads), "--max-new-tokens", str(cfg.max_new_tokens),
+                   "--priority", cfg.priority]
+        if cfg.weights is not None:
+            command += ["--weights", str(cfg.weights)]
+        self._log = (self._dir / "worker.log").open("wb")
+        self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      cwd=REPO_ROOT)
+        hello = self._reply(WORKER_START_S, "start")
+        if "error" in hello:
+            self.close()
+            raise RuntimeError(hello["error"])
+        self.input_size = tuple(hello["input_size"])
+        self.priority = hello.get("priority")
+
+    def _reply(self, timeout_s: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while not self._socket.poll(200):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the describe worker exited ({self._proc.returncode}) "
+                                   f"during {what}: {self._tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the describe worker gave no {what} reply within "
+                                   f"{timeout_s:.0f} s")
+        return json.loads(self._socket.recv())
+
+    def _tail(self) -> str:
+        self._log.flush()
+        text = (self._dir / "worker.log").read_text(errors="replace").strip()
+        return text[-800:] or "no output"
+
+    def _call(self, request: dict, image: np.ndarray) -> str:
+        small = self._prepare(image, self.input_size)
+        self._socket.send_multipart([json.dumps(request).encode(), small.tobytes()])
+        reply = self._reply(WORKER_REPLY_S, request["op"])
+        if "error" in reply:
+            raise ValueError(reply["error"])
+        return reply["text"]
+
+    def caption(self, image_rgb_uint8: np.ndarray) -> str:
+        return self._call({"op": "caption"}, image_rgb_uint8)
+
+    def answer(self, image_rgb_uint8: np.ndarray, question: str) -> str:
+        return self._call({"op": "answer", "question": question}, image_rgb_uint8)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(zmq.ZMQError):  # it may be gone already
+                self._socket.send(json.dumps({"op": "stop"}).encode(), zmq.NOBLOCK)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._socket.close(0)
+        self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @dataclass
@@ -120,18 +205,9 @@ class DescribeWorker:
     # ------------------------------------------------------------------ describe thread
 
     def _load(self) -> Describes:
-        from engines.vlm.describer import Describer
-
-        return Describer.load(self.cfg.weights, threads=self.cfg.threads,
-                              max_new_tokens=self.cfg.max_new_tokens)
+        return RemoteDescriber(self.cfg)
 
     def _run(self) -> None:
-        try:
-            # Linux: a thread is a task with its own nice value. Below the frame path, so
-            # the scheduler hands the cores to segmentation first when both want them.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.nice)
-        except (AttributeError, OSError) as exc:  # other systems: same work, same priority
-            logger.debug("describe: priority unchanged ({})", exc)
         try:
             describer = self._load()
         except Exception as exc:  # noqa: BLE001 - reported; the frame path runs on
@@ -140,8 +216,21 @@ class DescribeWorker:
             self._ready.set()
             return
         name = self.cfg.weights.name if self.cfg.weights else "the shipped VLM"
-        logger.info("describe: {} on {} thread(s), {}", name, self.cfg.threads,
+        logger.info("describe: {} in its own process ({} priority, {} thread(s)), {}", name,
+                    getattr(describer, "priority", self.cfg.priority), self.cfg.threads,
                     self._rate_text())
+        try:
+            self._loop(describer)
+        except Exception as exc:  # noqa: BLE001 - captions stop; frames never did
+            self._failed = exc
+            logger.error("describe: stopped ({}); the frame path goes on without captions",
+                         exc)
+        finally:
+            close = getattr(describer, "close", None)
+            if close is not None:
+                close()
+
+    def _loop(self, describer: Describes) -> None:
         self._ready.set()
         next_due = time.monotonic()
         last_seq: tuple[str, int] | None = None
@@ -203,6 +292,10 @@ class DescribeWorker:
                 text = describer.answer(frame.image, question.text)
             except ValueError as exc:
                 question.reply = {"error": str(exc)}
+            except Exception as exc:  # the worker died: say so, then stop describing
+                question.reply = {"error": f"the describe model failed: {exc}"}
+                question.done.set()
+                raise
             else:
                 self.answers += 1
                 question.reply = {"answer": text, "seq": frame.seq, "stream": frame.stream,

@@ -1,0 +1,181 @@
+"""The describe stage: captions beside the frame path, questions over `orstream ask`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from pipeline.config import load_config
+from pipeline.describe import DescribeWorker, ask
+from pipeline.frame import Frame
+from pipeline.runner import Pipeline
+from pipeline.transport import Receiver
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vlm_weights(tmp_path_factory):
+    """An untrained vlm_tiny: the real model and decoding, quick to load; what it says
+    does not matter to the plumbing (the shipped weights' quality is tested elsewhere)."""
+    from engines.vlm import checkpoint as ckpt
+    from engines.vlm.model import VLM, model_config
+    from engines.vlm.tokenizer import Tokenizer
+
+    tok = Tokenizer.build(["describe the scene.", "is there smoke? yes no",
+                           "bipolar forceps enter from the left"])
+    torch.manual_seed(0)
+    cfg = model_config("vlm_tiny", len(tok))
+    return ckpt.save(ckpt.VLMCheckpoint("vlm_tiny", cfg, tok, VLM(cfg).state_dict()),
+                     tmp_path_factory.mktemp("vlm") / "vlm_rand.pt")
+
+
+def _until(condition, timeout_s: float = 90.0) -> None:
+    """Wait for the model process to start and work (seconds on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _config(vlm_weights, *more: str, ask_port: int | None = None):
+    ask_endpoint = f"tcp://127.0.0.1:{ask_port}" if ask_port else "null"
+    return load_config(None, [
+        "source.width=640", "source.height=360", "segment.backend=torch",
+        "segment.precision=fp32", "describe.enabled=true", f"describe.weights={vlm_weights}",
+        f"describe.ask_endpoint={ask_endpoint}",
+        *more])
+
+
+def test_captions_reach_later_frames_and_the_header_with_the_frame_they_describe(
+        vlm_weights, tmp_path):
+    endpoint = f"ipc://{tmp_path}/displays"
+    cfg = _config(vlm_weights, "describe.interval_s=0.3", f"publish.endpoint={endpoint}",
+                  "publish.mode=lossless")
+    frames: list[Frame] = []
+    done = threading.Event()
+    with Receiver(endpoint, "lossless") as display:
+        def collect() -> None:
+            while not done.is_set():
+                f = display.recv(100)
+                if f is not None:
+                    frames.append(f)
+
+        t = threading.Thread(target=collect, daemon=True)
+        t.start()
+        pipeline = Pipeline(cfg)
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+        _until(lambda: pipeline._describe is not None and pipeline._describe.captions >= 3)
+        pipeline.request_stop()
+        runner.join(30)
+        result = pipeline.result
+        time.sleep(0.3)
+        done.set()
+        t.join(5)
+    assert result.captions >= 2
+    captioned = [f for f in frames if f.caption is not None]
+    assert captioned, "no frame carried a caption"
+    seqs = {f.seq for f in frames}
+    for f in captioned:
+        # A caption describes an earlier (or this) frame that really went by, and its age
+        # is what the header says it is.
+        assert f.caption.seq <= f.seq and f.caption.t_capture_ns <= f.t_capture_ns
+        assert f.caption.seq in seqs or f.caption.seq < min(seqs)
+        assert isinstance(f.caption.text, str)
+    assert len({f.caption.seq for f in captioned}) >= 2  # captions move on
+
+
+def test_a_slow_describer_never_delays_the_frame_path(vlm_weights, monkeypatch):
+    class Slow:
+        def caption(self, image):
+            time.sleep(1.0)  # a VLM far slower than a frame
+            return "slow"
+
+        def answer(self, image, question):
+            return "slow"
+
+    monkeypatch.setattr(DescribeWorker, "_load", lambda self: Slow())
+    cfg = _config(vlm_weights, "describe.interval_s=0", "publish.endpoint=null")
+    latencies: list[float] = []
+    pipeline = Pipeline(cfg, max_frames=60, on_frame=lambda f: latencies.append(
+        (time.monotonic_ns() - f.t_capture_ns) / 1e6))
+    result = pipeline.run()
+    assert result.captions >= 1 and result.frames_out == 60
+    # A blocked describe would hold render for a second per caption.
+    assert max(latencies[10:]) < 900, max(latencies)
+
+
+def test_ask_answers_about_the_newest_frame_while_the_pipeline_runs(vlm_weights):
+    port = _free_port()
+    cfg = _config(vlm_weights, "publish.endpoint=null", "describe.interval_s=0.5",
+                  ask_port=port)
+    pipeline = Pipeline(cfg)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        reply = {"error": "not asked"}
+        while time.monotonic() < deadline:
+            reply = ask(endpoint, "is there smoke?", timeout_s=10)
+            if "error" not in reply:
+                break
+            time.sleep(0.2)  # the model or the first frame is not there yet
+        assert "answer" in reply, reply
+        assert isinstance(reply["answer"], str) and reply["stream"] == "or-1"
+        assert reply["seq"] >= 0 and reply["t_capture_ns"] > 0
+        second = ask(endpoint, "how many instruments?", timeout_s=10)
+        assert second["seq"] >= reply["seq"]  # the newest frame each time
+        # A malformed request gets an error reply and the socket keeps serving.
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.connect(endpoint)
+        sock.send(b"{not json")
+        assert "error" in json.loads(sock.recv())
+        sock.close(0)
+        assert "answer" in ask(endpoint, "is there smoke?", timeout_s=10)
+    finally:
+        pipeline.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
+
+
+def test_an_ask_port_in_use_fails_the_start_naming_the_key(vlm_weights):
+    port = _free_port()
+    blocker = zmq.Context.instance().socket(zmq.REP)
+    blocker.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        with pytest.raises(OSError, match=r"describe.ask_endpoint: cannot bind"):
+            Pipeline(_config(vlm_weights, "publish.endpoint=null", ask_port=port),
+                     max_frames=1).run()
+    finally:
+        blocker.close(0)
+
+
+def test_every_n_frames_captions_at_that_rate(vlm_weights):
+    cfg = _config(vlm_weights, "publish.endpoint=null", "describe.every_frames=10")
+    worker = DescribeWorker(cfg.describe)
+    worker.start()
+    image = np.zeros((360, 640, 3), np.uint8)
+    _until(worker._ready.is_set)
+    try:
+        for seq in range(40):
+            worker.offer(Frame.capture("or-1", seq, image))
+            time.sleep(0.05)  # 20 fps, slower than a tiny caption
+    finally:
+        worker.close()
+    assert 3 <= worker.captions <= 4
