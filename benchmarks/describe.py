@@ -58,6 +58,8 @@ def _run(on: bool, frames: int, warmup: int, interval: float, extra: list[str]) 
             except TimeoutError as exc:
                 errors.append(str(exc))
                 continue
+            if "still loading" in reply.get("error", ""):
+                continue  # the model process starts beside the pipeline: not an answer yet
             if "error" in reply:
                 errors.append(reply["error"])
             elif len(latencies) > warmup:

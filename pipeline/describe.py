@@ -38,7 +38,7 @@ from pipeline.frame import Caption, Frame
 from pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
-ASK_WAIT_S = 5.0  # the REP side gives up on the describe thread after this
+ASK_WAIT_S = 4.0  # the REP side gives up on the describe thread after this (`ask`: 5 s)
 WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
 WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -329,8 +329,9 @@ class DescribeWorker:
                 raise TypeError
         except (ValueError, TypeError, KeyError, RecursionError):
             return {"error": 'expected JSON {"question": "..."}'}
-        if not self._ready.wait(ASK_WAIT_S):
-            return {"error": "the describe model is still loading; ask again"}
+        if not self._ready.is_set():  # say so now: the asker's timeout is about as long
+            return {"error": "the describe model is still loading (seconds after start); "
+                             "ask again"}
         if self._failed is not None:
             return {"error": f"the describe model failed to load: {self._failed}"}
         question = _Question(text, threading.Event())
