@@ -178,7 +178,7 @@ class SegmentConfig(_Strict):
 
 class DescribeConfig(_Strict):
     # The scene-describing VLM beside the frame path (pipeline/describe.py)
-    enabled: bool = False
+    enabled: bool = True
     weights: Path | None = None  # None: the shipped engines/weights/vlm_tiny.pt
     # caption the newest frame this often; 0: whenever the describe thread is idle
     interval_s: float = Field(1.0, ge=0, le=3600)
