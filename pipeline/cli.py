@@ -49,21 +49,9 @@ def _cmd_synth_vlm_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vlm(args: argparse.Namespace) -> int:
-    import yaml
-    from pydantic import ValidationError
-
     from training.vlm.trainer import VLMTrainConfig, train_vlm
 
-    values: dict = {}
-    if args.config:
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
-    values.update({k: v for k, v in vars(args).items()
-                   if k in VLMTrainConfig.model_fields and v is not None})
-    try:
-        cfg = VLMTrainConfig(**values)
-    except ValidationError as exc:
-        raise SystemExit(_config_error(exc, args.config)) from None
-    print(train_vlm(cfg))
+    print(train_vlm(_train_config(VLMTrainConfig, args)))
     return 0
 
 
@@ -76,23 +64,26 @@ def _cmd_eval_vlm(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_unet(args: argparse.Namespace) -> int:
+    from training.unet_trainer import TrainConfig, train_unet
+
+    print(train_unet(_train_config(TrainConfig, args)))
+    return 0
+
+
+def _train_config(model: type, args: argparse.Namespace):
+    """The --config YAML with the flags given on top, validated; errors name the key."""
     import yaml
     from pydantic import ValidationError
-
-    from training.unet_trainer import TrainConfig, train_unet
 
     values: dict = {}
     if args.config:
         values.update(yaml.safe_load(Path(args.config).read_text()) or {})
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in TrainConfig.model_fields and v is not None}
-    values.update(overrides)
+    values.update({k: v for k, v in vars(args).items()
+                   if k in model.model_fields and v is not None})
     try:
-        cfg = TrainConfig(**values)
+        return model(**values)
     except ValidationError as exc:
         raise SystemExit(_config_error(exc, args.config)) from None
-    print(train_unet(cfg))
-    return 0
 
 
 def _config_error(exc, source: str | None) -> str:

@@ -258,14 +258,21 @@ class PublishStage(Stage):
         assert self.cfg.endpoint is not None
         self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, parts=self.cfg.parts,
                              classes=self.classes, curve=self.curve)
-        logger.info("publishing {} on {} ({})", "+".join(self.cfg.parts), self.sender.endpoint,
+        logger.info("publishing {} on {} ({})", self.what(), self.sender.endpoint,
                     self.cfg.mode)
 
-    def process(self, frame: Frame) -> None:
+    def what(self) -> str:
+        return "+".join(self.cfg.parts)
+
+    def send(self, frame: Frame) -> bool:
         assert self.sender is not None
-        while not self.sender.send(frame):  # lossless: wait for room; latest never waits
+        return self.sender.send(frame)
+
+    def process(self, frame: Frame) -> None:
+        while not self.send(frame):  # lossless: wait for room; latest never waits
             if self.stopping():
-                logger.warning("publish: no display took frame {} before shutdown", frame.seq)
+                logger.warning("{}: no display took frame {} before shutdown", self.name,
+                               frame.seq)
                 return
 
     def close(self) -> None:
@@ -273,35 +280,30 @@ class PublishStage(Stage):
             self.sender.close()
 
 
-class MaskPublishStage(Stage):
+class MaskPublishStage(PublishStage):
     """Publishes the mask-only stream (PROTOCOL.md): labels, outlines, classes, caption."""
 
     name = "masks"
 
     def __init__(self, cfg: PipelineConfig, task: str | None,
                  curve: Curve | None = None) -> None:
-        self.cfg = cfg.masks
-        self.classes = class_table(task)
-        self.curve = curve
-        self.sender: Sender | None = None
+        super().__init__(cfg, task, curve)
+        self.cfg = cfg.masks  # type: ignore[assignment]  # endpoint and mode, no parts
 
     def open(self) -> None:
         assert self.cfg.endpoint is not None
         self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, curve=self.curve)
-        logger.info("publishing masks on {} ({})", self.sender.endpoint, self.cfg.mode)
+        logger.info("publishing {} on {} ({})", self.what(), self.sender.endpoint,
+                    self.cfg.mode)
 
-    def process(self, frame: Frame) -> None:
+    def what(self) -> str:
+        return "masks"
+
+    def send(self, frame: Frame) -> bool:
         from pipeline import masks
 
         assert self.sender is not None
-        while not self.sender.send_raw(masks.encode(frame, self.classes)):
-            if self.stopping():
-                logger.warning("masks: no display took frame {} before shutdown", frame.seq)
-                return
-
-    def close(self) -> None:
-        if self.sender is not None:
-            self.sender.close()
+        return self.sender.send_raw(masks.encode(frame, self.classes))
 
 
 class RecordStage(Stage):
