@@ -6,9 +6,12 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from engines.checkpoint import Checkpoint
 from engines.deploy import LabelNet, example_input
@@ -18,7 +21,27 @@ OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime 1.17+ and OpenVIN
 
 def export_onnx(checkpoint: Checkpoint, size: tuple[int, int], out: Path) -> Path:
     """Write `out` (.onnx): uint8 NHWC frames -> uint8 labels, batch dimension dynamic."""
-    model = LabelNet(checkpoint).eval()
+    with _quiet():
+        batch = torch.export.Dim("batch", min=1, max=64)
+    return export_module(LabelNet(checkpoint).eval(), (example_input(size, batch=2),),
+                         ["frames"], ["labels"], out, dynamic_shapes={"frames": {0: batch}})
+
+
+def export_module(model: nn.Module, args: tuple[torch.Tensor, ...], input_names: Sequence[str],
+                  output_names: Sequence[str], out: Path,
+                  dynamic_shapes: dict[str, Any] | None = None) -> Path:
+    """Write `out` (.onnx) for `model(*args)`; shapes are static except `dynamic_shapes`."""
+    with _quiet():
+        program = torch.onnx.export(
+            model.eval(), args, input_names=list(input_names), output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET, verbose=False,
+            external_data=False)
+        program.save(str(out))
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
     # The exporter narrates every pass on stdout and warns about absent torchvision ops;
     # the caller reports progress itself.
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -27,16 +50,6 @@ def export_onnx(checkpoint: Checkpoint, size: tuple[int, int], out: Path) -> Pat
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            _export(model, size, out)
+            yield
     finally:
         registration.setLevel(level)
-    return out
-
-
-def _export(model: LabelNet, size: tuple[int, int], out: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.onnx.export(
-        model, (example_input(size, batch=2),), input_names=["frames"],
-        output_names=["labels"], dynamic_shapes={"frames": {0: batch}}, dynamo=True,
-        opset_version=OPSET, verbose=False, external_data=False)
-    program.save(str(out))
