@@ -189,6 +189,10 @@ class DescribeConfig(_Strict):
     priority: Literal["idle", "low", "normal"] = "idle"
     ask_endpoint: str | None = "tcp://127.0.0.1:5601"  # `orstream ask` questions; None: none
     max_new_tokens: int = Field(48, ge=1, le=256)  # longest caption or answer
+    # torch: eager with the KV cache; onnxruntime / openvino: the exported encoder and
+    # decoder step (engines/vlm/export.py), same tokens, built into the engine cache on first
+    # use; measured 16.7 / 13.7 / 12.0 ms a caption here (benchmarks/vlm.py)
+    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
 
     _check = field_validator("ask_endpoint")(lambda v: None if v is None else _endpoint(v))
 

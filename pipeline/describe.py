@@ -64,7 +64,7 @@ class RemoteDescriber:
         self._socket.bind(endpoint)
         command = [sys.executable, "-m", "pipeline.describe_worker", endpoint,
                    "--threads", str(cfg.threads), "--max-new-tokens", str(cfg.max_new_tokens),
-                   "--priority", cfg.priority]
+                   "--priority", cfg.priority, "--backend", cfg.backend]
         if cfg.weights is not None:
             command += ["--weights", str(cfg.weights)]
         self._log = (self._dir / "worker.log").open("wb")

@@ -47,16 +47,22 @@ def lower_priority(priority: str) -> str:
 
 
 def serve(endpoint: str, weights: str | None, threads: int, max_new_tokens: int,
-          priority: str) -> int:
+          priority: str, backend: str = "torch") -> int:
     got = lower_priority(priority)
     parent = os.getppid()
     socket = zmq.Context.instance().socket(zmq.PAIR)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(endpoint)
     try:
-        from engines.vlm.describer import Describer
+        if backend == "torch":
+            from engines.vlm.describer import Describer
 
-        describer = Describer.load(weights, threads=threads, max_new_tokens=max_new_tokens)
+            describer = Describer.load(weights, threads=threads, max_new_tokens=max_new_tokens)
+        else:  # the exported encoder + decoder step, from the engine cache (built if new)
+            from engines.vlm.exported import ExportedVLM
+
+            describer = ExportedVLM.load(weights, threads=threads,
+                                         max_new_tokens=max_new_tokens, backend=backend)
     except Exception as exc:  # noqa: BLE001 - reported to the pipeline, which logs it
         socket.send(json.dumps({"error": f"{exc.__class__.__name__}: {exc}"}).encode())
         return 1
@@ -94,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--priority", choices=["idle", "low", "normal"], default="idle")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                        default="torch")
     args = parser.parse_args(argv)
-    return serve(args.endpoint, args.weights, args.threads, args.max_new_tokens, args.priority)
+    return serve(args.endpoint, args.weights, args.threads, args.max_new_tokens, args.priority,
+                 args.backend)
 
 
 if __name__ == "__main__":

@@ -179,3 +179,23 @@ def test_every_n_frames_captions_at_that_rate(vlm_weights):
     finally:
         worker.close()
     assert 3 <= worker.captions <= 4
+
+
+def test_the_exported_vlm_captions_exactly_like_eager_in_the_worker():
+    from engines.vlm.describer import Describer
+    from training.synth.generator import SynthConfig, SyntheticEndoscope
+
+    image = SyntheticEndoscope(SynthConfig(width=960, height=540, seed=77)).render(40).image
+    cfg = load_config(None, ["describe.backend=onnxruntime", "describe.ask_endpoint=null",
+                             "describe.every_frames=1"]).describe
+    worker = DescribeWorker(cfg)
+    worker.start()
+    try:
+        _until(worker._ready.is_set, 180)  # first use builds the two engines
+        assert worker._failed is None, worker._failed
+        worker.offer(Frame.capture("or-1", 0, image))
+        _until(lambda: worker.latest() is not None)
+    finally:
+        worker.close()
+    assert worker.latest().text == Describer.load().caption(image)
+    assert worker.latest().text  # the shipped model says something about this scene
