@@ -10,6 +10,7 @@ mistake is a ConfigError such as:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import (
 from pipeline.transport import normalize_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_OVERRIDES = "ORSTREAM_SET"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "pipeline.yaml"
 
 
@@ -410,7 +412,10 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    for text in overrides or []:
+    # ORSTREAM_SET="key=value;key=value" applies before --set (which wins): a deployment
+    # (a container, a test session) sets its site's values once for every command.
+    environment = [t.strip() for t in os.environ.get(ENV_OVERRIDES, "").split(";") if t.strip()]
+    for text in [*environment, *(overrides or [])]:
         _set_path(tree, *parse_override(text))
     for dotted, value in direct.items():
         if value is not None:

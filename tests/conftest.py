@@ -23,3 +23,14 @@ def engine_cache(tmp_path_factory) -> Path:
     patch.setenv("ORSTREAM_ENGINE_CACHE", str(root))
     yield root
     patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_default_ask_port():
+    """Pipelines in tests (and the processes they start) leave the default `orstream ask`
+    port alone, so a developer's running `orstream run` does not fail the suite; the
+    describe tests ask on ports of their own."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ORSTREAM_SET", "describe.ask_endpoint=null")
+    yield
+    patch.undo()

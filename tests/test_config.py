@@ -56,3 +56,12 @@ def test_publishing_labels_needs_segmentation():
                              "publish.endpoint=null"])
     assert not cfg.segment.enabled
     assert load_config().segment.enabled  # on by default
+
+
+def test_orstream_set_from_the_environment_applies_before_set(monkeypatch):
+    monkeypatch.setenv("ORSTREAM_SET", "render.alpha=0.2; describe.interval_s=5")
+    cfg = load_config(None, ["render.alpha=0.7"])
+    assert cfg.render.alpha == 0.7 and cfg.describe.interval_s == 5
+    monkeypatch.setenv("ORSTREAM_SET", "render.alpha=2")
+    with pytest.raises(ConfigError, match="render.alpha"):
+        load_config(None)
