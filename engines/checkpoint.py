@@ -63,17 +63,20 @@ class Checkpoint:
         }
 
 
-def save(ckpt: Checkpoint, path: Path) -> Path:
+def write_atomic(payload: dict[str, Any], path: Path | str) -> Path:
+    """torch.save through a temporary file: a crash mid-write never leaves a truncated
+    checkpoint behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt.to_dict(), tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    torch.save(payload, tmp)
+    tmp.replace(path)
     return path
 
 
-def load(path: Path | str, task: str | None = None, model_name: str | None = None) -> Checkpoint:
-    """Load and check a checkpoint; `task`/`model_name`, when given, must match it."""
+def read_raw(path: Path | str, fmt: str, what: str) -> dict[str, Any]:
+    """The checkpoint's dict, loaded with weights_only=True, or CheckpointError saying why
+    not (missing, unreadable, or not of format `fmt`: `what` names the expected kind)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -82,10 +85,26 @@ def load(path: Path | str, task: str | None = None, model_name: str | None = Non
     except Exception as exc:  # torch raises several types for a corrupt or foreign file
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an orstream U-Net checkpoint (format "
-                              f"{raw.get('format') if isinstance(raw, dict) else type(raw)!r}, "
-                              f"expected {FORMAT!r})")
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw)
+        raise CheckpointError(f"{path} is not an orstream {what} checkpoint (format "
+                              f"{found!r}, expected {fmt!r})")
+    return raw
+
+
+def half_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in fp16 for shipping (half the bytes; rebuilt in fp32 on load)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def save(ckpt: Checkpoint, path: Path) -> Path:
+    return write_atomic(ckpt.to_dict(), path)
+
+
+def load(path: Path | str, task: str | None = None, model_name: str | None = None) -> Checkpoint:
+    """Load and check a checkpoint; `task`/`model_name`, when given, must match it."""
+    path = Path(path)
+    raw = read_raw(path, FORMAT, "U-Net")
     ck_task = raw["task"]
     if task is not None and ck_task != task:
         raise CheckpointError(f"checkpoint {path} segments task {ck_task!r} but {task!r} was "
@@ -123,8 +142,7 @@ def publish(src: Path | str, dst: Path | str) -> Path:
     model is rebuilt in fp32 when loaded), training state (optimizer, history) dropped,
     metrics and the training config kept for provenance."""
     checkpoint = load(src)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in
-            checkpoint.state_dict.items()}
+    half = half_weights(checkpoint.state_dict)
     keep = {k: v for k, v in checkpoint.extra.items() if k == "train_config"}
     return save(Checkpoint(checkpoint.model_name, checkpoint.config, checkpoint.task,
                            checkpoint.classes, checkpoint.input_size, half, checkpoint.mean,

@@ -13,7 +13,15 @@ from typing import Any
 
 import torch
 
-from engines.checkpoint import DEFAULT_MEAN, DEFAULT_STD, WEIGHTS_DIR, CheckpointError
+from engines.checkpoint import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    WEIGHTS_DIR,
+    CheckpointError,
+    half_weights,
+    read_raw,
+    write_atomic,
+)
 from engines.vlm.model import VLM, VLMConfig, model_config
 from engines.vlm.tokenizer import Tokenizer
 
@@ -57,28 +65,13 @@ class VLMCheckpoint:
 
 
 def save(ckpt: VLMCheckpoint, path: Path | str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt.to_dict(), tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
-    return path
+    return write_atomic(ckpt.to_dict(), path)
 
 
 def load(path: Path | str, model_name: str | None = None) -> VLMCheckpoint:
     """Load and check a VLM checkpoint; `model_name`, when given, must match it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        found = raw.get("format") if isinstance(raw, dict) else type(raw)
-        raise CheckpointError(f"{path} is not an orstream VLM checkpoint (format {found!r}, "
-                              f"expected {FORMAT!r})")
+    raw = read_raw(path, FORMAT, "VLM")
     if model_name is not None and raw["model_name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds model {raw['model_name']!r} but "
                               f"{model_name!r} was asked for")
@@ -112,7 +105,7 @@ def publish(src: Path | str, dst: Path | str) -> Path:
     """Copy a trained checkpoint for shipping: weights in fp16 (rebuilt in fp32 on load),
     training state dropped, metrics and the training config kept for provenance."""
     ck = load(src)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in ck.state_dict.items()}
+    half = half_weights(ck.state_dict)
     keep = {k: v for k, v in ck.extra.items() if k == "train_config"}
     return save(VLMCheckpoint(ck.model_name, ck.config, ck.tokenizer, half, ck.mean, ck.std,
                               ck.metrics, keep), dst)
