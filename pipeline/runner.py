@@ -270,7 +270,16 @@ class Pipeline:
         receiver = self._capture_receiver
         if receiver is None and "render" in self._nodes:
             receiver = self._nodes["render"].inputs[0]
+        elif receiver is not None and self._dealt_out() and "render" not in self.local:
+            # One of several workers sees every Nth seq by design: its gaps are its peers'
+            # frames, not losses. Render, where the results meet, counts the real ones.
+            return 0
         return receiver.dropped if receiver is not None else 0
+
+    def _dealt_out(self) -> bool:
+        """capture->segment deals frames out to workers (the sender binds a lossless edge)."""
+        edge = self.cfg.edges["capture->segment"]
+        return edge.bind == "sender" and edge.mode == "lossless"
 
     # -------------------------------------------------------------- threads
 
@@ -470,8 +479,10 @@ class Pipeline:
             self.result.captions = self._describe.captions
         first = self._nodes.get("segment") or self._nodes.get("render")
         self.result.streams = dict(first.by_stream) if first is not None else {}
-        self.result.dropped_by_stream = (dict(first.inputs[0].stats.lost_by_stream)
-                                         if first is not None else {})
+        self.result.dropped_by_stream = (
+            dict(first.inputs[0].stats.lost_by_stream)
+            if first is not None and not (first is self._nodes.get("segment")
+                                          and self._dealt_out()) else {})
         if self.errors:
             stage, exc = self.errors[0]
             raise PipelineError(f"stage {stage!r} failed: {exc.__class__.__name__}: {exc}")
@@ -494,7 +505,7 @@ class Pipeline:
                 logger.info("{} frames sent", self.result.frames_out)
                 return
             lost = segment.inputs[0].stats.lost_by_stream
-            counts = ", ".join(f"{k} {v} (dropped {lost[k]})"
+            counts = ", ".join(f"{k} {v}" + ("" if self._dealt_out() else f" (dropped {lost[k]})")
                                for k, v in sorted(segment.by_stream.items()))
             logger.info("{} frames | {}", self.result.frames_out, counts or "no frames yet")
             return

@@ -262,3 +262,32 @@ def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_pa
         assert np.array_equal(message.labels, frame.labels)
         assert tuple(message.region) == frame.region
         assert message.classes["task"] == "types"
+
+
+def test_two_workers_share_the_frames_and_render_shows_them_in_order(tmp_path):
+    overrides = ["publish.endpoint=null", "segment.backend=torch", "segment.precision=fp32",
+                 "source.width=640", "source.height=360", "render.reorder_ms=200",
+                 f"edges.capture->segment.endpoint=ipc://{tmp_path}/dispatch",
+                 "edges.capture->segment.mode=lossless", "edges.capture->segment.bind=sender",
+                 "edges.capture->segment.hwm=1",
+                 f"edges.segment->render.endpoint=ipc://{tmp_path}/results"]
+    cfg = load_config(None, overrides)
+    workers = [Pipeline(cfg, stages=["segment"]) for _ in range(2)]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    shown: list[Frame] = []
+    front = Pipeline(cfg, stages=["capture", "render"], max_frames=40, on_frame=shown.append)
+    try:
+        result = front.run()
+    finally:
+        for w in workers:
+            w.request_stop()
+        for t in threads:
+            t.join(30)
+    seqs = [f.seq for f in shown]
+    assert result.frames_out == 40 and seqs == sorted(set(seqs))  # in order, never repeated
+    done = [w.result.stages["segment"] for w in workers]
+    assert min(done) > 0 and sum(done) >= 40, done  # both workers took frames
+    assert all(w.result.dropped == 0 for w in workers)  # a peer's frames are not a loss
+    assert all(f.labels is not None for f in shown)
