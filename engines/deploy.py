@@ -15,6 +15,25 @@ from torch import nn
 from engines.checkpoint import Checkpoint
 
 
+class Normalize(nn.Module):
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) normalised as training did, in `dtype`: the
+    first layer of every exported graph, so engines take the live path's uint8 frames."""
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float],
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.dtype = dtype
+        # Buffers, not constants: they move with .to(device) and export as initialisers.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0),
+                             persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2).float()
+        return ((x - self.mean) * self.inv_std).to(self.dtype)
+
+
 class LabelNet(nn.Module):
     """(N, H, W, 3) uint8 RGB -> (N, H, W) uint8 class ids."""
 
@@ -22,16 +41,10 @@ class LabelNet(nn.Module):
         super().__init__()
         self.unet = checkpoint.build().to(dtype)
         self.dtype = dtype
-        mean = torch.tensor(checkpoint.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(checkpoint.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        # Buffers, not constants: they move with .to(device) and export as initialisers.
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("inv_std", 1.0 / std, persistent=False)
+        self.normalize = Normalize(checkpoint.mean, checkpoint.std, dtype)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).float()
-        x = ((x - self.mean) * self.inv_std).to(self.dtype)
-        return self.unet(x).argmax(dim=1).to(torch.uint8)
+        return self.unet(self.normalize(frames)).argmax(dim=1).to(torch.uint8)
 
 
 def example_input(size: tuple[int, int], batch: int = 1, device: str = "cpu") -> torch.Tensor:

@@ -21,6 +21,7 @@ from engines.backends import Engine
 from engines.cache import EngineCache
 from engines.export import load_engine, resolve
 from engines.postprocess import instance_vote
+from pipeline import masks
 from pipeline.config import PipelineConfig
 from pipeline.describe import DescribeWorker
 from pipeline.frame import Frame
@@ -300,8 +301,6 @@ class MaskPublishStage(PublishStage):
         return "masks"
 
     def send(self, frame: Frame) -> bool:
-        from pipeline import masks
-
         assert self.sender is not None
         return self.sender.send_raw(masks.encode(frame, self.classes))
 

@@ -86,7 +86,8 @@ class TrainConfig(BaseModel):
         return json.loads(self.model_dump_json())
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
+def lr_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 2 % of the peak."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -136,7 +137,7 @@ def train_unet(cfg: TrainConfig) -> Path:
     steps = cfg.steps_per_epoch or max(1, len(train_set) // cfg.batch)
     total = steps * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _schedule(s, total, warmup=min(200, total // 10 + 1)))
+        optimizer, lambda s: lr_schedule(s, total, warmup=min(200, total // 10 + 1)))
     history: list[dict] = []
     best = -1.0
     start_epoch = 1

@@ -49,6 +49,7 @@ from engines.backends import BackendError, backend_class
 from engines.backends.base import device_name
 from engines.backends.onnx_export import export_module
 from engines.cache import EngineCache, EngineKey, Entry, file_sha256
+from engines.deploy import Normalize
 from engines.export import _heartbeat
 from engines.vlm import checkpoint as vlm_ckpt
 from engines.vlm.model import VLMConfig
@@ -107,16 +108,11 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = checkpoint.build().to(dtype)
         self.dtype = dtype
-        # As engines/preprocess.normalize computes it: (x - 255 mean) / (255 std).
-        mean = torch.tensor(checkpoint.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(checkpoint.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
+        self.normalize = Normalize(checkpoint.mean, checkpoint.std, dtype)
 
     def forward(self, image: torch.Tensor, prompt: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
-        x = ((x - self.mean) / self.std).to(self.dtype)
+        x = self.normalize(image)  # (B, H, W, 3) uint8 -> (B, 3, H, W)
         visual = self.model.visual_tokens(x)  # -> (B, V, D)
         decoder = self.model.decoder
         cache = _PrefixCache()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,6 +31,7 @@ from engines.vlm import checkpoint as vlm_ckpt
 from engines.vlm.model import CAPTION_PROMPT, VLM, build_model, lm_loss, model_config
 from engines.vlm.tokenizer import Tokenizer
 from training.plots import plot_captions, plot_vlm_curves
+from training.unet_trainer import lr_schedule
 from training.vlm.data import VLMData, load_vlm_data
 from training.vlm.evaluate import QUESTION_SEED, score
 from training.vlm.tasks import QA, eval_questions, sample_tasks, vocabulary_texts
@@ -68,13 +68,6 @@ class VLMTrainConfig(BaseModel):
 
     def to_json(self) -> dict:
         return json.loads(self.model_dump_json())
-
-
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _split(data: VLMData, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +189,7 @@ def train_vlm(cfg: VLMTrainConfig) -> Path:
     steps = cfg.steps_per_epoch or max(1, len(train_idx) // cfg.batch)
     total = steps * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _schedule(s, total, min(cfg.warmup, total // 5 + 1)))
+        optimizer, lambda s: lr_schedule(s, total, min(cfg.warmup, total // 5 + 1)))
     history: list[dict] = []
     best = -1.0
     start_epoch = 1
