@@ -349,10 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--batch", type=int)
     unet.add_argument("--lr", type=float)
     unet.add_argument("--size", help="HxW model input, multiple of 32 (default 256x320)")
-    unet.add_argument("--crop", help="HxW training crop (default 128x160)")
+    unet.add_argument("--crop", help="HxW training crop (default 128x160), or none: whole "
+                      "frames")
     unet.add_argument("--fold", type=int, help="TernausNet fold 0-3 held out for validation")
     unet.add_argument("--out", type=Path)
     unet.add_argument("--resume", action="store_true", default=None)
+    unet.add_argument("--init", type=Path,
+                      help="start from this checkpoint's weights (same task and model)")
     unet.add_argument("--seed", type=int)
     unet.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     unet.set_defaults(func=_cmd_train_unet)

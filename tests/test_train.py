@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from engines import checkpoint as ckpt
 from pipeline.cli import main
@@ -38,6 +39,29 @@ def test_resume_continues_from_the_last_epoch(tiny_dataset, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     with pytest.raises(ckpt.CheckpointError, match="segments task 'types' but 'binary'"):
         train_unet(TrainConfig(epochs=3, resume=True, **{**base, "task": "binary"}))
+
+
+def test_init_starts_from_a_checkpoints_weights_and_crop_none_trains_on_whole_frames(
+        tiny_dataset, tmp_path):
+    first = train_unet(TrainConfig(data=tiny_dataset, task="binary", epochs=1, steps_per_epoch=2,
+                                   out=tmp_path / "crops", **QUICK))
+    # A learning rate this small leaves the weights where --init put them: the result must be
+    # the first run's network, not a fresh random one.
+    code = main(["train", "unet", "--data", str(tiny_dataset), "--task", "binary",
+                 "--size", "128x160", "--crop", "none", "--batch", "2", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--lr", "1e-12", "--init", str(first),
+                 "--out", str(tmp_path / "whole")])
+    assert code == 0
+    tuned = ckpt.load(tmp_path / "whole" / "best.pt")
+    assert tuned.extra["train_config"]["crop"] is None
+    assert tuned.extra["train_config"]["init"] == str(first)
+    start = ckpt.load(first).state_dict
+    for name, value in tuned.state_dict.items():
+        if name.endswith("weight") and value.dim() == 4:  # convolutions (BN stats do move)
+            assert torch.allclose(value, start[name], atol=1e-6), name
+    with pytest.raises(ckpt.CheckpointError, match="segments task 'binary' but 'types'"):
+        train_unet(TrainConfig(data=tiny_dataset, task="types", epochs=1, steps_per_epoch=1,
+                               init=first, out=tmp_path / "wrong", **QUICK))
 
 
 def test_eval_json_has_the_published_metrics(tiny_dataset, tmp_path, capsys):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from engines import checkpoint as ckpt
+from engines.postprocess import instance_vote
 from engines.predict import predict_labels
 from engines.preprocess import normalize
 from engines.registry import build_model, model_config
@@ -60,6 +61,9 @@ class TrainConfig(BaseModel):
     fold: int = Field(0, ge=0, le=3)  # TernausNet fold: its two videos are the validation set
     out: Path = Path("runs/unet")
     resume: bool = False
+    # Warm start: the weights of this checkpoint (same task and model), fresh optimizer and
+    # schedule. How a crop-trained model is fine-tuned on whole frames for context.
+    init: Path | None = None
     seed: int = 0
     workers: int = Field(2, ge=1)  # threads that decode the dataset
     steps_per_epoch: int | None = Field(None, ge=1)  # cap, for quick runs; None = full epoch
@@ -67,6 +71,8 @@ class TrainConfig(BaseModel):
     @field_validator("size", "crop", mode="before")
     @classmethod
     def _hw(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("none", "full"):
+            return None  # `--crop none`: train on whole frames
         return _parse_hw(value)
 
     @field_validator("size")
@@ -108,7 +114,9 @@ def _validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, ta
         losses.append(float(dice_ce_loss(logits, target)) * len(x))
         for t, p in zip(labels[i:i + batch], logits.argmax(1).to(torch.uint8).numpy(),
                         strict=True):
-            metrics.update(t, p)
+            # Types are scored after the per-instrument vote, as `orstream eval` and the
+            # pipeline use them: the best epoch is the best one as deployed.
+            metrics.update(t, instance_vote(p, len(CLASSES[task])) if task == "types" else p)
     return sum(losses) / len(images), metrics.compute()
 
 
@@ -143,6 +151,10 @@ def train_unet(cfg: TrainConfig) -> Path:
     start_epoch = 1
 
     last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.init is not None and not cfg.resume:
+        start = ckpt.load(cfg.init, task=cfg.task, model_name=cfg.model)
+        model.load_state_dict(start.state_dict)  # fp16 shipped weights become fp32 here
+        logger.info("starting from the weights of {}", cfg.init)
     if cfg.resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no {last_path} to resume from; drop --resume "
@@ -213,6 +225,8 @@ def train_unet(cfg: TrainConfig) -> Path:
     pick = np.linspace(0, len(val_images) - 1, min(4, len(val_images))).astype(int)
     preds = predict_labels(best_ckpt.build().to(memory_format=torch.channels_last),
                            val_images[pick], best_ckpt.mean, best_ckpt.std)
+    if cfg.task == "types":  # as validated and deployed: after the per-instrument vote
+        preds = np.stack([instance_vote(p, len(classes)) for p in preds])
     plot_predictions(val_images[pick], val_labels[pick], preds, palette(cfg.task),
                      out / "predictions.png")
     logger.info("done in {:.0f} s: best validation {} {:.4f} -> {}",
