@@ -28,6 +28,18 @@ def test_touching_instruments_without_a_dominant_type_keep_their_own_types():
     assert np.array_equal(out, labels)
 
 
+def test_specks_of_a_third_type_between_touching_instruments_take_the_majority_type():
+    labels = np.zeros((20, 40), np.uint8)
+    labels[5:15, 0:22] = 2  # two touching instruments, neither dominant ...
+    labels[5:15, 22:40] = 4
+    labels[8:11, 19:23] = 7  # ... and a speck of a type in neither, at the seam
+    out = instance_vote(labels, 8, min_area_fraction=0.01)
+    assert 7 not in out, "a type absent from the scene survived the vote"
+    assert np.array_equal(out[8:11, 19:23], np.full((3, 4), 2, np.uint8))  # the majority
+    untouched = labels != 7
+    assert np.array_equal(out[untouched], labels[untouched])
+
+
 def test_empty_map_is_returned_unchanged():
     labels = np.zeros((8, 8), np.uint8)
     assert instance_vote(labels, 8) is labels
