@@ -7,7 +7,10 @@ simplest peer move or decode one frame, so a report says how far each stage is f
 - raw PyAV decode + RGB conversion of the same file (the floor of capture), when the
   source is a file;
 - one imagezmq REQ/REP hop of the same frame between two processes over ipc (the
-  simplest peer of the display hop), when imagezmq is installed (`.[bench]`).
+  simplest peer of the display hop), when imagezmq is installed (`.[bench]`);
+- the machine's own jitter: one fixed few-millisecond CPU task at the frame rate, with the
+  pipeline stopped. Its p99 over its p50 is the tail the host adds to any work (a VM's
+  neighbours, frequency changes); a pipeline's p99 cannot be expected to beat it.
 """
 
 from __future__ import annotations
@@ -61,10 +64,26 @@ def imagezmq_floor(shape: tuple[int, int, int], frames: int = 90) -> dict[str, A
     return {"what": "imagezmq REQ/REP hop over ipc (process to process)", **row}
 
 
-def floors(spec: str, frame_hw: tuple[int, int]) -> list[dict[str, Any]]:
+# Single-threaded (numpy's sort), so the probe measures the host, not a thread pool's
+# scheduling; about 2 ms on the 2-core CI box, a frame stage's order of magnitude.
+_JITTER_ELEMENTS = 400_000
+
+
+def jitter_floor(fps: float = 30.0, seconds: float = 4.0) -> dict[str, Any]:
+    """The same fixed task once per frame period: how much the host alone stretches it."""
+    data = np.random.default_rng(0).random(_JITTER_ELEMENTS).astype(np.float32)
+    iters = max(20, int(seconds * fps))
+    ms = time_calls(lambda: np.sort(data), iters=iters, warmup=5, idle_s=1.0 / fps)
+    figures = stats(ms)
+    return {"what": f"machine jitter: a fixed single-thread task ({_JITTER_ELEMENTS:,}-float "
+                    f"sort) at {fps:g} fps, nothing else running", **figures,
+            "p99_over_p50": figures["p99"] / figures["p50"]}
+
+
+def floors(spec: str, frame_hw: tuple[int, int], fps: float = 30.0) -> list[dict[str, Any]]:
     """Every floor that applies to this source; a floor that cannot run says why."""
     shape = (*frame_hw, 3)
-    out = [memcpy_floor(shape)]
+    out = [memcpy_floor(shape), jitter_floor(fps)]
     path = Path(spec)
     if path.is_file():
         try:

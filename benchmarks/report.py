@@ -145,9 +145,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("floors"):
         lines += ["", "Floors measured in the same run:"]
         for f in report["floors"]:
+            ratio = (f" ({f['p99_over_p50']:.1f}x p50), max {f['max']:.3f} ms"
+                     if "p99_over_p50" in f else "")
             lines.append(f"- {f['what']}: " + (f"skipped ({f['skipped']})" if "skipped" in f
                                                  else f"p50 {f['p50']:.3f} ms, p99 "
-                                                      f"{f['p99']:.3f} ms"))
+                                                      f"{f['p99']:.3f} ms{ratio}"))
     if report.get("baseline"):
         cmp = report["baseline"]
         lines += ["", f"Against the baseline (regression: > {100 * cmp['threshold']:.0f} % "

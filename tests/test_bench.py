@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from benchmarks.harness import _jitter_note
 from benchmarks.profiles import ProfileError, available, load_profile
 from benchmarks.report import compare
 from pipeline.cli import main
@@ -34,9 +35,26 @@ def test_a_run_within_budget_writes_the_report_and_exits_0(tmp_path, capsys):
     assert report["budget"]["profile"] == "cpu" and report["budget"]["pass"] is True
     assert report["budget"]["broken"] == []
     assert any(f["what"].startswith("memcpy") for f in report["floors"])
+    jitter = next(f for f in report["floors"] if f["what"].startswith("machine jitter"))
+    assert 0 < jitter["p50"] <= jitter["p99"] <= jitter["max"]
+    assert jitter["p99_over_p50"] == pytest.approx(jitter["p99"] / jitter["p50"])
+    assert "machine jitter" in (out / "report.md").read_text()
     for name in ("report.md", "latency_cdf.png", "latency_over_time.png",
                  "stage_breakdown.png"):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_a_noisy_host_is_named_beside_the_tail_budgets_it_broke():
+    broken = {"pass": False, "broken": [{"stage": "end_to_end", "figure": "p99"},
+                                        {"stage": "capture", "figure": "drop_rate"}]}
+    noisy = [{"what": "memcpy", "p50": 0.5, "p99": 0.6},
+             {"what": "machine jitter", "p50": 3.0, "p99": 19.5, "max": 48.0,
+              "p99_over_p50": 6.5}]
+    note = _jitter_note(noisy, broken)
+    assert note.startswith("noisy host") and "6.5x" in note and "(end_to_end)" in note
+    quiet = [{**noisy[1], "p99": 4.5, "p99_over_p50": 1.5}]
+    assert _jitter_note(quiet, broken) is None
+    assert "broken tail" not in _jitter_note(noisy, {"pass": True, "broken": []})
 
 
 def test_a_broken_budget_exits_1_and_names_stage_and_figure(tmp_path, capsys):
