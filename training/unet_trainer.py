@@ -128,6 +128,9 @@ def train_unet(cfg: TrainConfig) -> Path:
     classes = CLASSES[cfg.task]
     metric_name = PRIMARY_METRIC[cfg.task]
 
+    # A wrong --init fails here, in a second, not after minutes of decoding the dataset.
+    init = (ckpt.load(cfg.init, task=cfg.task, model_name=cfg.model)
+            if cfg.init is not None and not cfg.resume else None)
     samples = discover(cfg.data, cfg.task)
     train_samples, val_samples = split_by_fold(samples, cfg.fold)
     logger.info("{}: {} training frames, {} validation frames (fold {})", cfg.data,
@@ -151,9 +154,8 @@ def train_unet(cfg: TrainConfig) -> Path:
     start_epoch = 1
 
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if cfg.init is not None and not cfg.resume:
-        start = ckpt.load(cfg.init, task=cfg.task, model_name=cfg.model)
-        model.load_state_dict(start.state_dict)  # fp16 shipped weights become fp32 here
+    if init is not None:
+        model.load_state_dict(init.state_dict)  # fp16 shipped weights become fp32 here
         logger.info("starting from the weights of {}", cfg.init)
     if cfg.resume:
         if not last_path.is_file():
