@@ -249,12 +249,9 @@ def bench(source: str, config: Path | None = None, mode: str | None = None,
     return report
 
 
-# A host that stretches a fixed task's p99 to three times its p50 with nothing else running
-# adds that tail to every stage; a broken tail budget there says more about the host.
-NOISY_HOST_RATIO = 3.0
-
-
 def _jitter_note(floor_rows: list[dict[str, Any]], budget: dict[str, Any]) -> str | None:
+    from benchmarks.peers import NOISY_HOST_RATIO
+
     jitter = next((f for f in floor_rows if "p99_over_p50" in f), None)
     if jitter is None or jitter["p99_over_p50"] < NOISY_HOST_RATIO:
         return None
