@@ -126,7 +126,7 @@ class SyntheticSource(Source):
                 index = int((time.monotonic() - start) / period)
             # The render counts as capture latency, like a sensor's readout.
             started = time.monotonic_ns()
-            yield Captured(emitted, self._synth.render(index).image, started)
+            yield Captured(emitted, self._synth.render_image(index), started)
             index += 1
             emitted += 1
 

@@ -71,6 +71,16 @@ def test_smoke_and_motion_blur_occur():
     assert any("smoke" in f.caption for f in frames)
 
 
+def test_the_live_feeds_image_only_render_is_the_same_picture():
+    synth, live = SyntheticEndoscope(SMALL), SyntheticEndoscope(SMALL)
+    frames = [synth.render(i) for i in range(0, 30 * 60, 10)]
+    # Frames with instruments, smoke and motion blur all among them.
+    assert any(f.instruments for f in frames) and any(f.smoke > 0.2 for f in frames)
+    assert any(f.blur >= 3 for f in frames)
+    for f in frames:
+        assert np.array_equal(live.render_image(f.index), f.image), f.index
+
+
 def test_bad_config_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="instrument_types"):
         SynthConfig(instrument_types=(9,))

@@ -80,8 +80,10 @@ def _fill(image: np.ndarray, polygon: np.ndarray, rgb: tuple[float, float, float
     cv2.fillConvexPoly(image, _to_fixed(polygon), rgb, cv2.LINE_8, _SUBPIXEL)
 
 
-def _label(maps: tuple[np.ndarray, np.ndarray], polygon: np.ndarray, part: int, type_id: int,
-           convex: bool = True) -> None:
+def _label(maps: tuple[np.ndarray, np.ndarray] | None, polygon: np.ndarray, part: int,
+           type_id: int, convex: bool = True) -> None:
+    if maps is None:  # image only (the live feed): no ground truth to draw
+        return
     parts, types = maps
     fixed = _to_fixed(polygon)
     if convex:
@@ -141,10 +143,11 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]], np.float64)
 
 
-def draw_instrument(image: np.ndarray, parts: np.ndarray, types: np.ndarray,
+def draw_instrument(image: np.ndarray, parts: np.ndarray | None, types: np.ndarray | None,
                     style: InstrumentStyle, pose: InstrumentPose, radius: float) -> None:
-    """Draw one instrument onto `image` (RGB uint8) and its labels onto `parts` and `types`."""
-    maps = (parts, types)
+    """Draw one instrument onto `image` (RGB uint8) and its labels onto `parts` and `types`
+    (both None: the image alone)."""
+    maps = None if parts is None or types is None else (parts, types)
     radius *= _WORKING_DISTANCE_GAIN
     pivot = np.asarray(pose.pivot, np.float64)
     joint = np.asarray(pose.tip, np.float64)
