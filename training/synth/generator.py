@@ -109,6 +109,7 @@ class SyntheticEndoscope:
         return int(strength * 0.02 * self.config.height) | 1 if strength > 0.15 else 0
 
     def render(self, index: int) -> SynthFrame:
+        """Frame `index` with its ground truth (parts, types), caption and instruments."""
         h, w = self.config.height, self.config.width
         parts = np.zeros((h, w), np.uint8)
         types = np.zeros((h, w), np.uint8)
