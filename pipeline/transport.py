@@ -91,10 +91,14 @@ class RateLimitedLog:
 class ReceiverStats:
     received: int = 0  # valid frames handed to the consumer
     superseded: int = 0  # valid frames dropped by `latest` because a newer one was waiting
-    lost: int = 0  # frames missing from the seq sequence (dropped anywhere upstream)
     rebased: int = 0  # frames from another host whose times were converted via wall clocks
-    lost_by_stream: Counter = field(default_factory=Counter)  # stream -> frames lost
+    # stream -> frames missing from its seq sequence (dropped anywhere upstream)
+    lost_by_stream: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)  # reason -> invalid messages
+
+    @property
+    def lost(self) -> int:
+        return sum(self.lost_by_stream.values())
 
 
 def _attach(socket: zmq.Socket, endpoint: str, bind: bool, curve: Curve | None) -> None:
@@ -325,7 +329,6 @@ class Receiver(_Endpoint):
             self.stats.rebased += 1
         last = self._last_seq.get(frame.stream)
         if last is not None and frame.seq > last + 1:
-            self.stats.lost += frame.seq - last - 1
             self.stats.lost_by_stream[frame.stream] += frame.seq - last - 1
         self._last_seq[frame.stream] = frame.seq
 

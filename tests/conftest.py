@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,23 @@ def no_default_ask_port():
     patch.setenv("ORSTREAM_SET", "describe.ask_endpoint=null")
     yield
     patch.undo()
+
+
+def _collect_frames(receiver, until: threading.Event, out: list) -> threading.Thread:
+    def loop() -> None:
+        while not until.is_set():
+            frame = receiver.recv(100)
+            if frame is not None:
+                out.append(frame)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def collect_frames():
+    """collect_frames(receiver, until, out): a started thread appending every frame the
+    receiver yields to `out` until the event `until` is set."""
+    return _collect_frames
+

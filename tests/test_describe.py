@@ -60,21 +60,14 @@ def _config(vlm_weights, *more: str, ask_port: int | None = None):
 
 
 def test_captions_reach_later_frames_and_the_header_with_the_frame_they_describe(
-        vlm_weights, tmp_path):
+        vlm_weights, tmp_path, collect_frames):
     endpoint = f"ipc://{tmp_path}/displays"
     cfg = _config(vlm_weights, "describe.interval_s=0.3", f"publish.endpoint={endpoint}",
                   "publish.mode=lossless")
     frames: list[Frame] = []
     done = threading.Event()
     with Receiver(endpoint, "lossless") as display:
-        def collect() -> None:
-            while not done.is_set():
-                f = display.recv(100)
-                if f is not None:
-                    frames.append(f)
-
-        t = threading.Thread(target=collect, daemon=True)
-        t.start()
+        t = collect_frames(display, done, frames)
         pipeline = Pipeline(cfg)
         runner = threading.Thread(target=pipeline.run, daemon=True)
         runner.start()

@@ -39,18 +39,6 @@ def _run(cfg: Path, *args: str) -> subprocess.Popen:
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _collect(receiver: Receiver, until: threading.Event, out: list[Frame]) -> threading.Thread:
-    def loop() -> None:
-        while not until.is_set():
-            frame = receiver.recv(100)
-            if frame is not None:
-                out.append(frame)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
-
-
 def _stop(proc: subprocess.Popen) -> str:
     """SIGTERM, then its stderr; it must have exited 0 (a graceful stop)."""
     if proc.poll() is None:
@@ -66,7 +54,7 @@ def _stop(proc: subprocess.Popen) -> str:
     return err.decode()
 
 
-def test_capture_segment_and_render_as_three_processes_over_ipc(tmp_path):
+def test_capture_segment_and_render_as_three_processes_over_ipc(tmp_path, collect_frames):
     publish = f"ipc://{tmp_path}/displays"
     cfg = _write_config(tmp_path / "three.yaml", {
         "stream": "or-7",
@@ -79,7 +67,7 @@ def test_capture_segment_and_render_as_three_processes_over_ipc(tmp_path):
     frames: list[Frame] = []
     done = threading.Event()
     with Receiver(publish, "latest") as display:
-        collector = _collect(display, done, frames)
+        collector = collect_frames(display, done, frames)
         render = _run(cfg, "--stages", "render", "--frames", "12")
         segment = _run(cfg, "--stages", "segment")
         capture = _run(cfg, "--stages", "capture")
@@ -114,7 +102,7 @@ def test_an_inproc_edge_between_processes_is_refused_naming_it(tmp_path):
         Pipeline(cfg, stages=["capture", "segment"]).run()
 
 
-def test_one_inference_process_serves_two_rooms_each_on_its_own_output(tmp_path):
+def test_one_inference_process_serves_two_rooms_each_on_its_own_output(tmp_path, collect_frames):
     cfg = load_config(None, [
         "publish.endpoint=null", "segment.backend=torch", "segment.precision=fp32",
         f"edges.capture->segment.endpoint=ipc://{tmp_path}/in",
@@ -126,7 +114,7 @@ def test_one_inference_process_serves_two_rooms_each_on_its_own_output(tmp_path)
     done = threading.Event()
     outs = {room: Receiver(f"ipc://{tmp_path}/{room}-out", "lossless", bind=True)
             for room in got}
-    threads = [_collect(outs[room], done, got[room]) for room in got]
+    threads = [collect_frames(outs[room], done, got[room]) for room in got]
     rooms = {room: Sender(f"ipc://{tmp_path}/in", "latest", bind=False) for room in got}
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (256, 320, 3), np.uint8)
@@ -168,7 +156,7 @@ def keys(tmp_path):
     stop_authenticators()
 
 
-def test_tcp_stages_with_curve_and_a_wrong_key_receives_nothing(tmp_path, keys):
+def test_tcp_stages_with_curve_and_a_wrong_key_receives_nothing(tmp_path, keys, collect_frames):
     made, allowed = keys
     edge, displays = _free_port(), _free_port()
     tree = {
@@ -195,7 +183,7 @@ def test_tcp_stages_with_curve_and_a_wrong_key_receives_nothing(tmp_path, keys):
     plain = Receiver(f"tcp://127.0.0.1:{displays}", "latest")
     seen: dict[str, list[Frame]] = {"display": [], "intruder": [], "plain": []}
     done = threading.Event()
-    threads = [_collect(r, done, seen[k]) for k, r in
+    threads = [collect_frames(r, done, seen[k]) for k, r in
                (("display", display), ("intruder", intruder), ("plain", plain))]
     capture = _run(capture_cfg, "--stages", "capture")
     try:
@@ -232,7 +220,7 @@ def test_keys_are_not_overwritten(tmp_path):
         make_keys(tmp_path, "a")
 
 
-def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_path):
+def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_path, collect_frames):
     from pipeline import masks
 
     full, mask = f"ipc://{tmp_path}/full", f"ipc://{tmp_path}/mask"
@@ -248,7 +236,7 @@ def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_pa
     frames: list[Frame] = []
     done = threading.Event()
     with Receiver(full, "lossless") as display:
-        collector = _collect(display, done, frames)
+        collector = collect_frames(display, done, frames)
         result = Pipeline(cfg, max_frames=6).run()
         got = []
         while sub.poll(1000):
