@@ -14,7 +14,6 @@ condition, p99 on / p99 off. While describe is on, a question goes to the ask so
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, stats, table, write_json
+from benchmarks.common import free_port, machine, stats, table, write_json
 from pipeline.capture import keep_frame_memory
 from pipeline.config import load_config
 from pipeline.describe import ask
@@ -31,14 +30,8 @@ from pipeline.runner import Pipeline
 QUESTIONS = ("is there smoke?", "which instruments are visible?", "how many instruments?")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(on: bool, frames: int, warmup: int, interval: float, extra: list[str]) -> dict:
-    port = _free_port()
+    port = free_port()
     cfg = load_config(None, ["publish.endpoint=null", f"describe.enabled={str(on).lower()}",
                              f"describe.interval_s={interval}",
                              f"describe.ask_endpoint=tcp://127.0.0.1:{port}", *extra])

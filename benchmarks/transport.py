@@ -47,7 +47,6 @@ import os
 import queue
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine, stats, table, time_calls, write_json
+from benchmarks.common import free_port, machine, stats, table, time_calls, write_json
 
 # Only numpy and the standard library at the top: spawned children re-import this module and
 # import what their role needs (orstream or imagezmq) inside their own function.
@@ -659,12 +658,6 @@ def memcpy_rows(iters: int) -> list[dict]:
             {"what": "memcpy 1080p (fresh pages)", **stats(fresh)}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -679,7 +672,7 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
         return f"ipc://{tmp}/hop-{next(counter)}"
 
     def tcp() -> str:
-        return f"tcp://127.0.0.1:{_free_port()}"
+        return f"tcp://127.0.0.1:{free_port()}"
 
     # ([(what, transport, mode, rate), ...], callable returning one result per label)
     Label = tuple[str, str, str, str]

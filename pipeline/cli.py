@@ -520,8 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TimeoutError,
-            OSError) as exc:
+    # OSError covers a missing file, a port in use and an unanswered `ask` (TimeoutError).
+    except (DatasetError, CheckpointError, ValueError, OSError) as exc:
         logger.error("{}", exc)
         return 2
     except BackendError as exc:  # the machine cannot serve what was asked: say what it can

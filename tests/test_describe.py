@@ -11,19 +11,12 @@ import pytest
 import torch
 import zmq
 
+from benchmarks.common import free_port
 from pipeline.config import load_config
 from pipeline.describe import DescribeWorker, ask
 from pipeline.frame import Frame
 from pipeline.runner import Pipeline
 from pipeline.transport import Receiver
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +105,7 @@ def test_a_slow_describer_never_delays_the_frame_path(vlm_weights, monkeypatch):
 
 
 def test_ask_answers_about_the_newest_frame_while_the_pipeline_runs(vlm_weights):
-    port = _free_port()
+    port = free_port()
     cfg = _config(vlm_weights, "publish.endpoint=null", "describe.interval_s=0.5",
                   ask_port=port)
     pipeline = Pipeline(cfg)
@@ -148,7 +141,7 @@ def test_ask_answers_about_the_newest_frame_while_the_pipeline_runs(vlm_weights)
 
 
 def test_an_ask_port_in_use_fails_the_start_naming_the_key(vlm_weights):
-    port = _free_port()
+    port = free_port()
     blocker = zmq.Context.instance().socket(zmq.REP)
     blocker.bind(f"tcp://127.0.0.1:{port}")
     try:

@@ -14,19 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.common import free_port
 from pipeline.config import ConfigError, load_config
 from pipeline.frame import Frame
 from pipeline.runner import Pipeline
 from pipeline.security import curve_from_files, make_keys, stop_authenticators
 from pipeline.transport import Receiver, Sender
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_config(path: Path, tree: dict) -> Path:
@@ -158,7 +151,7 @@ def keys(tmp_path):
 
 def test_tcp_stages_with_curve_and_a_wrong_key_receives_nothing(tmp_path, keys, collect_frames):
     made, allowed = keys
-    edge, displays = _free_port(), _free_port()
+    edge, displays = free_port(), free_port()
     tree = {
         "stream": "or-3",
         "source": {"width": 480, "height": 270, "fps": 20},

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from benchmarks.common import free_port
 from pipeline.config import load_config
 from pipeline.runner import Pipeline
 
@@ -33,16 +34,8 @@ json.dump(seen, open(out, "w"))
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_killed_and_one_stalled_subscriber_leave_the_other_six_at_full_rate(tmp_path):
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(None, ["segment.enabled=false", "source.width=480", "source.height=270",
                              "source.fps=20", f"publish.endpoint={endpoint}"])
     rendered: list[int] = []  # monotonic ns of every frame the pipeline published

@@ -14,18 +14,11 @@ import numpy as np
 import pytest
 import zmq
 
+from benchmarks.common import free_port
 from pipeline.config import load_config
 from pipeline.runner import Pipeline, PipelineError
 from pipeline.stages import SegmentStage
 from pipeline.view import view
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _decode(path) -> list[np.ndarray]:
@@ -34,7 +27,7 @@ def _decode(path) -> list[np.ndarray]:
 
 
 def test_default_config_end_to_end_publishes_and_records(tmp_path):
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     cfg = load_config(None, ["publish.parts=[overlay, labels]"], publish__endpoint=endpoint,
                       record__path=str(tmp_path / "out.mp4"))
@@ -65,7 +58,7 @@ def test_default_config_end_to_end_publishes_and_records(tmp_path):
 
 
 def test_published_frames_carry_the_overlay_and_labels_over_the_region():
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     cfg = load_config(None, ["publish.parts=[overlay, labels]", "source.width=640",
                              "source.height=360"], publish__endpoint=endpoint)
@@ -103,7 +96,7 @@ def test_a_failing_stage_stops_the_pipeline_and_is_named(monkeypatch):
 
 
 def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing():
-    port = _free_port()
+    port = free_port()
     cfg = load_config(None, ["source.width=320", "source.height=256",
                              f"edges.capture->segment.endpoint=tcp://127.0.0.1:{port}"],
                       publish__endpoint=None)
@@ -190,7 +183,7 @@ def test_segmentation_off_publishes_the_plain_picture_beside_the_overlay(monkeyp
     from pipeline import wire
 
     _no_model(monkeypatch)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(None, ["segment.enabled=false", "publish.parts=[overlay, image]",
                              "source.width=320", "source.height=256"],
                       publish__endpoint=endpoint)

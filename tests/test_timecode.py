@@ -4,7 +4,6 @@ code reads as nothing, never as a wrong value; and `view --measure` against the 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.common import free_port
 from pipeline import timecode
 from pipeline.config import ConfigError, load_config
 from pipeline.overlay import OverlayRenderer
@@ -30,12 +30,6 @@ SEQ, T_CAPTURE, T_WALL = 0x89ABCDEF, 0x0123_4567_89AB_CDEF, 0x1807_F00D_CAFE_BEE
 
 def _picture(width: int, height: int, index: int = 7) -> np.ndarray:
     return SyntheticEndoscope(SynthConfig(width=width, height=height)).render(index).image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_crc_is_ccitt_false():
@@ -191,7 +185,7 @@ def test_view_measure_agrees_with_the_frame_traces():
     """The Done-when: `view --measure` reads capture to display from the pixels it shows,
     here at 640x360 from the default 1080p pipeline with segmentation, and each frame's
     figure is within 2 ms of the same display instant minus the trace's capture time."""
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(None, publish__endpoint=endpoint)
     captured: dict[int, int] = {}  # seq -> capture time in the frame's trace
     pipeline = Pipeline(cfg, max_frames=400,
@@ -217,7 +211,7 @@ def test_view_measure_agrees_with_the_frame_traces():
 @pytest.mark.slow
 def test_view_measure_cli_reports_glass_in_json():
     """As a user runs it: `orstream view ENDPOINT --measure --json` in its own process."""
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(None, ["segment.enabled=false"], publish__endpoint=endpoint)
     pipeline = Pipeline(cfg)
     runner = threading.Thread(target=pipeline.run)
