@@ -23,6 +23,7 @@ from calibration.quantize import quantize_onnx
 from calibration.sets import CalibrationError, load_set
 from engines import checkpoint as ckpt
 from engines.backends import BackendError, backend_class
+from engines.backends.base import cpu_isa, needs_reduced_int8_range
 from engines.backends.onnx_export import export_onnx
 from engines.cache import EngineCache, Entry
 from engines.export import engine_key, load_engine
@@ -81,14 +82,21 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
     key = engine_key(weights, checkpoint, size, backend, "int8", device,
                      extra={"calibration_sha256": calib_set.sha256()})
 
+    weight_bits = 8  # TensorRT's own calibrator; the CPU backends may need 7 (below)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         candidate = tmp / cls.artifact
         if backend == "tensorrt":
             cls.build_int8(checkpoint, size, calib_set.frames, candidate)
         else:
+            weight_bits = 7 if needs_reduced_int8_range() else 8
+            if weight_bits == 7:
+                logger.info("this CPU ({}) has no int8 dot-product instruction (VNNI, AMX): "
+                            "its int8 kernels sum in saturating 16-bit registers, so weights "
+                            "are quantised to 7 bits", " ".join(cpu_isa()) or "unknown ISA")
             float_onnx = export_onnx(checkpoint, size, tmp / "float.onnx")
-            int8_onnx = quantize_onnx(float_onnx, calib_set.frames, tmp / "int8.onnx", method)
+            int8_onnx = quantize_onnx(float_onnx, calib_set.frames, tmp / "int8.onnx", method,
+                                      weight_bits)
             cls.build_from_onnx(int8_onnx, "int8", candidate)
         int8 = cls(candidate, size, "int8", device)
         float_engine = load_engine(weights, backend, FLOAT_OF[backend], size, device,
@@ -101,6 +109,7 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
         truth = calib_set.holdout_labels.get(checkpoint.task)
         report = judge(float_labels, int8_labels, truth, checkpoint.classes, backend,
                        threshold, f"ground truth ({checkpoint.task})")
+        report.weight_bits = weight_bits
         frame = calib_set.holdout[0]
         report.latency_ms = {
             name: float(np.median(time_calls(lambda e=e: e(frame), iters=30, warmup=5)))
@@ -117,7 +126,8 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
                                    "calibration": {"file": str(calib),
                                                    "sources": calib_set.provenance["sources"],
                                                    "frames": len(calib_set.frames),
-                                                   "method": method}})
+                                                   "method": method,
+                                                   "weight_bits": weight_bits}})
     _write_report(report, entry.folder)
     logger.info("INT8 engine stored in {} (gate report beside it)", entry.folder)
     return entry

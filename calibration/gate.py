@@ -43,6 +43,7 @@ class GateReport:
     classes: list[dict[str, Any]] = field(default_factory=list)  # worst drop first
     latency_ms: dict[str, float] = field(default_factory=dict)
     passed: bool = False
+    weight_bits: int = 8  # 7 on CPUs without an int8 dot product (calibration/quantize.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +56,9 @@ class GateReport:
             f"float {100 * self.float_mean_dice:.2f}, INT8 {100 * self.int8_mean_dice:.2f}; "
             f"drop {self.drop_dice_points:.2f} points (threshold "
             f"{self.threshold_dice_points:.2f}). Pixel agreement INT8 vs float: "
-            f"{100 * self.pixel_agreement:.3f} %.", "",
+            f"{100 * self.pixel_agreement:.3f} %. Weights quantised to {self.weight_bits} bits"
+            + (" (this CPU has no int8 dot-product instruction: 8-bit weights would "
+               "saturate its 16-bit sums)." if self.weight_bits == 7 else "."), "",
             "| class | Dice float | Dice INT8 | drop (points) | IoU float | IoU INT8 |",
             "|---|---|---|---|---|---|",
         ]

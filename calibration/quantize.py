@@ -13,8 +13,14 @@ from tqdm import tqdm
 
 
 def quantize_onnx(float_onnx: Path, frames: np.ndarray, out: Path,
-                  method: str = "minmax") -> Path:
-    """Write the INT8 QDQ model for `float_onnx` calibrated on `frames` (N, H, W, 3) uint8."""
+                  method: str = "minmax", weight_bits: int = 8) -> Path:
+    """Write the INT8 QDQ model for `float_onnx` calibrated on `frames` (N, H, W, 3) uint8.
+
+    weight_bits 7 keeps weights in [-64, 64] (ONNX Runtime's reduce_range) for CPUs whose int8
+    kernels sum in saturating 16-bit registers (engines.backends.base.needs_reduced_int8_range).
+    """
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits {weight_bits}: 7 or 8")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -43,10 +49,11 @@ def quantize_onnx(float_onnx: Path, frames: np.ndarray, out: Path,
     quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    logger.info("quantising to INT8 (QDQ, per-channel weights, {} ranges) on {} frames",
-                method, len(frames))
+    logger.info("quantising to INT8 (QDQ, per-channel {}-bit weights, {} ranges) on {} frames",
+                weight_bits, method, len(frames))
     quantize_static(str(prepared), str(out), Frames(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=methods[method])
+                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    reduce_range=weight_bits == 7)
     prepared.unlink(missing_ok=True)
     return out

@@ -12,6 +12,7 @@ from calibration.build import GateRefused, build_int8
 from calibration.sets import CalibrationError, collect, load_set
 from engines import checkpoint as ckpt
 from engines.backends import BackendError
+from engines.backends.base import needs_reduced_int8_range
 from engines.cache import EngineCache
 from engines.export import load_engine
 from pipeline.cli import main
@@ -57,6 +58,30 @@ def test_frames_from_a_recording_come_from_across_it(tmp_path):
     assert times[0] == 0 and times[-1] > 7.5
 
 
+@pytest.mark.parametrize("bits", [7, 8])
+def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits):
+    """7-bit weights (CPUs without VNNI) must stay within [-64, 64] so that two u8 x s8
+    products never saturate a 16-bit sum; 8-bit ones use the full int8 range."""
+    import onnx
+    from onnx import numpy_helper
+
+    from calibration.quantize import quantize_onnx
+    from engines.backends.onnx_export import export_onnx
+
+    checkpoint = ckpt.load(WEIGHTS)
+    float_onnx = export_onnx(checkpoint, (256, 320), tmp_path / "float.onnx")
+    out = quantize_onnx(float_onnx, load_set(calib_file).frames[:20], tmp_path / "int8.onnx",
+                        weight_bits=bits)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4]
+    assert len(weights) > 10  # every convolution's kernel
+    low, high = min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+    if bits == 7:
+        assert low >= -64 and high <= 64  # 2 x 255 x 64 = 32640 <= 32767
+    else:
+        assert high == 127 or low == -127  # per-channel scales use the full range
+
+
 def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_file,
                                                             monkeypatch):
     monkeypatch.setenv("ORSTREAM_ENGINE_CACHE", str(tmp_path / "engines"))
@@ -68,6 +93,7 @@ def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_fil
     report = json.loads((entry.folder / "report.json").read_text())
     assert report["passed"] and report["drop_dice_points"] <= 1.0
     assert report["reference"] == "ground truth (types)" and report["pixel_agreement"] > 0.98
+    assert report["weight_bits"] == (7 if needs_reduced_int8_range() else 8)
     assert (entry.folder / "report.md").read_text().startswith("# INT8 accuracy gate")
 
     cfg = load_config(None, ["segment.precision=int8", "source.width=640",

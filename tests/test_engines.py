@@ -126,6 +126,32 @@ def test_the_key_separates_sizes_precisions_and_weights(tmp_path):
                        cache=cache).input_size == (128, 160)
 
 
+AVX2_ONLY = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+AVX512_VNNI = ("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni "
+               "avx512_bf16\n")
+ORIN = "processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics asimddp\n"
+
+
+def test_the_device_key_tells_apart_cpus_that_share_a_model_name(monkeypatch):
+    """Two guests both called "AMD EPYC", one shown AVX-512 and VNNI by its hypervisor and one
+    AVX2 only, run different kernels: an engine built on one must not be loaded on the other,
+    and the AVX2-only one needs 7-bit INT8 weights."""
+    from engines.backends import base
+
+    assert base.parse_isa(AVX2_ONLY) == ("avx2",)
+    assert base.parse_isa(AVX512_VNNI) == ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
+    assert base.parse_isa(ORIN) == ("asimddp",)
+    assert base.needs_reduced_int8_range(base.parse_isa(AVX2_ONLY))
+    assert not base.needs_reduced_int8_range(base.parse_isa(AVX512_VNNI))
+    assert not base.needs_reduced_int8_range(base.parse_isa(ORIN))
+    keys = set()
+    for text in (AVX2_ONLY, AVX512_VNNI):
+        monkeypatch.setattr(base, "cpu_isa", lambda text=text: base.parse_isa(text))
+        keys.add(base.device_name("cpu"))
+    assert keys == {"cpu:" + base.cpu_name() + " (avx2)",
+                    "cpu:" + base.cpu_name() + " (avx2 avx512f avx512_vnni avx512_bf16)"}
+
+
 def test_unservable_requests_name_what_the_machine_can_do():
     with pytest.raises(BackendError, match="bf16 is not served by the onnxruntime.*fp32"):
         export_engine(WEIGHTS, "onnxruntime", "bf16")
