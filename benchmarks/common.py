@@ -22,8 +22,11 @@ def machine() -> dict:
     import cv2
     import torch
 
+    from engines.backends.base import cpu_isa
+
     return {
         "cpu": cpu_model(),
+        "cpu_isa": " ".join(cpu_isa()),
         "cores": __import__("os").cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -46,21 +46,23 @@ class Profile(_Strict):
 
 def detect_device() -> dict[str, Any]:
     """What this process runs on: a Jetson (its model), a CUDA GPU (its name), or the CPU."""
-    from engines.backends.base import cpu_name
+    from engines.backends.base import cpu_isa, cpu_name
 
+    isa = " ".join(cpu_isa())  # what the CPU kernels can use: one model name hides several
     tegra = Path("/etc/nv_tegra_release")
     model = Path("/proc/device-tree/model")
     if tegra.exists():
         name = model.read_text(errors="ignore").strip("\x00 \n") if model.exists() else "Jetson"
-        return {"kind": "jetson", "name": name, "cpu": cpu_name()}
+        return {"kind": "jetson", "name": name, "cpu": cpu_name(), "cpu_isa": isa}
     try:
         import torch
 
         if torch.cuda.is_available():
-            return {"kind": "cuda", "name": torch.cuda.get_device_name(0), "cpu": cpu_name()}
+            return {"kind": "cuda", "name": torch.cuda.get_device_name(0), "cpu": cpu_name(),
+                    "cpu_isa": isa}
     except ImportError:
         pass
-    return {"kind": "cpu", "name": cpu_name(), "cpu": cpu_name()}
+    return {"kind": "cpu", "name": cpu_name(), "cpu": cpu_name(), "cpu_isa": isa}
 
 
 def matches(profile: Profile, device: dict[str, Any]) -> bool:

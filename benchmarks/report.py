@@ -121,7 +121,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# orstream bench: {'PASS' if b['pass'] else 'FAIL'} ({b['profile']} profile)", "",
         f"Source `{report['source']['spec']}` ({report['source']['mode']}), "
         f"{report['frames']} frames after {report['warmup_frames']} warm-up; device "
-        f"{report['device']['kind']} {report['device']['name']}; engine "
+        f"{report['device']['kind']} {report['device']['name']}"
+        + (f" ({report['device']['cpu_isa']})" if report["device"].get("cpu_isa") else "")
+        + "; engine "
         f"{report['engine'].get('backend')} {report['engine'].get('precision') or ''}.", "",
         f"Throughput {report['throughput_fps']:.2f} fps; dropped {report['dropped']} of "
         f"{report['captured']} captured ({100 * report['drop_rate']:.2f} %); output interval "

@@ -9,6 +9,7 @@ import pytest
 from benchmarks.harness import _jitter_note
 from benchmarks.profiles import ProfileError, available, load_profile
 from benchmarks.report import compare
+from engines.backends.base import cpu_isa
 from pipeline.cli import main
 from training.synth.writers import write_video
 
@@ -32,6 +33,7 @@ def test_a_run_within_budget_writes_the_report_and_exits_0(tmp_path, capsys):
         assert {"p50", "p95", "p99", "max"} <= set(figs) and figs["p50"] <= figs["p99"]
     assert set(report["latency_ms"]["stages"]) == {"capture", "segment", "render"}
     assert report["device"]["kind"] == "cpu" and report["engine"]["backend"]
+    assert report["device"]["cpu_isa"] == " ".join(cpu_isa())  # one model name, many ISAs
     assert report["budget"]["profile"] == "cpu" and report["budget"]["pass"] is True
     assert report["budget"]["broken"] == []
     assert any(f["what"].startswith("memcpy") for f in report["floors"])
