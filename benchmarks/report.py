@@ -85,10 +85,12 @@ def plot_timeline(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("time since the first measured frame (s)")
     ax.set_ylabel("ms")
     ax.set_title("End-to-end latency over time")
-    ax.legend(loc="upper right", fontsize=8)
+    # Below the axes: inside, it hid the drop markers along the top edge.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8,
+              frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
