@@ -89,6 +89,12 @@ class EngineCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
+    @property
+    def checkpoint_index(self) -> Path:
+        """Where engines.checkpoint.load_info keeps checkpoints' metadata (a dot folder: not
+        an engine entry)."""
+        return self.root / ".checkpoints"
+
     def folder(self, key: EngineKey) -> Path:
         return self.root / key.folder_name()
 

@@ -20,7 +20,6 @@ from loguru import logger
 from engines import checkpoint as ckpt
 from engines.backends import BACKENDS, BackendError, Engine, backend_class
 from engines.backends.base import device_name
-from engines.backends.torch_backend import TorchSegmenter
 from engines.cache import EngineCache, EngineKey, Entry, file_sha256
 
 # Fastest first, as benchmarks/engines.py measured them (reports in benchmarks/reports/):
@@ -149,8 +148,9 @@ def export_engine(weights: Path | str, backend: str, precision: str,
     t0 = time.perf_counter()
 
     def build(out: Path) -> None:
+        full = checkpoint if checkpoint.has_weights else ckpt.load(weights)
         with _heartbeat(f"building {backend} {precision}"):
-            cls.build(checkpoint, size, precision, device, out)
+            cls.build(full, size, precision, device, out)
 
     entry = cache.store(key, cls.artifact, build,
                         notes={"weights": str(weights), "note": None if cls.artifact else
@@ -190,7 +190,11 @@ def load_engine(weights: Path | str, backend: str = "torch", precision: str = "f
     size = tuple(size or checkpoint.input_size)
     check_size(checkpoint, size)
     cls = backend_class(backend)
-    if cls.artifact is None:
+    if cls.artifact is None:  # eager torch runs from the weights themselves
+        from engines.backends.torch_backend import TorchSegmenter
+
+        if not checkpoint.has_weights:
+            checkpoint = ckpt.load(weights)
         return TorchSegmenter(checkpoint, precision, device, threads, size)
     if precision == "int8":
         entry = calibrated_entry(weights, checkpoint, size, backend, device, cache)

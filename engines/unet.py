@@ -7,24 +7,13 @@ at 256x320 runs in about 10 ms on two CPU cores in bf16, which makes a 30 fps li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.unet_config import UNetConfig
 
-@dataclass(frozen=True)
-class UNetConfig:
-    num_classes: int = 2  # binary: background + instrument
-    in_channels: int = 3
-    width: int = 8  # channels of the first level; each level doubles them
-    depth: int = 5  # downsamplings: inputs must divide by 2**depth = 32
-    attention: bool = False  # attention gates on the skips (Attention U-Net)
-
-    @property
-    def multiple(self) -> int:
-        return 2**self.depth
+__all__ = ["UNet", "UNetConfig"]
 
 
 class DoubleConv(nn.Module):

@@ -74,9 +74,12 @@ class SegmentStage(Stage):
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg.segment
         self.engine: Engine | None = None
-        # Loaded (and checked) here, once: the runner needs the task to set up render and
-        # publish before any thread starts; open() only builds the engine from it.
-        self.checkpoint = ckpt.load(self.cfg.weights)
+        # Read (and checked) here, once: the runner needs the task to set up render and
+        # publish before any thread starts; open() only builds the engine from it. Metadata
+        # only, from the engine cache's index when it has this file: a cached engine needs
+        # no tensors, and no torch import (seconds at start-up).
+        self.checkpoint = ckpt.load_info(self.cfg.weights,
+                                         EngineCache(self.cfg.engine_cache).checkpoint_index)
         self.task = self.checkpoint.task
         self._num_classes = len(self.checkpoint.classes)
         self._vote = self.task == "types" and self.cfg.postprocess == "vote"

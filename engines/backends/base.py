@@ -13,11 +13,12 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from engines.checkpoint import Checkpoint
+if TYPE_CHECKING:
+    from engines.checkpoint import Checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 

@@ -5,7 +5,9 @@ INT8 engines (static QDQ quantisation) are built by the calibration package and 
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,8 +18,9 @@ from engines.backends.base import (
     refuse_precision,
     require_cpu,
 )
-from engines.backends.onnx_export import export_onnx
-from engines.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from engines.checkpoint import Checkpoint
 
 
 def _ort():
@@ -36,11 +39,10 @@ class OnnxRuntimeEngine(Engine):
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        import onnx
-        import torch
-
-        return {"onnxruntime": _ort().__version__, "onnx": onnx.__version__,
-                "torch": torch.__version__}
+        # onnx and torch export the graph; read their versions from the installed packages
+        # (importing torch to ask costs seconds at start-up).
+        return {"onnxruntime": _ort().__version__, "onnx": version("onnx"),
+                "torch": version("torch")}
 
     @classmethod
     def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
@@ -48,6 +50,8 @@ class OnnxRuntimeEngine(Engine):
         if precision == "int8":
             raise BackendError("int8 onnxruntime engines come from `orstream calibrate build` "
                                "(they need a calibration set); export fp32 here")
+        from engines.backends.onnx_export import export_onnx
+
         export_onnx(checkpoint, size, out)
 
     @classmethod

@@ -1,13 +1,16 @@
 """OpenVINO on the CPU: the fastest engine measured on these machines (see
 benchmarks/engines.py). The cached engine is OpenVINO's compiled model blob, which is
 specific to the CPU's instruction set and the precision it was compiled for: the cache key
-carries the CPU model, so a blob tuned for AMX is never imported on an AVX2-only machine.
+carries the CPU model and its ISA features, so a blob tuned for AMX is never imported on an
+AVX2-only machine.
 """
 
 from __future__ import annotations
 
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,8 +21,9 @@ from engines.backends.base import (
     refuse_precision,
     require_cpu,
 )
-from engines.backends.onnx_export import export_onnx
-from engines.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from engines.checkpoint import Checkpoint
 
 # OpenVINO's names for the precisions it can be told to infer in. An INT8 (QDQ) model runs
 # its quantised convolutions in int8 whatever the hint; the rest stays in f32.
@@ -68,9 +72,9 @@ class OpenVinoEngine(Engine):
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        import torch
-
-        return {"openvino": _ov().get_version(), "torch": torch.__version__}
+        # torch exports the ONNX graph: its version is part of the engine's key. Read from
+        # the installed package: importing torch to ask costs seconds at start-up.
+        return {"openvino": _ov().get_version(), "torch": version("torch")}
 
     @classmethod
     def build(cls, checkpoint: Checkpoint, size: tuple[int, int], precision: str, device: str,
@@ -78,6 +82,8 @@ class OpenVinoEngine(Engine):
         if precision == "int8":
             raise BackendError("int8 openvino engines come from `orstream calibrate build` "
                                "(they need a calibration set); export fp32 or bf16 here")
+        from engines.backends.onnx_export import export_onnx
+
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = export_onnx(checkpoint, size, Path(tmp) / "model.onnx")
             cls.build_from_onnx(onnx_file, precision, out)
