@@ -286,6 +286,14 @@ class Pipeline:
     def _capture_loop(self) -> None:
         # Capture starts when every stage is open (models loaded, kernels compiled): frames
         # taken earlier would only queue up, stale, or count as drops that never happened.
+        # The source's own set-up overlaps the stages' opening.
+        assert self._source is not None
+        try:
+            self._source.prepare()
+        except Exception as exc:  # noqa: BLE001 - reported with the stage name, as below
+            self._fail("capture", exc)
+            self._capture_done.set()
+            return
         while not self._settled.wait(0.05):
             if self.abort.is_set() or self.stop_requested.is_set():
                 self._capture_done.set()

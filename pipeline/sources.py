@@ -89,6 +89,10 @@ class Source:
     info: SourceInfo
     state: SourceState = SourceState()  # sources that cannot drop out are always up
 
+    def prepare(self) -> None:
+        """Set-up that can run while the stages open (the runner calls it from the capture
+        thread before capture starts); `frames` calls it too. Default: nothing."""
+
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
         raise NotImplementedError
 
@@ -103,14 +107,24 @@ class SyntheticSource(Source):
     """The built-in synthetic endoscope, paced in real time at its fps."""
 
     def __init__(self, cfg: SourceConfig) -> None:
-        from training.synth.generator import SynthConfig, SyntheticEndoscope
+        from training.synth.generator import SynthConfig
 
-        self._synth = SyntheticEndoscope(SynthConfig(width=cfg.width, height=cfg.height,
-                                                     fps=cfg.fps, seed=cfg.seed))
+        self._config = SynthConfig(width=cfg.width, height=cfg.height, fps=cfg.fps,
+                                   seed=cfg.seed)
+        self._synth = None
         self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height,
                                timecode=True)
 
+    def prepare(self) -> None:
+        # The generator's tissue textures take 0.7 s on a 2-core AVX2 EPYC: built here, in
+        # the capture thread, they overlap the model's loading instead of preceding it.
+        if self._synth is None:
+            from training.synth.generator import SyntheticEndoscope
+
+            self._synth = SyntheticEndoscope(self._config)
+
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
+        self.prepare()
         period = 1.0 / self.info.fps
         start = time.monotonic()
         index = 0  # which moment of the procedure is rendered

@@ -95,6 +95,34 @@ def test_a_failing_stage_stops_the_pipeline_and_is_named(monkeypatch):
     assert time.monotonic() - started < 30
 
 
+def test_the_source_is_set_up_while_the_model_loads_and_its_failure_is_named(monkeypatch):
+    """The synthetic source builds its generator in the capture thread, overlapping the
+    segment stage's engine loading (start-up), and a failure there stops the pipeline with
+    the stage named, as any other stage's does."""
+    from pipeline.sources import SyntheticSource
+
+    prepared_in: list[str] = []
+    real_prepare = SyntheticSource.prepare
+
+    def prepare(self):
+        prepared_in.append(threading.current_thread().name)
+        real_prepare(self)
+
+    monkeypatch.setattr(SyntheticSource, "prepare", prepare)
+    cfg = load_config(None, ["source.width=320", "source.height=256"], publish__endpoint=None)
+    assert Pipeline(cfg, max_frames=5).run().frames_out == 5
+    assert prepared_in[0] == "orstream-capture"
+
+    def broken(self):
+        raise MemoryError("simulated: no room for the textures")
+
+    monkeypatch.setattr(SyntheticSource, "prepare", broken)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match="stage 'capture' failed: MemoryError: simulated"):
+        Pipeline(cfg, max_frames=100).run()
+    assert time.monotonic() - started < 30
+
+
 def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing():
     port = free_port()
     cfg = load_config(None, ["source.width=320", "source.height=256",
