@@ -332,6 +332,23 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_socket_per_endpoint(self) -> PipelineConfig:
+        # The publisher, the mask stream and the ask port each bind their endpoint: two on
+        # one address would stop the pipeline at start-up with "address already in use".
+        seen: dict[str, str] = {}
+        for key, endpoint in (("publish.endpoint", self.publish.endpoint),
+                              ("masks.endpoint", self.masks.endpoint),
+                              ("describe.ask_endpoint", self.describe.ask_endpoint)):
+            if not endpoint:
+                continue
+            address = endpoint.replace("//localhost:", "//127.0.0.1:")
+            if address in seen:
+                raise ValueError(f"{key} and {seen[address]} are both {endpoint}: each binds "
+                                 "its own socket, so give one of them another port or path")
+            seen[address] = key
+        return self
+
+    @model_validator(mode="after")
     def _reorder_needs_lossless_dispatch(self) -> PipelineConfig:
         edge = self.edges["capture->segment"]
         if self.render.reorder_ms and edge.mode != "lossless":
@@ -392,10 +409,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _format(err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    if not err["loc"]:
+        # A check across sections: its message names the keys, and the input is the whole
+        # configuration, too long to be of use.
+        return msg.removeprefix("Value error, ")
+    key = ".".join(str(p) for p in err["loc"])
     return f"{key}: {msg} (got {err.get('input')!r})"
 
 

@@ -65,3 +65,16 @@ def test_orstream_set_from_the_environment_applies_before_set(monkeypatch):
     monkeypatch.setenv("ORSTREAM_SET", "render.alpha=2")
     with pytest.raises(ConfigError, match="render.alpha"):
         load_config(None)
+
+
+def test_two_sockets_on_one_address_are_refused_before_anything_binds():
+    """`--publish` on the ask port used to fail at start-up with "address already in use";
+    now the config names both keys, and says nothing of the rest of the configuration."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["describe.ask_endpoint=tcp://localhost:5601"],
+                    publish__endpoint="tcp://127.0.0.1:5601")
+    message = str(err.value)
+    assert "describe.ask_endpoint and publish.endpoint are both" in message
+    assert "another port" in message and "segment" not in message
+    assert load_config(None, ["describe.ask_endpoint=tcp://127.0.0.1:5602"],
+                       publish__endpoint="tcp://127.0.0.1:5601").publish.endpoint
