@@ -137,7 +137,7 @@ def run(frames: int, fps: float, ops: int, workers: int, warmup: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--fps", type=float, default=30.0, help="0: as fast as it goes")
     parser.add_argument("--ops", type=int, default=5, help="operators, source and sink included")

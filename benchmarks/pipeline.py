@@ -85,7 +85,7 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--set", action="append", default=["publish.endpoint=null"],

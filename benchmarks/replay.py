@@ -218,7 +218,7 @@ def run(clip: Path, repeats: int, live_frames: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length to make")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--live-frames", type=int, default=90)

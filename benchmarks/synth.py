@@ -48,7 +48,7 @@ def run(width: int, height: int, frames: int, seed: int = 0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

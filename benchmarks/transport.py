@@ -860,7 +860,7 @@ def _print_chains(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=600,
                         help="frames per 30 fps row (20 s each at the default)")
     parser.add_argument("--saturated-frames", type=int, default=300,

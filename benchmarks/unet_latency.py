@@ -61,7 +61,7 @@ def measure(variant: str, size: tuple[int, int], iters: int, warmup: int = 3) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="unet_xs,unet_s,unet_m,attunet_xs")
     parser.add_argument("--sizes", default="256x320,512x640")
     parser.add_argument("--iters", type=int, default=20)
