@@ -82,18 +82,18 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
     key = engine_key(weights, checkpoint, size, backend, "int8", device,
                      extra={"calibration_sha256": calib_set.sha256()})
 
-    weight_bits = 8  # TensorRT's own calibrator; the CPU backends may need 7 (below)
+    # TensorRT calibrates with its own tool; the CPU backends' int8 kernels may need 7 bits.
+    weight_bits = 7 if device == "cpu" and needs_reduced_int8_range() else 8
+    if weight_bits == 7:
+        logger.info("this CPU ({}) has no int8 dot-product instruction (VNNI, AMX): its int8 "
+                    "kernels sum in saturating 16-bit registers, so weights are quantised to "
+                    "7 bits", " ".join(cpu_isa()) or "unknown ISA")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         candidate = tmp / cls.artifact
         if backend == "tensorrt":
             cls.build_int8(checkpoint, size, calib_set.frames, candidate)
         else:
-            weight_bits = 7 if needs_reduced_int8_range() else 8
-            if weight_bits == 7:
-                logger.info("this CPU ({}) has no int8 dot-product instruction (VNNI, AMX): "
-                            "its int8 kernels sum in saturating 16-bit registers, so weights "
-                            "are quantised to 7 bits", " ".join(cpu_isa()) or "unknown ISA")
             float_onnx = export_onnx(checkpoint, size, tmp / "float.onnx")
             int8_onnx = quantize_onnx(float_onnx, calib_set.frames, tmp / "int8.onnx", method,
                                       weight_bits)

@@ -164,7 +164,7 @@ _INFO_KEYS = ("format", "model_name", "config", "task", "classes", "input_size",
               "metrics")
 
 
-def load_info(path: Path | str, index_dir: Path | None, task: str | None = None) -> Checkpoint:
+def load_info(path: Path | str, index_dir: Path, task: str | None = None) -> Checkpoint:
     """The checkpoint's metadata (model, task, classes, input size, normalisation) without its
     tensors, and without importing torch when `index_dir` already holds it.
 
@@ -175,8 +175,6 @@ def load_info(path: Path | str, index_dir: Path | None, task: str | None = None)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if index_dir is None:
-        return load(path, task)
     from engines.cache import file_sha256
 
     entry = Path(index_dir) / f"{file_sha256(path)}.json"

@@ -335,17 +335,16 @@ class PipelineConfig(_Strict):
     def _one_socket_per_endpoint(self) -> PipelineConfig:
         # The publisher, the mask stream and the ask port each bind their endpoint: two on
         # one address would stop the pipeline at start-up with "address already in use".
+        # (Their field validators have normalised them: localhost is 127.0.0.1 by now.)
         seen: dict[str, str] = {}
         for key, endpoint in (("publish.endpoint", self.publish.endpoint),
                               ("masks.endpoint", self.masks.endpoint),
                               ("describe.ask_endpoint", self.describe.ask_endpoint)):
-            if not endpoint:
-                continue
-            address = endpoint.replace("//localhost:", "//127.0.0.1:")
-            if address in seen:
-                raise ValueError(f"{key} and {seen[address]} are both {endpoint}: each binds "
+            if endpoint in seen:
+                raise ValueError(f"{key} and {seen[endpoint]} are both {endpoint}: each binds "
                                  "its own socket, so give one of them another port or path")
-            seen[address] = key
+            if endpoint:
+                seen[endpoint] = key
         return self
 
     @model_validator(mode="after")

@@ -287,22 +287,16 @@ class Pipeline:
         # Capture starts when every stage is open (models loaded, kernels compiled): frames
         # taken earlier would only queue up, stale, or count as drops that never happened.
         # The source's own set-up overlaps the stages' opening.
-        assert self._source is not None
-        try:
-            self._source.prepare()
-        except Exception as exc:  # noqa: BLE001 - reported with the stage name, as below
-            self._fail("capture", exc)
-            self._capture_done.set()
-            return
-        while not self._settled.wait(0.05):
-            if self.abort.is_set() or self.stop_requested.is_set():
-                self._capture_done.set()
-                return
         assert self._source is not None and self._capture_sender is not None
-        capture = CaptureThread(self._source)
+        capture: CaptureThread | None = None
         sender = self._capture_sender
         prev_seq: int | None = None
         try:
+            self._source.prepare()
+            while not self._settled.wait(0.05):
+                if self.abort.is_set() or self.stop_requested.is_set():
+                    return
+            capture = CaptureThread(self._source)
             with capture:
                 for item in capture.frames(self.stop_requested):
                     if self.abort.is_set():
@@ -326,8 +320,9 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - any failure is reported with the stage name
             self._fail("capture", exc)
         finally:
-            logger.debug("capture: {} frames taken, {} replaced before they were taken",
-                         capture.taken, capture.overwritten)
+            if capture is not None:
+                logger.debug("capture: {} frames taken, {} replaced before they were taken",
+                             capture.taken, capture.overwritten)
             self._capture_done.set()
 
     def _upstream_done(self, node: _Node) -> bool:
