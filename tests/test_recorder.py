@@ -51,8 +51,7 @@ def test_records_h264_with_explicit_pts_one_second_gop_and_faithful_colour(tmp_p
     assert len(frames) == 60
     assert all(f.format.name == "yuv420p" for f in frames)
     assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(60)], abs=1e-3)
-    # A keyframe each half second and no others: each starts a playable fragment, so a
-    # crash loses at most the last half second.
+    # A keyframe each half second and no others: a player seeks to within 0.5 s.
     assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 15, 30, 45]
     # Lossy codec: compare channel means loosely (R ~128, G ~100, B 40 catch a swap).
     got = frames[30].to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
@@ -60,7 +59,7 @@ def test_records_h264_with_explicit_pts_one_second_gop_and_faithful_colour(tmp_p
     assert got == pytest.approx(want, abs=6)
     with av.open(str(path)) as c:  # fragmented: the header is empty, fragments follow
         assert "mp4" in c.format.name
-    assert path.read_bytes().count(b"moof") >= 2
+    assert path.read_bytes().count(b"moof") == 60  # a fragment per frame
 
 
 def test_fractional_fps_and_mpeg_ts(tmp_path):
@@ -138,6 +137,53 @@ def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
             pass  # the truncated last fragment
     assert len(times) >= 4 * FPS, f"only {len(times)} frames survived the kill"
     assert times == sorted(times) and times[-1] >= 4.0 - 1.5 / FPS
+
+
+# Writes 100 frames, says so, and waits to be killed: nothing closes or flushes the file.
+CHILD_WRITES_100 = """
+import sys, time
+import numpy as np
+from pipeline.recorder import Recorder
+rec = Recorder(sys.argv[1], fps=30)
+img = np.zeros((256, 320, 3), np.uint8)
+for i in range(100):
+    img[..., 0] = (np.arange(320)[None, :] + 4 * i) % 256
+    rec.write(img)
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("name", ["k.mp4", "k.ts"])
+def test_sigkill_loses_at_most_the_last_frame(tmp_path, name):
+    """A fragment per frame: a kill costs one frame, not the rest of a keyframe interval
+    (99 of 100 frames survive where fragments cut at keyframes kept 90)."""
+    path = tmp_path / name
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITES_100, str(path)], cwd=REPO,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        assert ready and child.stdout.readline().strip() == "written"
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    times = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                times += [f.time for f in packet.decode()]
+        except av.FFmpegError:
+            pass  # a torn last packet
+    assert len(times) >= 99, f"only {len(times)} of 100 frames survived the kill"
+    assert times[:99] == pytest.approx([i / 30 for i in range(99)], abs=1e-3)
 
 
 def test_size_change_is_refused_naming_both_sizes(tmp_path):
