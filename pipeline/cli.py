@@ -122,6 +122,13 @@ def _install_signal_handlers(request_stop) -> None:
 def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     """`run` and `replay`: the config, the options they share, and `source` as
     `source__key=value` overrides (None: keep the config's value)."""
+    import gc
+
+    # Start-up (imports, the model, the render kernels) makes hundreds of thousands of
+    # objects and the collector walked them over and over: 50-70 ms of a start that a
+    # recording killed at any moment pays for. The runner collects once, freezes what
+    # survives and turns the collector back on before the first frame is captured.
+    gc.disable()
     from pipeline.capture import keep_frame_memory
     from pipeline.config import load_config
     from pipeline.runner import Pipeline, PipelineError

@@ -472,6 +472,7 @@ class Pipeline:
                 self._source.close()
             if self._settled.is_set():
                 gc.unfreeze()
+            gc.enable()  # a run that failed before settling leaves the collector on too
         self.result.elapsed_s = time.monotonic() - started
         self.result.dropped = self.dropped()
         self.result.rejected = sum(sum(n.inputs[0].stats.rejected.values())
@@ -561,9 +562,13 @@ def _settle_garbage() -> None:
     """Collect start-up garbage once and freeze what survives (models, modules, configs) out
     of the collector's reach. Otherwise the first full collection after start walks every
     object torch and the engines created, with the GIL held: measured 96 ms, one frame
-    stopped dead. gc.unfreeze() at the end of the run hands them back."""
+    stopped dead. gc.unfreeze() at the end of the run hands them back.
+
+    The collector runs from here on, also where the entry point turned it off for start-up
+    (`orstream run` does: see cli._run_pipeline)."""
     gc.collect()
     gc.freeze()
+    gc.enable()
 
 
 def _local_stages(cfg: PipelineConfig, stages: Collection[str] | None) -> set[str]:

@@ -116,12 +116,15 @@ class SyntheticSource(Source):
                                timecode=True)
 
     def prepare(self) -> None:
-        # The generator's tissue textures take 0.7 s on a 2-core AVX2 EPYC: built here, in
-        # the capture thread, they overlap the model's loading instead of preceding it.
+        # The generator's textures take 0.45-0.7 s to build at 1080p, time a start cannot
+        # show or record a frame in: they come from the background cache (milliseconds)
+        # after the first start, and are built here, in the capture thread, so that even a
+        # first build overlaps the model's loading instead of preceding it.
         if self._synth is None:
+            from training.synth.background_cache import BackgroundCache
             from training.synth.generator import SyntheticEndoscope
 
-            self._synth = SyntheticEndoscope(self._config)
+            self._synth = SyntheticEndoscope(self._config, cache=BackgroundCache())
 
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
         self.prepare()

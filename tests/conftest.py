@@ -27,6 +27,16 @@ def engine_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def synth_cache(tmp_path_factory) -> Path:
+    """The live synthetic source's background cache is a throwaway one too."""
+    root = tmp_path_factory.mktemp("synth-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ORSTREAM_SYNTH_CACHE", str(root))
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_default_ask_port():
     """Pipelines in tests (and the processes they start) leave the default `orstream ask`
     port alone, so a developer's running `orstream run` does not fail the suite; the

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from training.classes import TYPE_CLASSES, Task
+from training.synth.background_cache import BackgroundCache, Backgrounds
 from training.synth.captions import InstrumentState, caption, region_name, side_name
 from training.synth.instruments import STYLES, draw_instrument
 from training.synth.motion import Schedule, Visit
@@ -68,7 +69,10 @@ class SynthFrame:
 class SyntheticEndoscope:
     """Renders frame `i` of the video defined by a config; deterministic for a seed."""
 
-    def __init__(self, config: SynthConfig | None = None) -> None:
+    def __init__(self, config: SynthConfig | None = None,
+                 cache: BackgroundCache | None = None) -> None:
+        """`cache`: keep the precomputed backgrounds on disk (the live source's fast start);
+        the frames are the same with or without it."""
         self.config = config = config or SynthConfig()
         w, h = config.width, config.height
         rng = np.random.default_rng(config.seed)
@@ -76,9 +80,19 @@ class SyntheticEndoscope:
         # The camera pans over a texture a little larger than the frame.
         self._margin = max(8, int(0.06 * h))
         m = self._margin
-        self._tissue = tissue_texture(rng, h + 2 * m, w + 2 * m)
-        self._smoke = smoke_texture(rng, h + 2 * m, w + 2 * m) if config.smoke else None
-        self._vignette = vignette(self.fov, w, h)
+        key = cache.key(w, h, config.seed, config.smoke, m) if cache is not None else ""
+        found = cache.load(key) if cache is not None else None
+        if found is None:
+            found = Backgrounds(
+                tissue=tissue_texture(rng, h + 2 * m, w + 2 * m),
+                smoke=smoke_texture(rng, h + 2 * m, w + 2 * m) if config.smoke else None,
+                vignette=vignette(self.fov, w, h),
+                rng_state=rng.bit_generator.state)
+            if cache is not None:
+                cache.store(key, found)
+        else:
+            rng.bit_generator.state = found.rng_state
+        self._tissue, self._smoke, self._vignette = found.tissue, found.smoke, found.vignette
         self._fov_mask = self.fov.mask(w, h)
         self._schedule = Schedule(config.seed, config.max_instruments, config.instrument_types)
         # Slow camera drift and the timing of smoke and jolts, per seed.
