@@ -102,19 +102,23 @@ while True:
 """
 
 
-def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
-    path = tmp_path / "x.mp4"
+def start_child(code: str, path: Path, log: Path) -> subprocess.Popen:
+    """`code` in a fresh interpreter recording to `path`, stderr to `log`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    with open(tmp_path / "child.log", "w") as log:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=REPO, env=env,
-                                 stdout=subprocess.PIPE, stderr=log, text=True)
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+
+
+def wait_for_line(child: subprocess.Popen, expected: str, log: Path) -> None:
+    ready, _, _ = select.select([child.stdout], [], [], 60)
+    line = child.stdout.readline() if ready else ""
+    assert line.strip() == expected, log.read_text()
+
+
+def kill_and_reap(child: subprocess.Popen) -> None:
     try:
-        ready, _, _ = select.select([child.stdout], [], [], 60)
-        line = child.stdout.readline() if ready else ""
-        assert line.strip() == "recording", (tmp_path / "child.log").read_text()
-        time.sleep(5.0)
-        assert child.poll() is None, (tmp_path / "child.log").read_text()
         os.kill(child.pid, signal.SIGKILL)  # no close(), no trailer, no atexit
         assert child.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -123,10 +127,14 @@ def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
             child.wait()
         child.stdout.close()
 
-    # Opening must work: the header was written at the start (a non-fragmented MP4 fails
-    # here, its moov never written). Only the tail may be broken: the kill can land while
-    # a fragment is half written, and decoding that one raises. Everything before it is
-    # complete, so count the frames decoded until the first error and stop there.
+
+def surviving_frame_times(path: Path) -> list[float]:
+    """Times of the frames a killed recording still decodes to.
+
+    Opening must work: the header was written at the start (a non-fragmented MP4 fails
+    here, its moov never written). Only the tail may be broken: the kill can land while
+    a fragment is half written, and decoding that one raises. Everything before it is
+    complete, so count the frames decoded until the first error and stop there."""
     times = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -135,6 +143,19 @@ def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
                 times += [f.time for f in packet.decode()]
         except av.FFmpegError:
             pass  # the truncated last fragment
+    return times
+
+
+def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
+    path, log = tmp_path / "x.mp4", tmp_path / "child.log"
+    child = start_child(CHILD, path, log)
+    try:
+        wait_for_line(child, "recording", log)
+        time.sleep(5.0)
+        assert child.poll() is None, log.read_text()
+    finally:
+        kill_and_reap(child)
+    times = surviving_frame_times(path)
     assert len(times) >= 4 * FPS, f"only {len(times)} frames survived the kill"
     assert times == sorted(times) and times[-1] >= 4.0 - 1.5 / FPS
 
@@ -158,30 +179,13 @@ time.sleep(60)
 def test_sigkill_loses_at_most_the_last_frame(tmp_path, name):
     """A fragment per frame: a kill costs one frame, not the rest of a keyframe interval
     (99 of 100 frames survive where fragments cut at keyframes kept 90)."""
-    path = tmp_path / name
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITES_100, str(path)], cwd=REPO,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
+    path, log = tmp_path / name, tmp_path / "child.log"
+    child = start_child(CHILD_WRITES_100, path, log)
     try:
-        ready, _, _ = select.select([child.stdout], [], [], 60)
-        assert ready and child.stdout.readline().strip() == "written"
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
+        wait_for_line(child, "written", log)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-    times = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        try:
-            for packet in container.demux(stream):
-                times += [f.time for f in packet.decode()]
-        except av.FFmpegError:
-            pass  # a torn last packet
+        kill_and_reap(child)
+    times = surviving_frame_times(path)
     assert len(times) >= 99, f"only {len(times)} of 100 frames survived the kill"
     assert times[:99] == pytest.approx([i / 30 for i in range(99)], abs=1e-3)
 
