@@ -4,6 +4,8 @@ is the same video, frame for frame."""
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from loguru import logger
@@ -95,3 +97,26 @@ def test_the_live_source_reads_and_writes_the_configured_cache(synth_cache, monk
     again = SyntheticSource(config)
     again.prepare()
     assert np.array_equal(first._synth.render_image(45), again._synth.render_image(45))
+
+
+def test_a_read_only_cache_is_read(tmp_path, monkeypatch):
+    """A shared, prebuilt cache the user cannot write: the entry still loads (its use time
+    is not recorded) and a damaged one costs a rebuild, not the start."""
+    SyntheticEndoscope(SMALL, cache=BackgroundCache(tmp_path))
+
+    def refused(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refused)
+    monkeypatch.setattr(Path, "unlink", refused)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    built = SyntheticEndoscope(SMALL)
+    monkeypatch.setattr(generator, "tissue_texture", None)  # must come from the entry
+    assert same_video(built, SyntheticEndoscope(SMALL, cache=BackgroundCache(tmp_path)))
+    monkeypatch.undo()
+    (entry,) = tmp_path.glob("*.npz")
+    entry.write_bytes(b"not an npz")
+    monkeypatch.setattr(os, "utime", refused)
+    monkeypatch.setattr(Path, "unlink", refused)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    assert same_video(built, SyntheticEndoscope(SMALL, cache=BackgroundCache(tmp_path)))

@@ -17,6 +17,7 @@ sees half an entry; the least recently used are removed beyond `keep`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,15 +84,17 @@ class BackgroundCache:
                     smoke=entry["smoke"] if "smoke" in entry.files else None,
                     vignette=entry["vignette"],
                     rng_state=json.loads(str(entry["rng_state"])))
-            os.utime(path)  # recently used: kept when older entries are removed
-            return found
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             # A damaged entry (disk full mid-write by another tool, a manual edit) costs a
             # rebuild, never the start of the pipeline.
             logger.warning("synthetic background cache: {} unreadable ({}); rebuilding it",
                            path, exc)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only cache keeps its bad entry
+                path.unlink(missing_ok=True)
             return None
+        with contextlib.suppress(OSError):  # read-only (a shared, prebuilt cache): fine
+            os.utime(path)  # recently used: kept when older entries are removed
+        return found
 
     def store(self, key: str, found: Backgrounds) -> None:
         """Write an entry; a cache that cannot be written is logged and otherwise ignored."""
