@@ -31,12 +31,18 @@ META = "meta.json"
 META_FORMAT = "orstream.engine/1"
 
 
+def user_cache_dir(name: str, env_var: str) -> Path:
+    """$env_var if set, else $XDG_CACHE_HOME/orstream/<name> (~/.cache/orstream/<name>): the
+    folder of one of orstream's caches (engines, synthetic textures)."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "orstream" / name
+
+
 def default_cache_dir() -> Path:
     """ORSTREAM_ENGINE_CACHE, else $XDG_CACHE_HOME/orstream/engines (~/.cache/...)."""
-    if os.environ.get("ORSTREAM_ENGINE_CACHE"):
-        return Path(os.environ["ORSTREAM_ENGINE_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "orstream" / "engines"
+    return user_cache_dir("engines", "ORSTREAM_ENGINE_CACHE")
 
 
 def file_sha256(path: Path) -> str:

@@ -18,11 +18,13 @@ sees half an entry; the least recently used are removed beyond `keep`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,19 +32,23 @@ import cv2
 import numpy as np
 from loguru import logger
 
+from engines.cache import user_cache_dir
 from training.synth import tissue
 
 FORMAT = "orstream.synth-backgrounds/1"
 KEEP = 4  # entries: a 1080p one is about 20 MB
-_TISSUE_SOURCE_SHA = hashlib.sha256(Path(tissue.__file__).read_bytes()).hexdigest()
 
 
 def default_cache_dir() -> Path:
     """ORSTREAM_SYNTH_CACHE, else $XDG_CACHE_HOME/orstream/synth (~/.cache/...)."""
-    if os.environ.get("ORSTREAM_SYNTH_CACHE"):
-        return Path(os.environ["ORSTREAM_SYNTH_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "orstream" / "synth"
+    return user_cache_dir("synth", "ORSTREAM_SYNTH_CACHE")
+
+
+@functools.cache
+def _tissue_source_sha() -> str:
+    # Read when a key is first needed, not when the generator is imported (training imports
+    # it everywhere and never uses the cache).
+    return hashlib.sha256(Path(tissue.__file__).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -65,7 +71,7 @@ class BackgroundCache:
 
     @staticmethod
     def key(width: int, height: int, seed: int, smoke: bool, margin: int) -> str:
-        parts = [FORMAT, _TISSUE_SOURCE_SHA, np.__version__, cv2.__version__,
+        parts = [FORMAT, _tissue_source_sha(), np.__version__, cv2.__version__,
                  f"{width}x{height}", f"seed={seed}", f"smoke={smoke}", f"margin={margin}"]
         digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
         return f"{width}x{height}-seed{seed}-{digest}"
@@ -94,6 +100,14 @@ class BackgroundCache:
             return None
         with contextlib.suppress(OSError):  # read-only (a shared, prebuilt cache): fine
             os.utime(path)  # recently used: kept when older entries are removed
+        return found
+
+    def load_or_build(self, key: str, build: Callable[[], Backgrounds]) -> Backgrounds:
+        """The entry for `key`, or `build()`'s result, stored for the next start."""
+        found = self.load(key)
+        if found is None:
+            found = build()
+            self.store(key, found)
         return found
 
     def store(self, key: str, found: Backgrounds) -> None:

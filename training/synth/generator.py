@@ -80,18 +80,17 @@ class SyntheticEndoscope:
         # The camera pans over a texture a little larger than the frame.
         self._margin = max(8, int(0.06 * h))
         m = self._margin
-        key = cache.key(w, h, config.seed, config.smoke, m) if cache is not None else ""
-        found = cache.load(key) if cache is not None else None
-        if found is None:
-            found = Backgrounds(
+
+        def build() -> Backgrounds:
+            return Backgrounds(
                 tissue=tissue_texture(rng, h + 2 * m, w + 2 * m),
                 smoke=smoke_texture(rng, h + 2 * m, w + 2 * m) if config.smoke else None,
                 vignette=vignette(self.fov, w, h),
                 rng_state=rng.bit_generator.state)
-            if cache is not None:
-                cache.store(key, found)
-        else:
-            rng.bit_generator.state = found.rng_state
+
+        found = (build() if cache is None else
+                 cache.load_or_build(cache.key(w, h, config.seed, config.smoke, m), build))
+        rng.bit_generator.state = found.rng_state  # from the cache: where building leaves it
         self._tissue, self._smoke, self._vignette = found.tissue, found.smoke, found.vignette
         self._fov_mask = self.fov.mask(w, h)
         self._schedule = Schedule(config.seed, config.max_instruments, config.instrument_types)
