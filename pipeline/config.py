@@ -44,6 +44,15 @@ def _endpoint(value: str) -> str:
     return normalize_endpoint(value)
 
 
+def _message_endpoint(value: str) -> str:
+    """Endpoints of messages without pixels (mask stream, questions): no shm://."""
+    endpoint = normalize_endpoint(value)
+    if endpoint.startswith("shm://"):
+        raise ValueError(f"{endpoint}: shm:// moves frame pixels through shared memory; this "
+                         f"stream has none: use ipc://{endpoint[len('shm://'):]}")
+    return endpoint
+
+
 class SourceConfig(_Strict):
     # synthetic | a video file path | a URL (rtsp, rtsps, rtmp, udp, rtp, tcp, http, https,
     # srt where FFmpeg has it) | camera:N | /dev/videoN
@@ -196,7 +205,8 @@ class DescribeConfig(_Strict):
     # use; measured 16.7 / 13.7 / 12.0 ms a caption here (benchmarks/vlm.py)
     backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
 
-    _check = field_validator("ask_endpoint")(lambda v: None if v is None else _endpoint(v))
+    _check = field_validator("ask_endpoint")(
+        lambda v: None if v is None else _message_endpoint(v))
 
     @field_validator("weights")
     @classmethod
@@ -230,7 +240,8 @@ class MasksConfig(_Strict):
     endpoint: str | None = None  # None: no mask stream
     mode: Literal["latest", "lossless"] = "latest"
 
-    _check = field_validator("endpoint")(lambda v: None if v is None else _endpoint(v))
+    _check = field_validator("endpoint")(
+        lambda v: None if v is None else _message_endpoint(v))
 
 
 class SecurityConfig(_Strict):

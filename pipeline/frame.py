@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,9 @@ class Frame:
     # Not on the wire: how far this host moved the frame's monotonic times on receipt
     # (0: sent from this host). Non-zero latencies are only as good as the hosts' clock sync.
     clock_shift_ns: int = 0
+    # Not on the wire: set while the parts are still views of a sender's shared-memory slot
+    # (pipeline/shm.py); the receiver copies them out and clears it before handing it on.
+    lease: Any = None
 
     @classmethod
     def capture(cls, stream: str, seq: int, image: np.ndarray) -> Frame:

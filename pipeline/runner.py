@@ -136,7 +136,7 @@ class Pipeline:
             raise ConfigError(f"edges.{name}.endpoint: {endpoint} only works inside one "
                               f"process, but {producer if here_p else consumer} runs here and "
                               f"{consumer if here_p else producer} elsewhere: give the edge an "
-                              f"ipc:// or tcp:// endpoint")
+                              f"ipc://, shm:// (same host) or tcp:// endpoint")
         receiver_binds = edge.bind == "receiver"
         hwm = edge.hwm or (LATEST_HWM if mode == "latest" else LOSSLESS_HWM)
         receiver = sender = None

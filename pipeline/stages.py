@@ -228,7 +228,8 @@ class RenderStage(Stage):
             if status or caption:
                 frame.overlay = self.renderer.annotate(
                     frame.image, caption, age, status,
-                    out=frame.image if self._annotate_in_place else None)
+                    out=frame.image if self._annotate_in_place and frame.image.flags.writeable
+                    else None)  # read-only: a frame read in place from a sender (shm://)
         else:
             frame.overlay = self.renderer.draw(frame.image, frame.labels, frame.region,
                                                caption=caption, caption_age_s=age,

@@ -10,6 +10,10 @@ Two delivery modes:
 - **lossless**: PUSH/PULL with a small high-water mark: every frame, in order, and a full
   queue blocks the sender (backpressure) instead of dropping.
 
+`shm://PATH` endpoints are `ipc://PATH` whose pixel parts go through a shared-memory ring
+instead of the socket (pipeline/shm.py): one copy in and one out, a third of the time of the
+kernel's socket path for a 1080p frame. Same host only, and the receiver must speak it.
+
 `inproc://` endpoints do not go through ZeroMQ: within a process the Frame object itself is
 handed over (pipeline/inproc.py), with the same modes, because a ZeroMQ inproc hop costs a
 header round trip and a buffer-release wake-up for no isolation.
@@ -28,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import zmq
 from loguru import logger
@@ -36,6 +40,9 @@ from loguru import logger
 from pipeline import inproc, wire
 from pipeline.frame import Frame
 from pipeline.security import Curve
+
+if TYPE_CHECKING:
+    from pipeline.shm import SlotReader, SlotRing
 
 Mode = Literal["latest", "lossless"]
 _CONTEXT_LOCK = threading.Lock()
@@ -62,10 +69,18 @@ def normalize_endpoint(endpoint: str) -> str:
         if host in ("*", "0.0.0.0"):
             logger.warning("{} binds every network interface, as configured", endpoint)
         return f"tcp://{host}:{port}"
-    if endpoint.startswith(("ipc://", "inproc://")):
+    if endpoint.startswith(("ipc://", "inproc://", "shm://")):
+        if endpoint.endswith("://"):
+            raise ValueError(f"endpoint {endpoint!r}: names no path")
         return endpoint
-    raise ValueError(f"endpoint {endpoint!r}: expected inproc://NAME, ipc://PATH or "
-                     "tcp://HOST:PORT")
+    raise ValueError(f"endpoint {endpoint!r}: expected inproc://NAME, ipc://PATH, shm://PATH "
+                     "or tcp://HOST:PORT")
+
+
+def zmq_address(endpoint: str) -> str:
+    """The ZeroMQ address of a normalized endpoint: shm://PATH sends its messages over
+    ipc://PATH."""
+    return "ipc://" + endpoint[len("shm://"):] if endpoint.startswith("shm://") else endpoint
 
 
 class RateLimitedLog:
@@ -110,9 +125,9 @@ def _attach(socket: zmq.Socket, endpoint: str, bind: bool, curve: Curve | None) 
             raise
     try:
         if bind:
-            socket.bind(endpoint)
+            socket.bind(zmq_address(endpoint))
         else:
-            socket.connect(endpoint)
+            socket.connect(zmq_address(endpoint))
     except zmq.ZMQError as exc:
         socket.close(0)
         raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
@@ -150,6 +165,8 @@ class Sender(_Endpoint):
         self.classes = classes
         self.sent = 0
         self._box: inproc.Mailbox | None = None
+        self._ring: SlotRing | None = None
+        self._monitor: zmq.Socket | None = None
         if self.endpoint.startswith("inproc://"):
             self._box = inproc.attach(self.endpoint, mode, hwm)
             return
@@ -157,6 +174,15 @@ class Sender(_Endpoint):
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, linger_ms)
         _attach(self._socket, self.endpoint, bind, curve)
+        if self.endpoint.startswith("shm://"):
+            from pipeline.shm import DEFAULT_SLOTS, SlotRing  # numba: only when used
+
+            # Lossless: the ring is the edge's window, so it holds what the sockets may
+            # queue (send and receive side) and one frame being read.
+            slots = DEFAULT_SLOTS if mode == "latest" else max(DEFAULT_SLOTS, 2 * hwm + 1)
+            self._ring = SlotRing(slots, lossless=mode == "lossless")
+            if mode == "lossless":
+                self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
         """Send one frame. Lossless: waits up to `timeout_ms` for room, False if none came
@@ -170,10 +196,17 @@ class Sender(_Endpoint):
                 return False
             self.sent += 1
             return True
-        message = wire.encode(frame, self.parts, self.classes)
         socket = self._socket
-        if self.mode == "lossless" and not socket.poll(timeout_ms, zmq.POLLOUT):
-            return False
+        if self._ring is not None:
+            if self.mode == "lossless" and not (
+                    socket.poll(timeout_ms, zmq.POLLOUT)
+                    and self._ring.room(timeout_ms / 1000, self._disconnected)):
+                return False
+            message = wire.encode(frame, self.parts, self.classes, self._ring)
+        else:
+            message = wire.encode(frame, self.parts, self.classes)
+            if self.mode == "lossless" and not socket.poll(timeout_ms, zmq.POLLOUT):
+                return False
         # Topic and header are copied (for a few hundred bytes that is cheaper than a zero-copy
         # zmq.Frame and its release callback); pixel buffers go by reference (copy=False).
         # Part by part rather than send_multipart, which re-checks every part in Python.
@@ -183,6 +216,32 @@ class Sender(_Endpoint):
             socket.send(message[i], zmq.SNDMORE if i < len(message) - 1 else 0, copy=False)
         self.sent += 1
         return True
+
+    def _disconnected(self) -> bool:
+        """Whether a receiver disconnected since the last call (shm lossless: the slots it
+        had not handed back will never be)."""
+        monitor, seen = self._monitor, False
+        while monitor is not None and monitor.poll(0):
+            monitor.recv_multipart()
+            seen = True
+        if seen:
+            logger.warning("{}: a receiver disconnected; the shared-memory slots of frames "
+                           "it had not read are reused", self.endpoint)
+        return seen
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+        super().close()
+        if self._ring is not None:
+            if self._ring.inline:
+                logger.info("{}: {} of {} frames went in the message, every shared-memory "
+                            "slot being held by receivers", self.endpoint, self._ring.inline,
+                            self.sent)
+            self._ring.close()
+            self._ring = None
 
     def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
         """Send an already-encoded message (another kind, such as the mask stream, or tools
@@ -210,6 +269,11 @@ class Receiver(_Endpoint):
         self._log = RateLimitedLog()
         self._last_seq: dict[str, int] = {}
         self._box: inproc.Mailbox | None = None
+        self._shm: SlotReader | None = None
+        if self.endpoint.startswith("shm://"):
+            from pipeline.shm import SlotReader  # numba: only when used
+
+            self._shm = SlotReader()
         if self.endpoint.startswith("inproc://"):
             self._box = inproc.attach(self.endpoint, mode, hwm)
             return
@@ -228,12 +292,30 @@ class Receiver(_Endpoint):
 
     def _decode(self, message: list[zmq.Frame]) -> Frame | None:
         try:
-            return wire.decode(message, self.max_bytes)
+            return wire.decode(message, self.max_bytes, self._shm)
         except wire.WireError as exc:
-            self.stats.rejected[exc.reason] += 1
-            self._log.warn(exc.reason, f"{self.name} on {self.endpoint} rejected a message "
-                           f"({exc}); total rejected: {sum(self.stats.rejected.values())}")
+            self._reject(exc.reason, str(exc))
             return None
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.stats.rejected[reason] += 1
+        self._log.warn(reason, f"{self.name} on {self.endpoint} rejected a message "
+                       f"({detail}); total rejected: {sum(self.stats.rejected.values())}")
+
+    def _claim(self, frame: Frame) -> Frame | None:
+        """The frame with its parts copied out of the sender's shared-memory slot; None if
+        the sender reused the slot before the copy was done (the frame is then lost)."""
+        names = [name for name in wire.PART_NAMES if getattr(frame, name) is not None]
+        copies = self._shm.claim([getattr(frame, name) for name in names], frame.lease,
+                                 hand_back=self.mode == "lossless")
+        frame.lease = None
+        if copies is None:
+            self._reject("shm_overwritten", f"shm_overwritten: frame {frame.seq}'s slot was "
+                         "reused before it was read; the receiver is too slow for the ring")
+            return None
+        for name, array in zip(names, copies, strict=True):
+            setattr(frame, name, array)
+        return frame
 
     def recv(self, timeout_ms: int = 100) -> Frame | None:
         """The next frame (lossless) or the newest one waiting (latest); None on timeout."""
@@ -246,9 +328,11 @@ class Receiver(_Endpoint):
         if self.mode == "latest" and self._pending:
             self._drain()  # frames of other streams are waiting: no need to block
             waiting = self._take()
+            if waiting is not None and waiting.lease is not None:
+                waiting = self._claim(waiting)
             if waiting is not None:
                 self._count(waiting)
-            return waiting
+                return waiting
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
@@ -261,6 +345,8 @@ class Receiver(_Endpoint):
                     self._keep(frame)
                 self._drain()
                 frame = self._take()
+            if frame is not None and frame.lease is not None:
+                frame = self._claim(frame)
             if frame is not None:
                 self._count(frame)
                 return frame

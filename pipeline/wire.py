@@ -13,11 +13,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.frame import Caption, Frame
+
+if TYPE_CHECKING:  # pipeline.shm imports numba: only shm:// endpoints pay for it
+    from pipeline.shm import SlotReader, SlotRing
 
 VERSION = 1
 TOPIC_PREFIX = "orstream"
@@ -54,8 +57,12 @@ def topic(stream: str, kind: str = "frame") -> bytes:
 
 
 def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
-           classes: dict[str, Any] | None = None) -> list[Any]:
-    """Frame -> [topic, header, buffers...]; buffers are the arrays themselves (no copy)."""
+           classes: dict[str, Any] | None = None, ring: SlotRing | None = None) -> list[Any]:
+    """Frame -> [topic, header, buffers...]; buffers are the arrays themselves (no copy).
+
+    With `ring` (shm:// endpoints) the parts are copied into a free slot instead, each
+    descriptor gets its `offset` there, and the message is [topic, header] (if the ring has
+    no free slot, the parts go in the message as usual)."""
     arrays = []
     descs = []
     for name in parts:
@@ -89,6 +96,12 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
     }
     if classes is not None:
         header["classes"] = classes
+    placed = ring.write(arrays) if ring is not None else None
+    if placed is not None:  # None: no ring, or every slot in use; the parts go inline
+        header["shm"], offsets = placed
+        for desc, offset in zip(descs, offsets, strict=True):
+            desc["offset"] = offset
+        return [topic(frame.stream), _ENCODER.encode(header).encode()]
     return [topic(frame.stream), _ENCODER.encode(header).encode(), *arrays]
 
 
@@ -144,7 +157,8 @@ def _parse_header(raw: Any) -> Any:
     return header
 
 
-def _part_array(desc: Any, buffer: Any) -> tuple[str, np.ndarray, list | None]:
+def _part_spec(desc: Any) -> tuple[str, np.dtype, list, int]:
+    """A part descriptor, validated: (name, dtype, shape, byte length)."""
     if type(desc) is not dict:
         raise WireError("bad_part", "part descriptor is not an object")
     name, dtype_name, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
@@ -157,26 +171,35 @@ def _part_array(desc: Any, buffer: Any) -> tuple[str, np.ndarray, list | None]:
     for d in shape:
         if type(d) is not int or d <= 0:
             raise WireError("bad_part", f"part {name!r} has invalid shape {shape!r}")
+    if name in ("image", "overlay") and (len(shape) != 3 or shape[2] != 3
+                                         or dtype_name != "uint8"):
+        raise WireError("bad_part", f"part {name!r} must be (H, W, 3) uint8")
     dtype = DTYPES[dtype_name]
-    expected = math.prod(shape) * dtype.itemsize
+    return name, dtype, shape, math.prod(shape) * dtype.itemsize
+
+
+def _part_array(desc: dict, spec: tuple[str, np.dtype, list, int], buffer: Any
+                ) -> tuple[np.ndarray, list | None]:
+    name, dtype, shape, expected = spec
     if len(buffer) != expected:
         raise WireError("bad_length", f"part {name!r} holds {len(buffer)} bytes but "
-                        f"{dtype_name} x {shape} needs {expected}")
+                        f"{desc['dtype']} x {shape} needs {expected}")
     region = desc.get("region")
     if region is not None and (type(region) is not list or len(region) != 4
                                or not all(type(v) is int and v >= 0 for v in region)):
         raise WireError("bad_part", f"part {name!r} has invalid region {region!r}")
-    if name in ("image", "overlay") and (len(shape) != 3 or shape[2] != 3
-                                         or dtype_name != "uint8"):
-        raise WireError("bad_part", f"part {name!r} must be (H, W, 3) uint8")
-    return name, np.frombuffer(buffer, dtype=dtype).reshape(shape), region
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape), region
 
 
-def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
+def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
+           shm: SlotReader | None = None) -> Frame:
     """[topic, header, buffers...] (bytes, 1-D memoryviews or zmq.Frames) -> Frame, validated.
 
     Every part must give its byte length with len() and expose the buffer protocol: zmq.Frames
-    are used as they are (np.frombuffer keeps the Frame, and so the received bytes, alive)."""
+    are used as they are (np.frombuffer keeps the Frame, and so the received bytes, alive).
+    A message whose parts are in shared memory is accepted only with `shm` (the receivers of
+    shm:// endpoints): its arrays are then views of the sender's slot and `frame.lease` says
+    which; the receiver copies them out with SlotReader.claim before anyone else sees them."""
     if len(message) < 2:
         raise WireError("bad_framing", f"{len(message)} frames, need topic and header")
     total = sum(map(len, message))
@@ -191,14 +214,37 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
     if version != VERSION or type(version) is not int:
         raise WireError("bad_version", f"version {version!r}, this receiver speaks {VERSION}")
     descs = _require(header, "parts", list)
-    if len(descs) != len(message) - 2:
-        raise WireError("bad_framing", f"header lists {len(descs)} parts, message has "
-                        f"{len(message) - 2}")
+    specs = [_part_spec(desc) for desc in descs]
+    lease = None
+    if "shm" in header:
+        if shm is None:
+            raise WireError("bad_shm", "parts in shared memory, on an endpoint that is not "
+                            "shm://")
+        if len(message) != 2:
+            raise WireError("bad_framing", f"{len(message) - 2} buffers after a header whose "
+                            "parts are in shared memory")
+        sizes = [spec[3] for spec in specs]
+        if total + sum(sizes) > max_bytes:
+            raise WireError("oversize", f"{total + sum(sizes)} bytes over the cap of "
+                            f"{max_bytes}")
+        from pipeline.shm import ShmError
+
+        try:
+            buffers, lease = shm.locate(header["shm"], descs, sizes)
+        except ShmError as exc:
+            raise WireError(exc.reason, str(exc).partition(": ")[2]) from None
+    else:
+        if len(descs) != len(message) - 2:
+            raise WireError("bad_framing", f"header lists {len(descs)} parts, message has "
+                            f"{len(message) - 2}")
+        buffers = message[2:]
     frame = Frame(_require(header, "stream", str), _require(header, "seq", int),
                   _require(header, "t_capture_ns", int), _require(header, "t_wall_ns", int),
                   None)  # type: ignore[arg-type]  # image: filled from the parts below
-    for i, desc in enumerate(descs, 2):
-        name, array, region = _part_array(desc, message[i])
+    frame.lease = lease
+    for desc, spec, buffer in zip(descs, specs, buffers, strict=True):
+        name = spec[0]
+        array, region = _part_array(desc, spec, buffer)
         if name not in PART_NAMES:
             continue  # a part added later in version 1: validated, then ignored
         setattr(frame, name, array)

@@ -47,15 +47,17 @@ def _stop(proc: subprocess.Popen) -> str:
     return err.decode()
 
 
-def test_capture_segment_and_render_as_three_processes_over_ipc(tmp_path, collect_frames):
-    publish = f"ipc://{tmp_path}/displays"
+# shm://: the same sockets, the pixels through shared-memory rings, read in place.
+@pytest.mark.parametrize("scheme", ["ipc", "shm"])
+def test_capture_segment_and_render_as_three_processes(tmp_path, collect_frames, scheme):
+    publish = f"{scheme}://{tmp_path}/displays"
     cfg = _write_config(tmp_path / "three.yaml", {
         "stream": "or-7",
         "source": {"width": 640, "height": 360, "fps": 15},
         "segment": {"backend": "torch", "precision": "fp32"},
         "publish": {"endpoint": publish, "parts": ["overlay", "labels"]},
-        "edges": {"capture->segment": {"endpoint": f"ipc://{tmp_path}/capture"},
-                  "segment->render": {"endpoint": f"ipc://{tmp_path}/segment"}},
+        "edges": {"capture->segment": {"endpoint": f"{scheme}://{tmp_path}/capture"},
+                  "segment->render": {"endpoint": f"{scheme}://{tmp_path}/segment"}},
     })
     frames: list[Frame] = []
     done = threading.Event()
@@ -85,6 +87,8 @@ def test_capture_segment_and_render_as_three_processes_over_ipc(tmp_path, collec
         assert times == sorted(times), frame.trace
         assert times[0] == frame.t_capture_ns
         assert 0 < times[-1] - frame.t_capture_ns < 10e9
+    if scheme == "shm":  # read in place (read-only) while the ring had a free slot
+        assert not frames[0].overlay.flags.writeable
     assert "frames" in err_segment and "or-7" in err_segment  # per-stream status of the server
     assert err_capture
 
