@@ -27,7 +27,6 @@ the config.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import Counter
@@ -190,9 +189,7 @@ class Sender(_Endpoint):
         if self._box is not None:
             # Each edge gets its own Frame (arrays shared, never copied) so that stages
             # downstream of a fan-out stamp their own traces.
-            mine = copy.copy(frame)
-            mine.trace = list(frame.trace)
-            if not self._box.put(mine, timeout_ms / 1000):
+            if not self._box.put(frame.branch(), timeout_ms / 1000):
                 return False
             self.sent += 1
             return True
