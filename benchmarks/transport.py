@@ -10,14 +10,16 @@ Everything runs in one process run, so the ratios are comparable on a noisy mach
    paced at 30 fps (the caches cold, as in a paced hop). A process hop over ipc or tcp copies
    the frame twice, into the kernel's socket buffers and out of them, whatever the library on
    top: two paced copies are its floor.
-2. orstream hop across processes (ipc and tcp on 127.0.0.1): a spawned child sends with
+2. orstream hop across processes (ipc, shm and tcp on 127.0.0.1): a spawned child sends with
    Sender, the parent receives with Receiver (which validates every message). Latency is the
    receipt time minus the frame's t_capture_ns (time.monotonic_ns() is system-wide on Linux).
    30 fps rows use "latest" (what displays use, the publisher binds), saturated rows use
    "lossless" (latest drops on purpose; the receiving stage binds its input).
+   Over shm (`shm://`: the messages over ipc, the pixels through a shared-memory ring that
+   the receiver reads in place) a hop copies the frame once: one paced copy is its floor.
 3. imagezmq REQ/REP over ipc, same frame and rates (skipped if imagezmq is not installed).
-   At 30 fps it runs against orstream's ipc row in `--rounds` alternating segments, pooled,
-   so that the two see the same stretches of a shared machine. Both clocks start right
+   At 30 fps it runs with orstream's ipc and shm rows in `--rounds` rotating segments,
+   pooled, so that the three see the same stretches of a shared machine. Both clocks start right
    before the library's send call (Sender.send, send_image) and stop right after its
    receive returns (Receiver.recv with its validation, recv_image); both receivers wait in
    a blocking recv with a 100 ms ZMQ_RCVTIMEO and drop the frame once stamped.
@@ -350,17 +352,23 @@ def imagezmq_row(endpoint: str, shape: tuple[int, ...], n: int, fps: float,
 
 
 def paired_rows(endpoint: Any, n: int, fps: float, warmup: int, rounds: int) -> dict[str, dict]:
-    """orstream (latest) and imagezmq (REQ/REP) over ipc in `rounds` alternating segments of
-    n / rounds frames, the order flipped each round, latencies pooled per side. On a shared
-    machine the hop's p50 drifts by 10 % from one 10 s stretch to the next; back-to-back
-    rows would compare two stretches, alternating segments compare the same ones."""
+    """orstream over ipc, orstream over shm (latest) and imagezmq (REQ/REP, ipc) in `rounds`
+    rotating segments of n / rounds frames, latencies pooled per side. On a shared machine
+    the hop's p50 drifts by 10 % from one 10 s stretch to the next; back-to-back rows would
+    compare different stretches, rotating segments compare the same ones."""
     per = max(n // rounds, warmup + 2)
-    segments: dict[str, list[dict]] = {"orstream": [], "imagezmq": []}
+    sides = ("orstream", "orstream shm", "imagezmq")
+    segments: dict[str, list[dict]] = {who: [] for who in sides}
     for r in range(rounds):
-        for who in ("orstream", "imagezmq") if r % 2 == 0 else ("imagezmq", "orstream"):
-            segments[who].append(
-                orstream_row(endpoint(), "latest", True, HD, per, fps, warmup)
-                if who == "orstream" else imagezmq_row(endpoint(), HD, per, fps, warmup))
+        for who in sides[r % 3:] + sides[:r % 3]:
+            if who == "imagezmq":
+                row = imagezmq_row(endpoint(), HD, per, fps, warmup)
+            else:
+                address = endpoint()
+                if who == "orstream shm":
+                    address = "shm://" + address[len("ipc://"):]
+                row = orstream_row(address, "latest", True, HD, per, fps, warmup)
+            segments[who].append(row)
     out = {}
     for who, rows in segments.items():
         pooled = stats(np.asarray([x for row in rows for x in row["lat_ns"]]) / 1e6)
@@ -370,13 +378,12 @@ def paired_rows(endpoint: Any, n: int, fps: float, warmup: int, rounds: int) -> 
             sent=sum(row["sent"] for row in rows),
             sender_fps=float(np.mean([row["sender_fps"] for row in rows])),
             rounds=rounds, rounds_p50=[row["p50"] for row in rows])
-        if who == "orstream":
+        if who != "imagezmq":
             pooled.update(dropped=sum(row["dropped"] for row in rows),
-                          rejected=sum(row["rejected"] for row in rows))
+                          rejected=sum(row["rejected"] for row in rows),
+                          rounds_vs_imagezmq=[o["p50"] / i["p50"] for o, i in zip(
+                              rows, segments["imagezmq"], strict=True)])
         out[who] = pooled
-    ratios = [o["p50"] / i["p50"] for o, i in zip(segments["orstream"], segments["imagezmq"],
-                                                  strict=True)]
-    out["orstream"]["rounds_vs_imagezmq"] = ratios
     return out
 
 
@@ -690,6 +697,9 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
     def ipc() -> str:
         return f"ipc://{tmp}/hop-{next(counter)}"
 
+    def shm() -> str:  # the messages over ipc, the pixels through a shared-memory ring
+        return f"shm://{tmp}/hop-{next(counter)}"
+
     def tcp() -> str:
         return f"tcp://127.0.0.1:{free_port()}"
 
@@ -702,13 +712,16 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
         # binds its input and upstream connects (pipeline/transport.py).
         sender_binds = mode == "latest"
         ours: Label = ("orstream process hop", "ipc", mode, rate)
+        ours_shm: Label = ("orstream process hop", "shm", mode, rate)
         theirs: Label = ("imagezmq process hop", "ipc", "REQ/REP", rate)
-        if have_imagezmq and rate == "30 fps":  # the compared pair: alternating rounds
-            plan.append(([ours, theirs], lambda fps=fps, n=n: list(
+        if have_imagezmq and rate == "30 fps":  # the compared three: rotating rounds
+            plan.append(([ours, ours_shm, theirs], lambda fps=fps, n=n: list(
                 paired_rows(ipc, n, fps, warmup, rounds).values())))
         else:
             plan.append(([ours], lambda fps=fps, n=n, m=mode, b=sender_binds: [
                 orstream_row(ipc(), m, b, HD, n, fps, warmup)]))
+            plan.append(([ours_shm], lambda fps=fps, n=n, m=mode, b=sender_binds: [
+                orstream_row(shm(), m, b, HD, n, fps, warmup)]))
         plan.append(([("orstream process hop", "tcp", mode, rate)],
                      lambda fps=fps, n=n, m=mode, b=sender_binds: [
                          orstream_row(tcp(), m, b, HD, n, fps, warmup)]))
@@ -763,22 +776,25 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
                 rows.append({"what": chain_theirs, "transport": "-", "mode": "-",
                              "rate": labels[0][3],
                              "note": f"not installed: {HOLOSCAN_INSTALL}"})
-        slow: dict | None = None
+        slow: dict[str, dict] | None = None
         if not chain_only:
-            print(f"  slow consumer (latest, ipc, {slow_seconds:.0f} s) ...", file=sys.stderr,
-                  flush=True)
-            try:
-                slow = slow_consumer(ipc(), slow_seconds, warmup)
-            except Exception as exc:
-                slow = {"error": f"{type(exc).__name__}: {exc}"}
-                failed.append(slow)
-                print(f"  FAILED: {slow['error']}", file=sys.stderr)
+            slow = {}
+            for transport, endpoint in (("ipc", ipc), ("shm", shm)):
+                print(f"  slow consumer (latest, {transport}, {slow_seconds:.0f} s) ...",
+                      file=sys.stderr, flush=True)
+                try:
+                    slow[transport] = slow_consumer(endpoint(), slow_seconds, warmup)
+                except Exception as exc:
+                    slow[transport] = {"error": f"{type(exc).__name__}: {exc}"}
+                    failed.append(slow[transport])
+                    print(f"  FAILED: {slow[transport]['error']}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if slow is not None and "age_ms" in slow:
-        rows.append({"what": "slow consumer: frame age", "transport": "ipc", "mode": "latest",
-                     "rate": "30 fps -> 10 Hz", **slow["age_ms"],
-                     "throughput_fps": slow["producer_fps"]})
+    for transport, one in (slow or {}).items():
+        if "age_ms" in one:
+            rows.append({"what": "slow consumer: frame age", "transport": transport,
+                         "mode": "latest", "rate": "30 fps -> 10 Hz", **one["age_ms"],
+                         "throughput_fps": one["producer_fps"]})
 
     memcpy_p50 = rows[0]["p50"]
     izmq = {r["rate"]: r["p50"] for r in rows
@@ -805,30 +821,33 @@ def run(frames: int, saturated_frames: int, slow_seconds: float, warmup: int,
             "checks": checks, "failed": len(failed)}
 
 
-def _transport_checks(find: Any, slow: dict) -> list[dict]:
+def _transport_checks(find: Any, slow: dict[str, dict]) -> list[dict]:
     """The issue's targets for the hop rows and the slow consumer; `find(what, transport,
     rate)` returns a measured row or None."""
     checks = []
-    ours, theirs = find("orstream process hop", "ipc", "30 fps"), \
-        find("imagezmq process hop", "ipc", "30 fps")
-    checks.append({
-        "target": "orstream p50 per hop at 30 fps over ipc <= imagezmq's",
-        "value_ms": ours and ours["p50"], "reference_ms": theirs and theirs["p50"],
-        "passed": None if not (ours and theirs) else ours["p50"] <= theirs["p50"]})
+    theirs = find("imagezmq process hop", "ipc", "30 fps")
+    for transport in ("ipc", "shm"):
+        ours = find("orstream process hop", transport, "30 fps")
+        checks.append({
+            "target": f"orstream p50 per hop at 30 fps over {transport} <= imagezmq's (ipc)",
+            "value_ms": ours and ours["p50"], "reference_ms": theirs and theirs["p50"],
+            "passed": None if not (ours and theirs) else ours["p50"] <= theirs["p50"]})
     for label in ("1080p", "4K"):
         r = find(f"orstream thread hop {label}", "inproc", "30 fps")
         checks.append({"target": f"inproc p50 per hop at 30 fps, {label} <= "
                                  f"{INPROC_TARGET_MS} ms",
                        "value_ms": r and r["p50"], "reference_ms": INPROC_TARGET_MS,
                        "passed": None if r is None else r["p50"] <= INPROC_TARGET_MS})
-    if "age_ms" in slow:
-        checks.append({"target": f"slow consumer: producer keeps >= {PRODUCER_TARGET_FPS} fps",
-                       "value_fps": slow["producer_fps"], "passed": slow["producer_ok"]})
-        checks.append({"target": f"slow consumer: max frame age <= {AGE_TARGET_MS:.1f} ms",
-                       "value_ms": slow["age_ms"]["max"], "reference_ms": AGE_TARGET_MS,
-                       "passed": slow["age_ok"]})
-    else:
-        checks.append({"target": "slow consumer", "passed": False, "error": slow["error"]})
+    for transport, one in slow.items():
+        what = f"slow consumer over {transport}"
+        if "age_ms" in one:
+            checks.append({"target": f"{what}: producer keeps >= {PRODUCER_TARGET_FPS} fps",
+                           "value_fps": one["producer_fps"], "passed": one["producer_ok"]})
+            checks.append({"target": f"{what}: max frame age <= {AGE_TARGET_MS:.1f} ms",
+                           "value_ms": one["age_ms"]["max"], "reference_ms": AGE_TARGET_MS,
+                           "passed": one["age_ok"]})
+        else:
+            checks.append({"target": what, "passed": False, "error": one["error"]})
     return checks
 
 
@@ -911,24 +930,28 @@ def main() -> None:
     for row in result["rows"]:
         if "error" in row:
             print(f"FAILED {row['what']} {row['transport']} {row['rate']}: {row['error']}")
-    slow = result["slow_consumer"]
-    if slow is not None and "age_ms" in slow:
-        print(f"Slow consumer: producer sent {slow['sent']} at {slow['producer_fps']:.1f} fps; "
-              f"consumer got {slow['received']}, Receiver.dropped = {slow['dropped']}; "
-              f"age p50 {slow['age_ms']['p50']:.1f} ms, max {slow['age_ms']['max']:.1f} ms "
-              f"over the {slow['age_ms']['n']} frames taken while the producer was sending")
-    paired = next((r for r in result["rows"] if "rounds_vs_imagezmq" in r), None)
+    for transport, slow in (result["slow_consumer"] or {}).items():
+        if "age_ms" not in slow:
+            continue
+        print(f"Slow consumer over {transport}: producer sent {slow['sent']} at "
+              f"{slow['producer_fps']:.1f} fps; consumer got {slow['received']}, "
+              f"Receiver.dropped = {slow['dropped']}; age p50 {slow['age_ms']['p50']:.1f} ms, "
+              f"max {slow['age_ms']['max']:.1f} ms over the {slow['age_ms']['n']} frames "
+              "taken while the producer was sending")
+    paired = [r for r in result["rows"] if "rounds_vs_imagezmq" in r]
+    for row in paired:
+        print(f"orstream over {row['transport']} / imagezmq over ipc, p50 at 30 fps, round by "
+              "round: " + ", ".join(f"{v:.2f}" for v in row["rounds_vs_imagezmq"])
+              + f" ({row['rounds']} rotating rounds, pooled in the table)")
     if paired:
-        print("orstream / imagezmq p50 at 30 fps over ipc, round by round: "
-              + ", ".join(f"{v:.2f}" for v in paired["rounds_vs_imagezmq"])
-              + f" ({paired['rounds']} alternating rounds, pooled in the table)")
         paced = next((r for r in result["rows"] if r["what"] == "memcpy 1080p (paced 30 fps)"),
                       None)
         if paced:
-            print(f"A process hop copies the frame twice (into the socket, out of it): two "
-                  f"paced memcpys = {2 * paced['p50']:.3f} ms p50, the floor under both "
-                  "libraries at 30 fps")
-    for transport in ("ipc", "tcp"):
+            print(f"A process hop over a socket copies the frame twice (into the socket, out "
+                  f"of it): two paced memcpys = {2 * paced['p50']:.3f} ms p50, the floor under "
+                  f"both libraries over ipc at 30 fps; over shm it copies once (into the ring; "
+                  f"the receiver reads in place): {paced['p50']:.3f} ms")
+    for transport in ("ipc", "shm", "tcp"):
         ours = next((r for r in result["rows"] if r["what"] == "orstream process hop"
                      and r["transport"] == transport and r["rate"] == "saturated"
                      and r.get("throughput_fps")), None)
