@@ -249,13 +249,14 @@ def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_pa
         assert message.classes["task"] == "types"
 
 
-def test_two_workers_share_the_frames_and_render_shows_them_in_order(tmp_path):
+@pytest.mark.parametrize("scheme", ["ipc", "shm"])
+def test_two_workers_share_the_frames_and_render_shows_them_in_order(tmp_path, scheme):
     overrides = ["publish.endpoint=null", "segment.backend=torch", "segment.precision=fp32",
                  "source.width=640", "source.height=360", "render.reorder_ms=200",
-                 f"edges.capture->segment.endpoint=ipc://{tmp_path}/dispatch",
+                 f"edges.capture->segment.endpoint={scheme}://{tmp_path}/dispatch",
                  "edges.capture->segment.mode=lossless", "edges.capture->segment.bind=sender",
                  "edges.capture->segment.hwm=1",
-                 f"edges.segment->render.endpoint=ipc://{tmp_path}/results"]
+                 f"edges.segment->render.endpoint={scheme}://{tmp_path}/results"]
     cfg = load_config(None, overrides)
     workers = [Pipeline(cfg, stages=["segment"]) for _ in range(2)]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
