@@ -65,3 +65,19 @@ def collect_frames():
     receiver yields to `out` until the event `until` is set."""
     return _collect_frames
 
+
+
+def _prime(sender, receiver, make_frame) -> None:
+    """A connecting SUB's subscription reaches the PUB asynchronously: send make_frame(0)
+    until one arrives."""
+    for _ in range(200):
+        sender.send(make_frame(0))
+        if receiver.recv(20) is not None:
+            return
+    raise AssertionError("subscription never reached the publisher")
+
+
+@pytest.fixture
+def prime():
+    """prime(sender, receiver, make_frame): returns once a frame has got through."""
+    return _prime

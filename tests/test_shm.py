@@ -23,14 +23,6 @@ def _frame(seq: int, size=(36, 64)) -> Frame:
     return frame
 
 
-def _prime(tx: Sender, rx: Receiver) -> None:
-    for _ in range(200):
-        tx.send(_frame(0))
-        if rx.recv(20) is not None:
-            return
-    raise AssertionError("subscription never reached the publisher")
-
-
 def _send_from_child(endpoint: str, frames: int, ready: mp.Event) -> None:
     with Sender(endpoint, "lossless", parts=("image", "labels"), bind=False) as tx:
         ready.set()
@@ -68,14 +60,14 @@ def test_frames_cross_processes_in_place_and_every_pixel_arrives(tmp_path):
 
 
 def test_a_held_frame_is_never_overwritten_and_the_sender_goes_inline_when_all_are_held(
-        tmp_path):
+        tmp_path, prime):
     endpoint = f"shm://{tmp_path}/held"
     # A roomy SNDHWM: libzmq's PUB learns what its subscriber has read only every few
     # messages and at most once a millisecond, so back-to-back sends over a small high-water
     # mark drop a message now and then (latest mode may drop; this test counts every frame).
     with Receiver(endpoint, "latest", bind=False, hwm=64) as rx, \
             Sender(endpoint, "latest", parts=("image", "labels"), hwm=64) as tx:
-        _prime(tx, rx)
+        prime(tx, rx, _frame)
         gc.collect()  # the priming frames' leases go back
         held = []
         for i in range(1, 3 * shm.DEFAULT_SLOTS):

@@ -37,20 +37,11 @@ def test_lossless_delivers_every_frame_in_order():
     assert rx.dropped == 0
 
 
-def _prime(tx: Sender, rx: Receiver) -> None:
-    """A connecting PUB learns the subscription asynchronously: send until one arrives."""
-    for _ in range(100):
-        tx.send(_frame(0))
-        if rx.recv(20) is not None:
-            return
-    raise AssertionError("subscription never reached the publisher")
-
-
-def test_latest_gives_a_slow_consumer_the_newest_frame_and_counts_drops():
+def test_latest_gives_a_slow_consumer_the_newest_frame_and_counts_drops(prime):
     period = 0.02
     with Receiver("inproc://t-latest", "latest", bind=True) as rx, \
             Sender("inproc://t-latest", "latest", bind=False) as tx:
-        _prime(tx, rx)
+        prime(tx, rx, _frame)
         newest = [0]
         done = threading.Event()
 
