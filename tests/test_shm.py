@@ -115,6 +115,23 @@ def test_a_slot_with_no_free_lease_is_copied_out(tmp_path):
         ring.close()
 
 
+def test_leases_of_a_receiver_that_died_are_taken_back(tmp_path):
+    dead = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    ring, reader = shm.SlotRing(2, folder=tmp_path), shm.SlotReader(folder=tmp_path)
+    try:
+        frames = [wire.decode(wire.encode(_frame(seq), ("image",), ring=ring), shm=reader)
+                  for seq in (1, 2)]
+        for frame in frames:  # both slots leased by a display that was then SIGKILLed
+            words, base = frame.lease.mapping.words, frame.lease.slot_offset // 8
+            words[base + shm.LEASES[0]] = dead.pid
+        assert ring.write([_frame(3).image]) is not None, "a dead pid's lease blocks nothing"
+        assert ring.reclaimed >= 1
+    finally:
+        ring.close()
+
+
 def test_receivers_open_only_orstream_rings_of_this_user(tmp_path):
     ring, reader = shm.SlotRing(2, folder=tmp_path), shm.SlotReader(folder=tmp_path)
     (tmp_path / "orstream-1-0123456789abcdef").symlink_to("/etc/hostname")
