@@ -57,7 +57,8 @@ DEFAULT_SLOTS = 8
 FILE_PREFIX = "orstream-"
 # orstream-<pid of the sender>-<16 hex digits>: the only names a receiver opens.
 _NAME = re.compile(r"orstream-([0-9]{1,10})-[0-9a-f]{16}")
-MAX_MAPPINGS = 4  # files a receiver keeps mapped (a sender that grows its slots makes another)
+MAX_MAPPINGS = 64  # rings a receiver keeps mapped: one per sender (rooms into one inference
+# process); rings whose file is gone are dropped first
 WRITE_WAIT_S = 0.005  # a receiver that finds its slot being written waits this long at most
 
 
@@ -398,8 +399,12 @@ class SlotReader:
             found = _Mapping(fd, info.st_size)
         finally:
             os.close(fd)
+        # A ring whose file is gone belongs to a sender that closed or grew its ring: drop
+        # it, or a long-running display would keep every restarted pipeline's ring in RAM.
+        # Dropped, not closed: frames may still view it; it is unmapped when collected.
+        for old in [p for p in self._maps if not os.path.exists(p)]:
+            del self._maps[old]
         if len(self._maps) >= MAX_MAPPINGS:
-            # Dropped, not closed: frames may still view it; it is unmapped when collected.
             self._maps.pop(next(iter(self._maps)))
         self._maps[path] = found
         return found

@@ -132,6 +132,16 @@ def test_leases_of_a_receiver_that_died_are_taken_back(tmp_path):
         ring.close()
 
 
+def test_a_receiver_lets_go_of_the_rings_of_senders_that_closed(tmp_path):
+    reader = shm.SlotReader(folder=tmp_path)
+    for seq in range(3):  # a pipeline restarted three times in front of one display
+        ring = shm.SlotRing(2, folder=tmp_path)
+        frame = wire.decode(wire.encode(_frame(seq), ("image",), ring=ring), shm=reader)
+        assert reader.claim([frame.image], frame.lease, hand_back=False) is not None
+        ring.close()
+    assert len(reader._maps) == 1, "the closed senders' rings are no longer mapped"
+
+
 def test_receivers_open_only_orstream_rings_of_this_user(tmp_path):
     ring, reader = shm.SlotRing(2, folder=tmp_path), shm.SlotReader(folder=tmp_path)
     (tmp_path / "orstream-1-0123456789abcdef").symlink_to("/etc/hostname")
