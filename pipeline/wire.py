@@ -218,8 +218,8 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
     lease = None
     if "shm" in header:
         if shm is None:
-            raise WireError("bad_shm", "parts in shared memory, on an endpoint that is not "
-                            "shm://")
+            raise WireError("bad_shm", "parts in shared memory (a shm:// sender) on an "
+                            "endpoint that is not shm://: receive with shm://PATH, not ipc://")
         if len(message) != 2:
             raise WireError("bad_framing", f"{len(message) - 2} buffers after a header whose "
                             "parts are in shared memory")
