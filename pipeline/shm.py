@@ -193,6 +193,7 @@ class SlotRing:
         self._next = 0
         self.inline = 0  # frames sent in the message because every slot was leased
         self.reclaimed = 0  # slots taken back from receivers that went away
+        self._refused = 0  # the slot size the shm folder had no room for (0: none refused)
         _warm_atomics()
 
     def _make(self, slot_bytes: int) -> None:
@@ -202,6 +203,11 @@ class SlotRing:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, slot_bytes * self.slots)
+            if hasattr(os, "posix_fallocate"):
+                # Reserve the pages now: a sparse file that the tmpfs cannot back (Docker's
+                # /dev/shm is 64 MB by default) would kill the sender with SIGBUS on the
+                # first write past the limit; this raises ENOSPC instead.
+                os.posix_fallocate(fd, 0, slot_bytes * self.slots)
             self._map = mmap.mmap(fd, slot_bytes * self.slots)
         except OSError:
             path.unlink(missing_ok=True)
@@ -295,7 +301,19 @@ class SlotRing:
         sizes = [a.nbytes for a in arrays]
         need = SLOT_HEADER + sum(_align(n) for n in sizes)
         if need > self.slot_bytes:
-            self._make(_align(need, PAGE))
+            if self._refused and need >= self._refused:
+                self.inline += 1
+                return None
+            try:
+                self._make(_align(need, PAGE))
+            except OSError as exc:
+                self._refused = need
+                self.inline += 1
+                logger.warning("shared memory: a ring of {} x {:.1f} MB does not fit in {} "
+                               "({}); frames go in the messages, as over ipc://. Give it "
+                               "room (docker run --shm-size=...) or use ipc://", self.slots,
+                               _align(need, PAGE) / 1e6, self.folder, exc.strerror)
+                return None
         claimed = self._claim_slot()
         if claimed is None:
             self.inline += 1

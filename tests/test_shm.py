@@ -142,6 +142,22 @@ def test_a_receiver_lets_go_of_the_rings_of_senders_that_closed(tmp_path):
     assert len(reader._maps) == 1, "the closed senders' rings are no longer mapped"
 
 
+def test_a_shm_folder_without_room_sends_frames_inline_instead_of_crashing(tmp_path,
+                                                                          monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # Docker's 64 MB /dev/shm, say
+    ring = shm.SlotRing(2, folder=tmp_path)
+    message = wire.encode(_frame(4), ("image", "labels"), ring=ring)
+    assert len(message) == 4 and "shm" not in wire.header_of(message)  # in the message
+    assert wire.encode(_frame(5), ("image",), ring=ring)[2] is not None
+    assert ring.inline == 2 and not list(tmp_path.iterdir()), "no file left half-made"
+    received = [part if isinstance(part, bytes) else part.tobytes() for part in message]
+    frame = wire.decode(received, shm=shm.SlotReader(folder=tmp_path))
+    assert frame.lease is None and (frame.image == 4).all()
+
+
 def test_receivers_open_only_orstream_rings_of_this_user(tmp_path):
     ring, reader = shm.SlotRing(2, folder=tmp_path), shm.SlotReader(folder=tmp_path)
     (tmp_path / "orstream-1-0123456789abcdef").symlink_to("/etc/hostname")
