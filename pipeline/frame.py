@@ -41,8 +41,9 @@ class Frame:
     # Not on the wire: how far this host moved the frame's monotonic times on receipt
     # (0: sent from this host). Non-zero latencies are only as good as the hosts' clock sync.
     clock_shift_ns: int = 0
-    # Not on the wire: set while the parts are still views of a sender's shared-memory slot
-    # (pipeline/shm.py); the receiver copies them out and clears it before handing it on.
+    # Not on the wire: set while the parts are unleased views of a sender's shared-memory
+    # slot (pipeline/shm.py); the receiver leases the slot (or copies) and clears it before
+    # handing the frame on.
     lease: Any = None
 
     @classmethod

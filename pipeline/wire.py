@@ -199,7 +199,7 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
     are used as they are (np.frombuffer keeps the Frame, and so the received bytes, alive).
     A message whose parts are in shared memory is accepted only with `shm` (the receivers of
     shm:// endpoints): its arrays are then views of the sender's slot and `frame.lease` says
-    which; the receiver copies them out with SlotReader.claim before anyone else sees them."""
+    which; the receiver makes them safe with SlotReader.claim (a lease, or a copy) first."""
     if len(message) < 2:
         raise WireError("bad_framing", f"{len(message)} frames, need topic and header")
     total = sum(map(len, message))
