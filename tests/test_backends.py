@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +63,25 @@ def test_cuda_fp16_agrees_with_cpu_fp32():
     cpu = TorchSegmenter(checkpoint, "fp32")(_image())
     gpu = TorchSegmenter(checkpoint, "fp16", device="cuda")(_image())
     assert (cpu == gpu).mean() > 0.95
+
+
+# `import openvino` reports itself to Google Analytics by default: a process forked from
+# the importing thread posts to the network and a client id lands in ~/intel. A stage
+# thread importing the backend must do neither.
+def test_loading_openvino_phones_nobody(tmp_path):
+    pytest.importorskip("openvino")
+    probe = (
+        "import os, sys, time\n"
+        "forks = []\n"
+        "os.register_at_fork(before=lambda: forks.append(1))\n"
+        "from engines.backends.openvino_backend import _ov\n"
+        "_ov().Core()\n"
+        "time.sleep(1.0)\n"  # the report goes from a thread pool: give it time to fork
+        "print(len(forks), 'openvino_telemetry' in sys.modules"
+        " and sys.modules['openvino_telemetry'] is not None)\n")
+    env = {**os.environ, "HOME": str(tmp_path), "CI": "", "TF_BUILD": "", "JENKINS_URL": ""}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "False"], out.stdout  # no fork, no telemetry module
+    assert not (tmp_path / "intel").exists()  # no client id written

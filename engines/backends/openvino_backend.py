@@ -7,6 +7,7 @@ AVX2-only machine.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -33,6 +34,13 @@ _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 
 
 def _ov():
+    # `import openvino` reports itself to Google Analytics unless the user opted out: a
+    # process forked from the importing thread (a stage thread, with TBB loaded: unsafe)
+    # posts to the network and a client id is written under ~/intel. Neither belongs in an
+    # operating room, nor in a start-up a killed recording pays for. OpenVINO falls back to
+    # its own no-op stub when openvino_telemetry cannot be imported, which a None entry in
+    # sys.modules makes so: for this process only, the user's consent file left alone.
+    sys.modules.setdefault("openvino_telemetry", None)
     return import_backend("openvino", "openvino", "onnxruntime or torch")
 
 
