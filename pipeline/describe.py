@@ -41,7 +41,12 @@ ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unr
 ASK_WAIT_S = 4.0  # the REP side gives up on the describe thread after this (`ask`: 5 s)
 WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
 WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
+STOP_WAIT_S = 2.0  # a stopping worker gets this long to exit before it is killed
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DescribeStopped(Exception):
+    """The pipeline is stopping: a wait for the worker was given up (not a failure)."""
 
 
 class Describes(Protocol):
@@ -53,10 +58,14 @@ class RemoteDescriber:
     """The VLM in its own process, with the Describer's two calls. The frame is shrunk to
     the model's input here (a 1080p frame would be 6 MB to send; its input is 60 KB)."""
 
-    def __init__(self, cfg: DescribeConfig) -> None:
+    def __init__(self, cfg: DescribeConfig, stop: threading.Event | None = None) -> None:
         from engines.vlm.preprocess import prepare_image
 
         self._prepare = prepare_image
+        # Set when the pipeline stops: a wait for the worker ends at once. The worker runs
+        # at idle priority, so on a saturated CPU its reply can be seconds away, and Ctrl-C
+        # must not wait for it.
+        self._stop = stop or threading.Event()
         self._dir = Path(tempfile.mkdtemp(prefix="orstream-describe-"))
         endpoint = f"ipc://{self._dir}/vlm"
         self._socket = context().socket(zmq.PAIR)
@@ -70,7 +79,11 @@ class RemoteDescriber:
         self._log = (self._dir / "worker.log").open("wb")
         self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._log,
                                       cwd=REPO_ROOT)
-        hello = self._reply(WORKER_START_S, "start")
+        try:
+            hello = self._reply(WORKER_START_S, "start")
+        except BaseException:
+            self.close()  # no worker left behind, whatever cut the start short
+            raise
         if "error" in hello:
             self.close()
             raise RuntimeError(hello["error"])
@@ -79,7 +92,9 @@ class RemoteDescriber:
 
     def _reply(self, timeout_s: float, what: str) -> dict:
         deadline = time.monotonic() + timeout_s
-        while not self._socket.poll(200):
+        while not self._socket.poll(50):
+            if self._stop.is_set():
+                raise DescribeStopped(f"stopping during the describe worker's {what}")
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the describe worker exited ({self._proc.returncode}) "
                                    f"during {what}: {self._tail()}")
@@ -112,7 +127,9 @@ class RemoteDescriber:
             with contextlib.suppress(zmq.ZMQError):  # it may be gone already
                 self._socket.send(json.dumps({"op": "stop"}).encode(), zmq.NOBLOCK)
             try:
-                self._proc.wait(5)
+                # It exits at once when it has the CPU; one still busy (or starved at idle
+                # priority) holds nothing worth waiting for: a caption in progress.
+                self._proc.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
@@ -205,11 +222,14 @@ class DescribeWorker:
     # ------------------------------------------------------------------ describe thread
 
     def _load(self) -> Describes:
-        return RemoteDescriber(self.cfg)
+        return RemoteDescriber(self.cfg, self._stop)
 
     def _run(self) -> None:
         try:
             describer = self._load()
+        except DescribeStopped:
+            self._ready.set()
+            return
         except Exception as exc:  # noqa: BLE001 - reported; the frame path runs on
             self._failed = exc
             logger.error("describe: cannot load the VLM ({}); no captions this run", exc)
@@ -221,6 +241,8 @@ class DescribeWorker:
                     self._rate_text())
         try:
             self._loop(describer)
+        except DescribeStopped:
+            pass
         except Exception as exc:  # noqa: BLE001 - captions stop; frames never did
             self._failed = exc
             logger.error("describe: stopped ({}); the frame path goes on without captions",

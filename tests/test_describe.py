@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +189,41 @@ def test_the_exported_vlm_captions_exactly_like_eager_in_the_worker():
         worker.close()
     assert worker.latest().text == Describer.load().caption(image)
     assert worker.latest().text  # the shipped model says something about this scene
+
+
+def _describe_worker_pids() -> list[int]:
+    """Child processes of this one running pipeline.describe_worker."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        if ppid == os.getpid() and b"pipeline.describe_worker" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+# At idle priority on a saturated CPU the VLM's process can go seconds without running:
+# Ctrl-C must not wait for the caption it owes (it took 10 s before the stop cut it short).
+def test_stopping_never_waits_for_a_starved_describe_worker(vlm_weights):
+    cfg = _config(vlm_weights, "publish.endpoint=null", "describe.every_frames=1")
+    worker = DescribeWorker(cfg.describe)
+    worker.start()
+    _until(worker._ready.is_set)
+    (pid,) = _describe_worker_pids()
+    os.kill(pid, signal.SIGSTOP)  # starved: it will not answer
+    try:
+        worker.offer(Frame.capture("or-1", 0, np.zeros((360, 640, 3), np.uint8)))
+        time.sleep(0.5)  # the caption request is out, its reply never comes
+        t0 = time.monotonic()
+        worker.close()
+        took = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert took < 5.0, f"close took {took:.1f} s"
+    assert _describe_worker_pids() == []  # the worker was ended, not left behind
+    assert worker._failed is None  # a stop, not a failure
+    assert not any(t.is_alive() for t in worker._threads)
