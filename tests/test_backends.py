@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def test_cuda_fp16_agrees_with_cpu_fp32():
 # the importing thread posts to the network and a client id lands in ~/intel. A stage
 # thread importing the backend must do neither.
 def test_loading_openvino_phones_nobody(tmp_path):
-    pytest.importorskip("openvino")
+    if importlib.util.find_spec("openvino") is None:  # importing it here would report it
+        pytest.skip("openvino is not installed")
     probe = (
         "import os, sys, time\n"
         "forks = []\n"
