@@ -136,7 +136,11 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
 
     keep_frame_memory()  # freed frames stay in the process: no page faults per frame
 
-    cfg = load_config(args.config, args.set, publish__endpoint=args.publish,
+    overrides, publish = list(args.set), args.publish
+    if publish is not None and publish.lower() in ("null", "none"):
+        overrides.append("publish.endpoint=null")  # as in the YAML: no publisher
+        publish = None
+    cfg = load_config(args.config, overrides, publish__endpoint=publish,
                       record__path=args.record, **source)
     stages = args.stages.split(",") if getattr(args, "stages", None) else None
     try:
@@ -298,7 +302,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         help="pipeline YAML (default configs/pipeline.yaml)")
     parser.add_argument("--frames", type=int, help="stop after N rendered frames")
     parser.add_argument("--publish",
-                        help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600")
+                        help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600; "
+                             "null: no publisher")
     parser.add_argument("--record", type=Path, help="record the overlay to this .mp4 or .ts")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set render.alpha=0.6 "

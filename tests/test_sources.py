@@ -295,7 +295,7 @@ def test_replay_command_runs_the_pipeline_with_the_run_options(tmp_path, clip, c
     out = tmp_path / "overlay.mp4"
     code = main(["replay", str(clip), "--mode", "lossless", "--start", "1", "--frames", "8",
                  "--record", str(out), "--set", f"segment.weights={weights()}",
-                 "--set", "segment.threads=1", "--set", "publish.endpoint=null"])
+                 "--set", "segment.threads=1", "--publish", "null"])
     assert code == 0
     assert len(reference(out)) == 8
     # Lossless replay runs as fast as the model allows, yet the recording keeps the
