@@ -541,5 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console() -> None:
+    """The `orstream` command: main(), then a quick exit (pipeline/quick_exit.py)."""
+    from pipeline.quick_exit import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

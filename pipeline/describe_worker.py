@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 # Before torch loads: an idle wait, not OpenMP spinning on cores the frame path needs.
@@ -65,6 +64,7 @@ def serve(endpoint: str, weights: str | None, threads: int, max_new_tokens: int,
                                          max_new_tokens=max_new_tokens, backend=backend)
     except Exception as exc:  # noqa: BLE001 - reported to the pipeline, which logs it
         socket.send(json.dumps({"error": f"{exc.__class__.__name__}: {exc}"}).encode())
+        socket.close(linger=2000)  # delivered before the process goes (it exits at once)
         return 1
     h, w = describer.input_size
     socket.send(json.dumps({"ready": True, "input_size": [h, w], "priority": got}).encode())
@@ -108,4 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.quick_exit import exit_now
+
+    exit_now(main())  # 1.1 s of torch teardown saved on every stop
