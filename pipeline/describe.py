@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from loguru import logger
 
 from pipeline.config import DescribeConfig
 from pipeline.frame import Caption, Frame
+from pipeline.shm import pid_alive
 from pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
@@ -43,6 +45,26 @@ WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
 WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
 STOP_WAIT_S = 2.0  # a stopping worker gets this long to exit before it is killed
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+DIR_PREFIX = "orstream-describe-"
+
+
+def sweep_stale_dirs(folder: Path | None = None) -> int:
+    """Remove the describe folders of this user whose pipeline no longer runs. Returns how
+    many went."""
+    removed = 0
+    for path in (folder or Path(tempfile.gettempdir())).glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
+        try:
+            if (not pid.isdigit() or path.is_symlink() or path.stat().st_uid != os.getuid()
+                    or pid_alive(int(pid))):
+                continue
+            shutil.rmtree(path)
+            removed += 1
+        except OSError:
+            continue  # another start swept it first
+    return removed
 
 
 class DescribeStopped(Exception):
@@ -66,7 +88,10 @@ class RemoteDescriber:
         # at idle priority, so on a saturated CPU its reply can be seconds away, and Ctrl-C
         # must not wait for it.
         self._stop = stop or threading.Event()
-        self._dir = Path(tempfile.mkdtemp(prefix="orstream-describe-"))
+        sweep_stale_dirs()
+        # The pid in the name: a pipeline killed with SIGKILL leaves its folder (the
+        # worker's log), and the next start removes it once that pid is gone.
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         endpoint = f"ipc://{self._dir}/vlm"
         self._socket = context().socket(zmq.PAIR)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -205,10 +230,16 @@ class DescribeWorker:
         for t in self._threads:
             t.start()
 
+    def stop(self) -> None:
+        """Begin stopping, without waiting: the model's process winds down while the frame
+        path drains. Idempotent; close() finishes the job."""
+        if not self._stop.is_set():
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
+
     def close(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self.stop()
         for t in self._threads:
             t.join(timeout_s)
         if self._socket is not None:

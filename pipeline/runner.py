@@ -455,11 +455,15 @@ class Pipeline:
                     self._settled.set()  # capture may start
                 if self.abort.wait(0.02 if not self._settled.is_set() else 0.1):
                     break
+                if self.stop_requested.is_set() and self._describe is not None:
+                    self._describe.stop()  # captions end while the frame path drains
                 if self.status_every_s and time.monotonic() >= next_status:
                     next_status += self.status_every_s
                     self._log_status()
         finally:
             self.stop_requested.set()
+            if self._describe is not None:
+                self._describe.stop()
             stuck = []
             for t in threads:
                 t.join(JOIN_TIMEOUT_S)

@@ -139,7 +139,8 @@ def _align(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (of any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -159,7 +160,7 @@ def sweep_stale(folder: Path | None = None) -> int:
         if match is None:
             continue
         try:
-            if path.stat().st_uid != os.getuid() or _alive(int(match.group(1))):
+            if path.stat().st_uid != os.getuid() or pid_alive(int(match.group(1))):
                 continue
             path.unlink()
             removed += 1
@@ -234,7 +235,7 @@ class SlotRing:
             pid = int(words[base + i])
             if pid == 0:
                 continue
-            if _alive(pid):
+            if pid_alive(pid):
                 held = True
             elif compare_and_swap(words, base + i, pid, 0):
                 self.reclaimed += 1

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -227,3 +229,34 @@ def test_stopping_never_waits_for_a_starved_describe_worker(vlm_weights):
     assert _describe_worker_pids() == []  # the worker was ended, not left behind
     assert worker._failed is None  # a stop, not a failure
     assert not any(t.is_alive() for t in worker._threads)
+
+
+def test_a_vlm_that_cannot_load_is_reported_with_the_workers_reason(tmp_path):
+    bad = tmp_path / "not_a_vlm.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    cfg = load_config(None, ["describe.enabled=true", f"describe.weights={bad}",
+                             "describe.ask_endpoint=null"]).describe
+    worker = DescribeWorker(cfg)
+    worker.start()
+    try:
+        _until(worker._ready.is_set)
+    finally:
+        worker.close()
+    # The worker's own words, not just "it exited": it sends them and exits at once.
+    assert worker._failed is not None and "not_a_vlm.pt" in str(worker._failed), worker._failed
+    assert _describe_worker_pids() == []
+
+
+def test_folders_of_killed_pipelines_are_swept_and_live_ones_kept(tmp_path):
+    from pipeline.describe import DIR_PREFIX, sweep_stale_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs (a pipeline killed with SIGKILL)
+    dead = tmp_path / f"{DIR_PREFIX}{gone.pid}-abc123"
+    live = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def456"
+    other = tmp_path / f"{DIR_PREFIX}notapid"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "worker.log").write_text("log")
+    assert sweep_stale_dirs(tmp_path) == 1
+    assert not dead.exists() and live.exists() and other.exists()
