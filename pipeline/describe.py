@@ -43,7 +43,7 @@ ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unr
 ASK_WAIT_S = 4.0  # the REP side gives up on the describe thread after this (`ask`: 5 s)
 WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
 WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
-STOP_WAIT_S = 2.0  # a stopping worker gets this long to exit before it is killed
+STOP_WAIT_S = 1.0  # a stopping worker gets this long to exit before it is killed
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,6 +88,7 @@ class RemoteDescriber:
         # at idle priority, so on a saturated CPU its reply can be seconds away, and Ctrl-C
         # must not wait for it.
         self._stop = stop or threading.Event()
+        self.input_size: tuple[int, ...] = ()  # from the worker's hello
         sweep_stale_dirs()
         # The pid in the name: a pipeline killed with SIGKILL leaves its folder (the
         # worker's log), and the next start removes it once that pid is gone.
@@ -151,10 +152,11 @@ class RemoteDescriber:
         if self._proc.poll() is None:
             with contextlib.suppress(zmq.ZMQError):  # it may be gone already
                 self._socket.send(json.dumps({"op": "stop"}).encode(), zmq.NOBLOCK)
+            # A worker that said hello reads the stop and exits at once when it has the
+            # CPU; one still loading (at idle priority beside a busy frame path that can
+            # take many seconds) never reads it. Neither holds anything worth waiting for.
             try:
-                # It exits at once when it has the CPU; one still busy (or starved at idle
-                # priority) holds nothing worth waiting for: a caption in progress.
-                self._proc.wait(STOP_WAIT_S)
+                self._proc.wait(STOP_WAIT_S if self.input_size else 0)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()

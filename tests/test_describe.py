@@ -260,3 +260,19 @@ def test_folders_of_killed_pipelines_are_swept_and_live_ones_kept(tmp_path):
         (folder / "worker.log").write_text("log")
     assert sweep_stale_dirs(tmp_path) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+# Beside a busy frame path the idle-priority worker can take many seconds to load; a stop
+# in that time must not wait for a worker that cannot read the stop message yet.
+def test_stopping_while_the_worker_still_loads_ends_it_at_once(vlm_weights):
+    cfg = _config(vlm_weights, "publish.endpoint=null")
+    worker = DescribeWorker(cfg.describe)
+    worker.start()
+    _until(lambda: _describe_worker_pids() != [], 30)
+    time.sleep(0.2)  # importing torch takes seconds: still loading
+    assert not worker._ready.is_set()
+    t0 = time.monotonic()
+    worker.close()
+    took = time.monotonic() - t0
+    assert took < 1.5, f"close took {took:.1f} s"
+    assert _describe_worker_pids() == [] and worker._failed is None
