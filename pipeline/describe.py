@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from loguru import logger
 
 from pipeline.config import DescribeConfig
 from pipeline.frame import Caption, Frame
-from pipeline.shm import pid_alive
+from pipeline.leftovers import sweep_dead
 from pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
@@ -50,21 +51,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DIR_PREFIX = "orstream-describe-"
 
 
+_DIR_NAME = re.compile(re.escape(DIR_PREFIX) + r"([0-9]{1,10})-\w+")
+
+
 def sweep_stale_dirs(folder: Path | None = None) -> int:
     """Remove the describe folders of this user whose pipeline no longer runs. Returns how
     many went."""
-    removed = 0
-    for path in (folder or Path(tempfile.gettempdir())).glob(f"{DIR_PREFIX}*-*"):
-        pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
-        try:
-            if (not pid.isdigit() or path.is_symlink() or path.stat().st_uid != os.getuid()
-                    or pid_alive(int(pid))):
-                continue
-            shutil.rmtree(path)
-            removed += 1
-        except OSError:
-            continue  # another start swept it first
-    return removed
+    return sweep_dead(folder or Path(tempfile.gettempdir()), f"{DIR_PREFIX}*", _DIR_NAME,
+                      shutil.rmtree)
 
 
 class DescribeStopped(Exception):

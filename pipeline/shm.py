@@ -49,6 +49,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from pipeline.leftovers import pid_alive, sweep_dead
+
 SLOT_HEADER = 64  # bytes before a slot's first part
 STAMP, TAKEN, LEASES = 0, 1, range(2, 8)  # the slot header's u64 words
 ALIGN = 64  # parts start on cache lines
@@ -139,34 +141,10 @@ def _align(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (of any user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(folder: Path | None = None) -> int:
     """Delete ring files left by senders that died without closing (SIGKILL): files of this
     user whose sender pid no longer runs. Returns how many went."""
-    folder = folder or directory()
-    removed = 0
-    for path in folder.glob(f"{FILE_PREFIX}*"):
-        match = _NAME.fullmatch(path.name)
-        if match is None:
-            continue
-        try:
-            if path.stat().st_uid != os.getuid() or pid_alive(int(match.group(1))):
-                continue
-            path.unlink()
-            removed += 1
-        except OSError:
-            continue  # another process swept it first, or it is not ours to remove
-    return removed
+    return sweep_dead(folder or directory(), f"{FILE_PREFIX}*", _NAME, Path.unlink)
 
 
 # ----------------------------------------------------------------- sender
