@@ -2,7 +2,7 @@
 the picture and the mask-only stream's encoding, beside a plain copy of the frame (the floor
 any per-frame work is compared with), all measured in this process.
 
-    python -m benchmarks.codecs [--frames 60] [--repeat 5] [--out ...]
+    python -m orstream.benchmarks.codecs [--frames 60] [--repeat 5] [--out ...]
 
 Label maps are the synthetic generator's ground truth (types, 256x320 over the EndoVis crop of
 a 1080p picture), so the runs and outlines are those of real scenes.
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from benchmarks.common import machine, stats, table, write_json
-from pipeline import masks, timecode
-from pipeline.frame import Frame
-from pipeline.stages import class_table, endovis_region
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.benchmarks.common import machine, stats, table, write_json
+from orstream.pipeline import masks, timecode
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.stages import class_table, endovis_region
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 
 def _frames(count: int) -> list[Frame]:

@@ -13,7 +13,7 @@ import numpy as np
 
 
 def cpu_model() -> str:
-    from engines.backends.base import cpu_name
+    from orstream.engines.backends.base import cpu_name
 
     return cpu_name()
 
@@ -21,8 +21,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     import cv2
     import torch
-
-    from engines.backends.base import cpu_isa
+    from orstream.engines.backends.base import cpu_isa
 
     return {
         "cpu": cpu_model(),

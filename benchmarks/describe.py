@@ -1,6 +1,6 @@
 """What the describe stage costs the frame path, and how fast `orstream ask` answers.
 
-    python -m benchmarks.describe [--rounds 3] [--frames 300] [--interval 1.0]
+    python -m orstream.benchmarks.describe [--rounds 3] [--frames 300] [--interval 1.0]
                                   [--set KEY=VALUE] [--out ...]
 
 The default live pipeline (synthetic 1080p30, the shipped U-Net on the auto engine) runs
@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.common import free_port, machine, stats, table, write_json
-from pipeline.capture import keep_frame_memory
-from pipeline.config import load_config
-from pipeline.describe import ask
-from pipeline.runner import Pipeline
+from orstream.benchmarks.common import free_port, machine, stats, table, write_json
+from orstream.pipeline.capture import keep_frame_memory
+from orstream.pipeline.config import load_config
+from orstream.pipeline.describe import ask
+from orstream.pipeline.runner import Pipeline
 
 QUESTIONS = ("is there smoke?", "which instruments are visible?", "how many instruments?")
 

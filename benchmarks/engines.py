@@ -1,7 +1,7 @@
 """Inference engines on this machine: latency per model variant x backend x precision x input
 size, and the speedup over eager fp32 NCHW measured in the same run.
 
-    python -m benchmarks.engines [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
+    python -m orstream.benchmarks.engines [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
                                  [--backends torch,compile,onnxruntime,openvino]
                                  [--rounds 5] [--iters 20] [--idle-ms 0] [--out ...]
 
@@ -25,14 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from engines import checkpoint as ckpt
-from engines.backends import BACKENDS, BackendError
-from engines.cache import EngineCache
-from engines.export import load_engine
-from engines.registry import build_model, model_config
-from training.classes import CLASSES
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import BACKENDS, BackendError
+from orstream.engines.cache import EngineCache
+from orstream.engines.export import load_engine
+from orstream.engines.registry import build_model, model_config
+from orstream.training.classes import CLASSES
 
 # (backend, precision) pairs tried per device; unservable ones are listed as skipped, with why.
 CANDIDATES = {
@@ -108,7 +107,7 @@ def measure(variant: str, size: tuple[int, int], device: str, backends: list[str
 
 def preprocess_rows(size: tuple[int, int], iters: int) -> list[dict]:
     """1080p RGB frame -> model input, three ways."""
-    from pipeline.stages import endovis_region
+    from orstream.pipeline.stages import endovis_region
 
     frame = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
     y, x, h, w = endovis_region(1080, 1920)

@@ -15,6 +15,6 @@ assert torch.cuda.is_available(), "no CUDA device visible to torch: nothing to c
 print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 PY
 python -m pytest -q -m cuda -rs 2>&1 | tee "$out/cuda_tests.txt"
-python -m benchmarks.engines --devices cuda --variants unet_xs,unet_s \
+python -m orstream.benchmarks.engines --devices cuda --variants unet_xs,unet_s \
     --sizes 512x640,1024x1280 --backends torch,compile,tensorrt --rounds 3 --iters 30 \
     --out "$out" 2>&1 | tee "$out/engines.txt"

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 from loguru import logger
-
-from benchmarks.profiles import Profile, detect_device, load_profile, matches
-from pipeline.config import PipelineConfig, load_config
+from orstream.benchmarks.profiles import Profile, detect_device, load_profile, matches
+from orstream.pipeline.config import PipelineConfig, load_config
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
 
@@ -58,8 +57,8 @@ def _engine_info(cfg: PipelineConfig) -> dict[str, Any]:
     from the frames' latency."""
     if not cfg.segment.enabled:
         return {"backend": None, "note": "segmentation off"}
-    from engines.cache import EngineCache, file_sha256
-    from engines.export import export_engine, resolve
+    from orstream.engines.cache import EngineCache, file_sha256
+    from orstream.engines.export import export_engine, resolve
 
     seg = cfg.segment
     chosen = resolve(seg.backend, seg.precision, seg.device, seg.auto_backends.get(seg.device))
@@ -79,7 +78,7 @@ def _engine_info(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, frames: int, warmup: int) -> BenchRun:
-    from pipeline.runner import Pipeline
+    from orstream.pipeline.runner import Pipeline
 
     bench = BenchRun(engine=_engine_info(cfg))
     lock = threading.Lock()
@@ -239,7 +238,7 @@ def bench(source: str, config: Path | None = None, mode: str | None = None,
     })
     report["budget"] = judge(report, profile)
     if peers:
-        from benchmarks.peers import floors
+        from orstream.benchmarks.peers import floors
 
         report["floors"] = floors(cfg.source.spec, (cfg.source.height, cfg.source.width),
                                   cfg.source.fps)
@@ -250,7 +249,7 @@ def bench(source: str, config: Path | None = None, mode: str | None = None,
 
 
 def _jitter_note(floor_rows: list[dict[str, Any]], budget: dict[str, Any]) -> str | None:
-    from benchmarks.peers import NOISY_HOST_RATIO
+    from orstream.benchmarks.peers import NOISY_HOST_RATIO
 
     jitter = next((f for f in floor_rows if "p99_over_p50" in f), None)
     if jitter is None or jitter["p99_over_p50"] < NOISY_HOST_RATIO:
@@ -271,7 +270,7 @@ def bench_command(source: str, out: Path, config: Path | None = None, mode: str 
     line names the stage and figure); usage errors raise before anything runs."""
     import json
 
-    from benchmarks.report import compare, write
+    from orstream.benchmarks.report import compare, write
 
     old = None
     if baseline is not None:

@@ -1,6 +1,6 @@
 """INT8 against fp32 of the same backend, on the same frames, in the same run.
 
-    python -m benchmarks.int8 [--backends onnxruntime,openvino] [--calib FILE]
+    python -m orstream.benchmarks.int8 [--backends onnxruntime,openvino] [--calib FILE]
                               [--frames 300] [--rounds 5] [--iters 20] [--out benchmarks/results]
 
 Builds (through the accuracy gate, into a throwaway cache) the INT8 engine of each backend
@@ -18,14 +18,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from calibration.build import GateRefused, build_int8
-from calibration.gate import judge
-from calibration.sets import collect, load_set
-from engines import checkpoint as ckpt
-from engines.cache import EngineCache
-from engines.export import load_engine
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.calibration.build import GateRefused, build_int8
+from orstream.calibration.gate import judge
+from orstream.calibration.sets import collect, load_set
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.cache import EngineCache
+from orstream.engines.export import load_engine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Start and stop of `orstream run` as the operating room lives them: how soon the
 recording starts, what a SIGKILL leaves, how soon Ctrl-C gives the terminal back.
 
-    python -m benchmarks.lifecycle [--runs 3] [--kill-after 5] [--stop-after 10] [--out DIR]
+    python -m orstream.benchmarks.lifecycle [--runs 3] [--kill-after 5] [--stop-after 10]
+                                            [--out DIR]
 
 Each run, in this order, so that load from elsewhere hits every row alike:
 
@@ -30,11 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.common import free_port, machine, table, write_json
+from orstream.benchmarks.common import free_port, machine, table, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ORSTREAM = [sys.executable, "-m", "pipeline.cli"]
+ORSTREAM = [sys.executable, "-m", "orstream.pipeline.cli"]
 FLOOR_IMPORTS = "import numpy, cv2, av, zmq"
 PLAYABLE_TARGET_S = 4.0  # the issue's, for a kill 5 s after launch
 

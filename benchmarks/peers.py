@@ -1,7 +1,7 @@
 """Floors, measured in the same run as what they bound: how fast the hardware and the
 simplest peer move or decode one frame, so a report says how far each stage is from them.
 
-    python -m benchmarks.peers [--source PATH|synthetic] [--out benchmarks/results]
+    python -m orstream.benchmarks.peers [--source PATH|synthetic] [--out benchmarks/results]
 
 - memcpy of one frame (the floor of any hop);
 - raw PyAV decode + RGB conversion of the same file (the floor of capture), when the
@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from benchmarks.common import stats, time_calls, write_json
+from orstream.benchmarks.common import stats, time_calls, write_json
 
 
 def memcpy_floor(shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def decode_floor(path: Path, limit: int = 300) -> dict[str, Any]:
 
 
 def imagezmq_floor(shape: tuple[int, int, int], frames: int = 90) -> dict[str, Any]:
-    from benchmarks.transport import imagezmq_row
+    from orstream.benchmarks.transport import imagezmq_row
 
     with tempfile.TemporaryDirectory() as tmp:
         row = imagezmq_row(f"ipc://{tmp}/peer", shape, frames, 30.0, warmup=10)

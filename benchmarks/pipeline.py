@@ -1,7 +1,7 @@
 """The default pipeline on the 1080p30 synthetic feed: sustained rate, end-to-end latency and
 the per-stage breakdown, read off every frame's trace.
 
-    python -m benchmarks.pipeline [--frames 300] [--warmup 30] [--set KEY=VALUE ...]
+    python -m orstream.benchmarks.pipeline [--frames 300] [--warmup 30] [--set KEY=VALUE ...]
                                   [--out benchmarks/results]
 
 Targets on a 2-core CPU: 30 fps sustained, end-to-end p50 <= 33 ms and p99 <= 50 ms. The
@@ -17,19 +17,18 @@ import argparse
 import sys
 from pathlib import Path
 
-# Run as a file, this folder comes first on sys.path and this very module would shadow the
-# `pipeline` package: take the folder off (`python -m benchmarks.pipeline` needs no help).
+# Run as a file, this folder comes first on sys.path, where a module of the same name as a
+# library's (codecs.py) would shadow it: take the folder off (`python -m` needs no help).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import numpy as np  # noqa: E402
-
-from benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
-from benchmarks.peers import NOISY_HOST_RATIO, jitter_floor  # noqa: E402
-from engines import checkpoint as ckpt  # noqa: E402
-from engines.cache import EngineCache  # noqa: E402
-from engines.export import load_engine, resolve  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runner import Pipeline  # noqa: E402
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
+from orstream.benchmarks.peers import NOISY_HOST_RATIO, jitter_floor  # noqa: E402
+from orstream.engines import checkpoint as ckpt  # noqa: E402
+from orstream.engines.cache import EngineCache  # noqa: E402
+from orstream.engines.export import load_engine, resolve  # noqa: E402
+from orstream.pipeline.config import load_config  # noqa: E402
+from orstream.pipeline.runner import Pipeline  # noqa: E402
 
 
 def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:
@@ -46,7 +45,7 @@ def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:
 
 
 def run(frames: int, warmup: int, overrides: list[str]) -> dict:
-    from pipeline.capture import keep_frame_memory
+    from orstream.pipeline.capture import keep_frame_memory
 
     keep_frame_memory()  # as `orstream run` does
     cfg = load_config(None, overrides)

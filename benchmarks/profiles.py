@@ -46,7 +46,7 @@ class Profile(_Strict):
 
 def detect_device() -> dict[str, Any]:
     """What this process runs on: a Jetson (its model), a CUDA GPU (its name), or the CPU."""
-    from engines.backends.base import cpu_isa, cpu_name
+    from orstream.engines.backends.base import cpu_isa, cpu_name
 
     isa = " ".join(cpu_isa())  # what the CPU kernels can use: one model name hides several
     tegra = Path("/etc/nv_tegra_release")

@@ -1,6 +1,6 @@
 """Replay capture overhead and decoder threading, against raw PyAV decode of the same file.
 
-    python -m benchmarks.replay [--seconds 10] [--repeats 5] [--live-frames 90]
+    python -m orstream.benchmarks.replay [--seconds 10] [--repeats 5] [--live-frames 90]
                                 [--clip PATH] [--out benchmarks/results] [--default-malloc]
 
 All in one run, on one 1080p H.264 clip made by the project's synthetic writer
@@ -38,19 +38,18 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-# Run as a file, this folder comes first on sys.path and benchmarks/pipeline.py would shadow
-# the `pipeline` package: take the folder off (`python -m benchmarks.replay` needs no help).
+# Run as a file, this folder comes first on sys.path, where a module of the same name as a
+# library's (codecs.py) would shadow it: take the folder off (`python -m` needs no help).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 from loguru import logger  # noqa: E402
-
-from benchmarks.common import machine, stats, table, write_json  # noqa: E402
-from pipeline.capture import CaptureThread, keep_frame_memory  # noqa: E402
-from pipeline.config import SourceConfig, load_config  # noqa: E402
-from pipeline.runner import Pipeline  # noqa: E402
-from pipeline.sources import DECODER_DEFAULTS, VideoFileSource  # noqa: E402
+from orstream.benchmarks.common import machine, stats, table, write_json  # noqa: E402
+from orstream.pipeline.capture import CaptureThread, keep_frame_memory  # noqa: E402
+from orstream.pipeline.config import SourceConfig, load_config  # noqa: E402
+from orstream.pipeline.runner import Pipeline  # noqa: E402
+from orstream.pipeline.sources import DECODER_DEFAULTS, VideoFileSource  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
 PIPELINE_ROW = "pipeline, segmentation off (capture, render, null sink)"
@@ -58,7 +57,7 @@ LIVE_FPS = 30.0
 
 
 def make_clip(path: Path, seconds: float) -> Path:
-    from training.synth.writers import write_video
+    from orstream.training.synth.writers import write_video
 
     if path.is_file():
         return path

@@ -1,7 +1,7 @@
 """Scale-out on this machine: frames per second with 1 and 2 segment worker processes, and the
 bytes per frame of the mask-only stream against the full overlay stream.
 
-    python -m benchmarks.scaleout [--workers 1,2] [--rounds 2] [--seconds 12] [--threads 1]
+    python -m orstream.benchmarks.scaleout [--workers 1,2] [--rounds 2] [--seconds 12] [--threads 1]
                                   [--backend torch] [--size 640x360] [--out ...]
 
 Workers: this process runs capture and render (`stages` capture,render); each worker is an
@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from benchmarks.common import machine, table, write_json
-from pipeline.config import load_config
-from pipeline.runner import Pipeline
+from orstream.benchmarks.common import machine, table, write_json
+from orstream.pipeline.config import load_config
+from orstream.pipeline.runner import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +69,7 @@ def _throughput(config: Path, workers: int, threads: int, seconds: float,
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config",
+    procs = [subprocess.Popen([sys.executable, "-m", "orstream.pipeline.cli", "run", "--config",
                                str(config), "--stages", "segment"], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for _ in range(workers)]
@@ -107,8 +106,7 @@ def _throughput(config: Path, workers: int, threads: int, seconds: float,
 def _bytes_per_frame(frames: int) -> dict:
     """Both streams of one pipeline on the synthetic 1080p feed with the shipped model."""
     import zmq
-
-    from pipeline import masks
+    from orstream.pipeline import masks
 
     folder = Path(tempfile.mkdtemp(prefix="orstream-bytes-"))
     full, mask = f"ipc://{folder}/full", f"ipc://{folder}/mask"

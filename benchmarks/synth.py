@@ -1,6 +1,6 @@
 """Synthetic endoscope frame rate on one core, against a 1080p frame copy in the same run.
 
-    python -m benchmarks.synth [--size 1920x1080] [--frames 300] [--out benchmarks/results]
+    python -m orstream.benchmarks.synth [--size 1920x1080] [--frames 300] [--out benchmarks/results]
 
 The generator feeds the live pipeline, so it must render 1080p well above 60 fps on one core
 and leave the rest of the frame budget to segmentation. The baseline is a plain copy of a
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 
 def run(width: int, height: int, frames: int, seed: int = 0) -> dict:

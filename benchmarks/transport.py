@@ -1,6 +1,6 @@
 """Frame transport latency: orstream's ZeroMQ hop against a memory copy and imagezmq.
 
-    python -m benchmarks.transport [--frames 600] [--saturated-frames 300] [--rounds 6]
+    python -m orstream.benchmarks.transport [--frames 600] [--saturated-frames 300] [--rounds 6]
                                    [--slow-seconds 5] [--out benchmarks/results]
                                    [--holoscan-python PATH] [--chain-only]
 
@@ -63,8 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from benchmarks.common import free_port, machine, stats, table, time_calls, write_json
+from orstream.benchmarks.common import free_port, machine, stats, table, time_calls, write_json
 
 # Only numpy and the standard library at the top: spawned children re-import this module and
 # import what their role needs (orstream or imagezmq) inside their own function.
@@ -92,8 +91,8 @@ HOLOSCAN_INSTALL = ("python3 -m venv ~/holoscan-venv && ~/holoscan-venv/bin/pip 
 
 def _script_dir_off_path() -> None:
     """`python benchmarks/transport.py` puts benchmarks/ first on sys.path, where a module can
-    shadow a package (benchmarks/pipeline.py shadows pipeline/). This module imports its
-    siblings as benchmarks.*, so drop that entry; spawned children inherit sys.path."""
+    shadow a library's (benchmarks/codecs.py shadows codecs). This module imports its
+    siblings as orstream.benchmarks.*, so drop that entry; spawned children inherit sys.path."""
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
@@ -141,8 +140,8 @@ def _send_paced(n: int, fps: float, send_one: Any, done: Any) -> dict:
 
 def orstream_sender(endpoint: str, mode: str, bind: bool, shape: tuple[int, ...], n: int,
                     fps: float, go: Any, done: Any, results: Any) -> None:
-    from pipeline.frame import Frame
-    from pipeline.transport import Sender
+    from orstream.pipeline.frame import Frame
+    from orstream.pipeline.transport import Sender
 
     image = _image(shape)
     prime = np.zeros((2, 2, 3), np.uint8)
@@ -262,7 +261,7 @@ def _summary(lat_ns: list[int], t_rx_ns: list[int]) -> dict:
 
 def orstream_row(endpoint: str, mode: str, sender_binds: bool, shape: tuple[int, ...],
                  n: int, fps: float, warmup: int, thread: bool = False) -> dict:
-    from pipeline.transport import Receiver
+    from orstream.pipeline.transport import Receiver
 
     def recv(rx: Receiver) -> tuple[str, int, int, int] | None:
         frame = rx.recv(100)
@@ -389,7 +388,7 @@ def paired_rows(endpoint: Any, n: int, fps: float, warmup: int, rounds: int) -> 
 
 def slow_consumer(endpoint: str, seconds: float, warmup: int) -> dict:
     """Producer (child) at 30 fps in latest mode, consumer here sleeping 100 ms per frame."""
-    from pipeline.transport import Receiver
+    from orstream.pipeline.transport import Receiver
 
     n = int(seconds * FPS)
     with Receiver(endpoint, "latest", bind=False, name="slow") as rx, \
@@ -456,8 +455,8 @@ def orstream_chain(n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES) 
     sink thread chained over inproc edges, each stage receiving, stamping the Frame's trace and
     sending on as Pipeline._stage_loop does. Edges are lossless with room for one frame, as
     Holoscan's default queues are, so the saturated rows queue alike on both sides."""
-    from pipeline.frame import Frame
-    from pipeline.transport import Receiver, Sender
+    from orstream.pipeline.frame import Frame
+    from orstream.pipeline.transport import Receiver, Sender
 
     chain_id = next(_CHAIN_IDS)
     endpoints = [f"inproc://chain-{chain_id}-{k}" for k in range(stages - 1)]

@@ -1,6 +1,6 @@
 """U-Net latency per variant on this CPU: eager fp32, channels_last, bf16 autocast + channels_last.
 
-    python -m benchmarks.unet_latency [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
+    python -m orstream.benchmarks.unet_latency [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
                                       [--iters 20] [--out benchmarks/results]
 
 Batch 1, as the live path runs. Each mode is reported as a ratio to eager fp32 of the same
@@ -15,10 +15,9 @@ import argparse
 from pathlib import Path
 
 import torch
-
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from engines.backends.torch_backend import cpu_bf16_supported
-from engines.registry import VARIANTS, build_model
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.engines.backends.torch_backend import cpu_bf16_supported
+from orstream.engines.registry import VARIANTS, build_model
 
 
 def _bf16_supported() -> bool:

@@ -2,7 +2,7 @@
 cache, against the same model decoding without it (the reference SeeMore way), and against
 the exported encoder + static-cache step engines (engines/vlm/exported.py), in one run.
 
-    python -m benchmarks.vlm [--weights engines/weights/vlm_tiny.pt] [--tokens 20]
+    python -m orstream.benchmarks.vlm [--weights engines/weights/vlm_tiny.pt] [--tokens 20]
                              [--threads 2] [--rounds 5] [--iters 20] [--out ...]
                              [--exported onnxruntime,openvino | --exported none]
 
@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from benchmarks.common import machine, stats, table, time_calls, write_json
-from engines.backends import backend_class
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.describer import Describer
-from engines.vlm.exported import ExportedVLM
-from engines.vlm.model import CAPTION_PROMPT
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.engines.backends import backend_class
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.describer import Describer
+from orstream.engines.vlm.exported import ExportedVLM
+from orstream.engines.vlm.model import CAPTION_PROMPT
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 
 def _frames(count: int) -> list[np.ndarray]:

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 from loguru import logger
-
-from benchmarks.common import time_calls
-from calibration.gate import GateReport, judge
-from calibration.quantize import quantize_onnx
-from calibration.sets import CalibrationError, load_set
-from engines import checkpoint as ckpt
-from engines.backends import BackendError, backend_class
-from engines.backends.base import cpu_isa, needs_reduced_int8_range
-from engines.backends.onnx_export import export_onnx
-from engines.cache import EngineCache, Entry
-from engines.export import engine_key, load_engine
+from orstream.benchmarks.common import time_calls
+from orstream.calibration.gate import GateReport, judge
+from orstream.calibration.quantize import quantize_onnx
+from orstream.calibration.sets import CalibrationError, load_set
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import BackendError, backend_class
+from orstream.engines.backends.base import cpu_isa, needs_reduced_int8_range
+from orstream.engines.backends.onnx_export import export_onnx
+from orstream.engines.cache import EngineCache, Entry
+from orstream.engines.export import engine_key, load_engine
 
 # backend -> the device it quantises for; the float engine it is gated against is that
 # backend's own float precision (TensorRT's fp16, the CPUs' fp32).

@@ -23,10 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 from loguru import logger
+from orstream.engines.cache import file_sha256
+from orstream.engines.preprocess import resize_image, resize_labels
 from tqdm import tqdm
-
-from engines.cache import file_sha256
-from engines.preprocess import resize_image, resize_labels
 
 MIN_FRAMES = 100  # fewer cannot represent a procedure's lighting, smoke and instruments
 WARN_FRAMES = 300
@@ -114,7 +113,7 @@ class _Crop:
         self.size, self.crop = size, crop
 
     def region(self, h: int, w: int) -> tuple[int, int, int, int]:
-        from pipeline.stages import endovis_region
+        from orstream.pipeline.stages import endovis_region
 
         return endovis_region(h, w) if self.crop == "endovis" else (0, 0, h, w)
 
@@ -128,7 +127,7 @@ class _Crop:
 
 
 def _synthetic(spec: str, count: int, held: int, prep: _Crop) -> Iterator[tuple[str, Sample]]:
-    from training.synth.generator import SynthConfig, SyntheticEndoscope
+    from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
     _, _, seed = spec.partition(":")
     synth = SyntheticEndoscope(SynthConfig(seed=int(seed or 0)))

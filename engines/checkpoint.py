@@ -14,14 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engines.registry import model_config
-from engines.unet_config import UNetConfig
-from training.classes import CLASSES, Task
+from orstream.engines.registry import model_config
+from orstream.engines.unet_config import UNetConfig
+from orstream.training.classes import CLASSES, Task
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled: it costs seconds at start-up
     import torch
-
-    from engines.unet import UNet
+    from orstream.engines.unet import UNet
 
 FORMAT = "orstream.unet/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -52,7 +51,7 @@ class Checkpoint:
         return bool(self.state_dict)
 
     def build(self) -> UNet:
-        from engines.unet import UNet
+        from orstream.engines.unet import UNet
 
         if not self.has_weights:
             raise CheckpointError("this checkpoint was read for its metadata only: load it "
@@ -175,7 +174,7 @@ def load_info(path: Path | str, index_dir: Path, task: str | None = None) -> Che
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    from engines.cache import file_sha256
+    from orstream.engines.cache import file_sha256
 
     entry = Path(index_dir) / f"{file_sha256(path)}.json"
     try:

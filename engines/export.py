@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
-
-from engines import checkpoint as ckpt
-from engines.backends import BACKENDS, BackendError, Engine, backend_class
-from engines.backends.base import device_name
-from engines.cache import EngineCache, EngineKey, Entry, file_sha256
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import BACKENDS, BackendError, Engine, backend_class
+from orstream.engines.backends.base import device_name
+from orstream.engines.cache import EngineCache, EngineKey, Entry, file_sha256
 
 # Fastest first, as benchmarks/engines.py measured them (reports in benchmarks/reports/):
 # what `backend: auto` walks when the config gives no list of its own.
@@ -191,7 +190,7 @@ def load_engine(weights: Path | str, backend: str = "torch", precision: str = "f
     check_size(checkpoint, size)
     cls = backend_class(backend)
     if cls.artifact is None:  # eager torch runs from the weights themselves
-        from engines.backends.torch_backend import TorchSegmenter
+        from orstream.engines.backends.torch_backend import TorchSegmenter
 
         if not checkpoint.has_weights:
             checkpoint = ckpt.load(weights)

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
-from engines.preprocess import normalize
+from orstream.engines.preprocess import normalize
 
 
 @torch.inference_mode()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from engines.unet_config import UNetConfig
+from orstream.engines.unet_config import UNetConfig
 
 if TYPE_CHECKING:
-    from engines.unet import UNet
+    from orstream.engines.unet import UNet
 
 # Widths chosen for the CPU: unet_xs (width 8) is the real-time default on two cores,
 # unet_s and unet_m trade 4x and 16x the FLOPs for accuracy on GPUs.
@@ -28,6 +28,6 @@ def model_config(name: str, num_classes: int) -> UNetConfig:
 
 
 def build_model(name: str, num_classes: int) -> UNet:
-    from engines.unet import UNet
+    from orstream.engines.unet import UNet
 
     return UNet(model_config(name, num_classes))

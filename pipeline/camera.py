@@ -21,9 +21,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 from loguru import logger
-
-from pipeline.config import SourceConfig
-from pipeline.sources import ReconnectingSource, SourceInfo
+from orstream.pipeline.config import SourceConfig
+from orstream.pipeline.sources import ReconnectingSource, SourceInfo
 
 # OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC (only its FFmpeg backend has it):
 # a read waits in select() for OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds (default 10), read

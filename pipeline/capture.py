@@ -23,8 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from loguru import logger
-
-from pipeline.sources import Captured, Source
+from orstream.pipeline.sources import Captured, Source
 
 LOSSLESS_DEPTH = 4  # frames decoded ahead in lossless mode: enough to hide decode jitter
 # Longer than source.read_timeout_s's default (3 s), which bounds a blocked network or camera

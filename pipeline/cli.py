@@ -20,7 +20,7 @@ def _size_wh(text: str) -> tuple[int, int]:
 
 
 def _cmd_synth_dataset(args: argparse.Namespace) -> int:
-    from training.synth.writers import write_endovis2017
+    from orstream.training.synth.writers import write_endovis2017
 
     w, h = args.size
     write_endovis2017(args.dir, videos=args.videos, frames=args.frames, seed=args.seed,
@@ -30,7 +30,7 @@ def _cmd_synth_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth_video(args: argparse.Namespace) -> int:
-    from training.synth.writers import write_video
+    from orstream.training.synth.writers import write_video
 
     w, h = args.size
     write_video(args.path, seconds=args.seconds, width=w, height=h, fps=args.fps, seed=args.seed)
@@ -39,7 +39,7 @@ def _cmd_synth_video(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth_vlm_data(args: argparse.Namespace) -> int:
-    from training.vlm.data import write_vlm_data
+    from orstream.training.vlm.data import write_vlm_data
 
     write_vlm_data(args.dir, frames=args.frames, seed=args.seed, per_video=args.per_video,
                    step=args.step, render_size=args.size, input_size=args.input_size,
@@ -49,14 +49,14 @@ def _cmd_synth_vlm_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vlm(args: argparse.Namespace) -> int:
-    from training.vlm.trainer import VLMTrainConfig, train_vlm
+    from orstream.training.vlm.trainer import VLMTrainConfig, train_vlm
 
     print(train_vlm(_train_config(VLMTrainConfig, args)))
     return 0
 
 
 def _cmd_eval_vlm(args: argparse.Namespace) -> int:
-    from training.vlm.evaluate import evaluate_vlm, format_table
+    from orstream.training.vlm.evaluate import evaluate_vlm, format_table
 
     result = evaluate_vlm(args.data, args.weights, batch=args.batch, frames=args.frames)
     print(json.dumps(result) if args.json else format_table(result))
@@ -64,7 +64,7 @@ def _cmd_eval_vlm(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_unet(args: argparse.Namespace) -> int:
-    from training.unet_trainer import TrainConfig, train_unet
+    from orstream.training.unet_trainer import TrainConfig, train_unet
 
     print(train_unet(_train_config(TrainConfig, args)))
     return 0
@@ -96,7 +96,7 @@ def _config_error(exc, source: str | None) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate, format_table
+    from orstream.training.evaluate import evaluate, format_table
 
     videos = [int(v) for v in args.videos.split(",")] if args.videos else None
     result = evaluate(args.data, args.weights, videos=videos, fold=args.fold, batch=args.batch,
@@ -129,10 +129,10 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     # recording killed at any moment pays for. The runner collects once, freezes what
     # survives and turns the collector back on before the first frame is captured.
     gc.disable()
-    from pipeline.capture import keep_frame_memory
-    from pipeline.config import load_config
-    from pipeline.runner import Pipeline, PipelineError
-    from pipeline.sources import SourceError
+    from orstream.pipeline.capture import keep_frame_memory
+    from orstream.pipeline.config import load_config
+    from orstream.pipeline.runner import Pipeline, PipelineError
+    from orstream.pipeline.sources import SourceError
 
     keep_frame_memory()  # freed frames stay in the process: no page faults per frame
 
@@ -175,8 +175,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     import threading
 
-    from pipeline.security import curve_from_files
-    from pipeline.view import view
+    from orstream.pipeline.security import curve_from_files
+    from orstream.pipeline.view import view
 
     curve = None
     if args.key or args.server_key:
@@ -197,7 +197,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from pipeline.describe import ask
+    from orstream.pipeline.describe import ask
 
     reply = ask(args.endpoint, args.question, args.timeout)
     if args.json:
@@ -211,7 +211,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from pipeline.security import make_keys
+    from orstream.pipeline.security import make_keys
 
     public, secret = make_keys(args.dir, args.name)
     logger.info("public key {} (give it to peers: allowed_clients or server_public_key); "
@@ -230,8 +230,8 @@ def _size_hw(text: str) -> tuple[int, int]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engines.cache import EngineCache
-    from engines.export import cache_listing, export_engine
+    from orstream.engines.cache import EngineCache
+    from orstream.engines.export import cache_listing, export_engine
 
     cache = EngineCache(args.cache)
     if args.list:
@@ -255,7 +255,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
-    from calibration.sets import collect
+    from orstream.calibration.sets import collect
 
     calib = collect(args.source, args.frames, args.size, args.crop, args.holdout)
     path = calib.save(args.out)
@@ -267,8 +267,8 @@ def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate_build(args: argparse.Namespace) -> int:
-    from calibration.build import GateRefused, build_int8
-    from engines.cache import EngineCache
+    from orstream.calibration.build import GateRefused, build_int8
+    from orstream.engines.cache import EngineCache
 
     try:
         entry = build_int8(args.weights, args.backend, args.calib, args.size, args.threshold,
@@ -281,9 +281,9 @@ def _cmd_calibrate_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.harness import bench_command
-    from benchmarks.profiles import ProfileError
-    from pipeline.capture import keep_frame_memory
+    from orstream.benchmarks.harness import bench_command
+    from orstream.benchmarks.profiles import ProfileError
+    from orstream.pipeline.capture import keep_frame_memory
 
     keep_frame_memory()  # as `run` does: the bench measures what users run
 
@@ -526,9 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
     # Logs go to stderr so that stdout carries only results (paths, JSON) for scripts.
     logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO")
-    from engines.backends import BackendError
-    from engines.checkpoint import CheckpointError
-    from training.datasets.endovis import DatasetError
+    from orstream.engines.backends import BackendError
+    from orstream.engines.checkpoint import CheckpointError
+    from orstream.training.datasets.endovis import DatasetError
 
     try:
         return int(args.func(args) or 0)
@@ -543,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console() -> None:
     """The `orstream` command: main(), then a quick exit (pipeline/quick_exit.py)."""
-    from pipeline.quick_exit import exit_now
+    from orstream.pipeline.quick_exit import exit_now
 
     exit_now(main())
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from orstream.pipeline.transport import normalize_endpoint
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,8 +25,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from pipeline.transport import normalize_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_OVERRIDES = "ORSTREAM_SET"
@@ -177,7 +176,7 @@ class SegmentConfig(_Strict):
     @field_validator("auto_backends")
     @classmethod
     def _known_backends(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        from engines.backends import BACKENDS
+        from orstream.engines.backends import BACKENDS
 
         for device, names in value.items():
             unknown = [n for n in names if n not in BACKENDS]

@@ -34,11 +34,10 @@ from typing import Protocol
 import numpy as np
 import zmq
 from loguru import logger
-
-from pipeline.config import DescribeConfig
-from pipeline.frame import Caption, Frame
-from pipeline.leftovers import sweep_dead
-from pipeline.transport import context, normalize_endpoint
+from orstream.pipeline.config import DescribeConfig
+from orstream.pipeline.frame import Caption, Frame
+from orstream.pipeline.leftovers import sweep_dead
+from orstream.pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
 ASK_WAIT_S = 4.0  # the REP side gives up on the describe thread after this (`ask`: 5 s)
@@ -75,7 +74,7 @@ class RemoteDescriber:
     the model's input here (a 1080p frame would be 6 MB to send; its input is 60 KB)."""
 
     def __init__(self, cfg: DescribeConfig, stop: threading.Event | None = None) -> None:
-        from engines.vlm.preprocess import prepare_image
+        from orstream.engines.vlm.preprocess import prepare_image
 
         self._prepare = prepare_image
         # Set when the pipeline stops: a wait for the worker ends at once. The worker runs
@@ -91,7 +90,7 @@ class RemoteDescriber:
         self._socket = context().socket(zmq.PAIR)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(endpoint)
-        command = [sys.executable, "-m", "pipeline.describe_worker", endpoint,
+        command = [sys.executable, "-m", "orstream.pipeline.describe_worker", endpoint,
                    "--threads", str(cfg.threads), "--max-new-tokens", str(cfg.max_new_tokens),
                    "--priority", cfg.priority, "--backend", cfg.backend]
         if cfg.weights is not None:

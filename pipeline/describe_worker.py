@@ -1,4 +1,4 @@
-"""The describe stage's model process: `python -m pipeline.describe_worker ENDPOINT ...`.
+"""The describe stage's model process: `python -m orstream.pipeline.describe_worker ENDPOINT ...`.
 
 The VLM runs in its own process, not a thread of the pipeline: its Python between torch ops
 would otherwise hold the pipeline's GIL, and a low-priority thread holding the GIL is a
@@ -54,11 +54,11 @@ def serve(endpoint: str, weights: str | None, threads: int, max_new_tokens: int,
     socket.connect(endpoint)
     try:
         if backend == "torch":
-            from engines.vlm.describer import Describer
+            from orstream.engines.vlm.describer import Describer
 
             describer = Describer.load(weights, threads=threads, max_new_tokens=max_new_tokens)
         else:  # the exported encoder + decoder step, from the engine cache (built if new)
-            from engines.vlm.exported import ExportedVLM
+            from orstream.engines.vlm.exported import ExportedVLM
 
             describer = ExportedVLM.load(weights, threads=threads,
                                          max_new_tokens=max_new_tokens, backend=backend)
@@ -108,6 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.quick_exit import exit_now
+    from orstream.pipeline.quick_exit import exit_now
 
     exit_now(main())  # 1.1 s of torch teardown saved on every stop

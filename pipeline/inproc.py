@@ -22,7 +22,7 @@ from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from typing import Any
 
-from pipeline.frame import Frame
+from orstream.pipeline.frame import Frame
 
 _REGISTRY: dict[str, Mailbox] = {}
 _REGISTRY_LOCK = threading.Lock()

@@ -25,9 +25,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from pipeline.frame import Caption, Frame
-from pipeline.wire import TOPIC_PREFIX, VERSION, WireError, topic
+from orstream.pipeline.frame import Caption, Frame
+from orstream.pipeline.wire import TOPIC_PREFIX, VERSION, WireError, topic
 
 KIND = "mask"
 ENCODING = "rle"

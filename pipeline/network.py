@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from loguru import logger
-
-from pipeline.config import SourceConfig
-from pipeline.sources import (
+from orstream.pipeline.config import SourceConfig
+from orstream.pipeline.sources import (
     DECODER_DEFAULTS,
     DecodeStats,
     ReconnectingSource,

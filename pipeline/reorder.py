@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pipeline.frame import Frame
-from pipeline.transport import Receiver
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.transport import Receiver
 
 
 @dataclass

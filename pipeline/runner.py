@@ -28,16 +28,15 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from loguru import logger
-
-from pipeline import timecode
-from pipeline.capture import CaptureThread
-from pipeline.config import ConfigError, PipelineConfig, exposed_endpoints
-from pipeline.describe import DescribeWorker
-from pipeline.frame import Frame
-from pipeline.reorder import ReorderingReceiver
-from pipeline.security import Curve, curve_from_files
-from pipeline.sources import Captured, Source, SourceError, open_source
-from pipeline.stages import (
+from orstream.pipeline import timecode
+from orstream.pipeline.capture import CaptureThread
+from orstream.pipeline.config import ConfigError, PipelineConfig, exposed_endpoints
+from orstream.pipeline.describe import DescribeWorker
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.reorder import ReorderingReceiver
+from orstream.pipeline.security import Curve, curve_from_files
+from orstream.pipeline.sources import Captured, Source, SourceError, open_source
+from orstream.pipeline.stages import (
     MaskPublishStage,
     NullStage,
     PublishStage,
@@ -46,7 +45,7 @@ from pipeline.stages import (
     SegmentStage,
     Stage,
 )
-from pipeline.transport import Mode, Receiver, Sender
+from orstream.pipeline.transport import Mode, Receiver, Sender
 
 STAGES = ("capture", "segment", "render")  # what --stages picks from; sinks go with render
 JOIN_TIMEOUT_S = 10.0  # per stage at shutdown; a stage stuck longer is reported, not awaited
@@ -166,7 +165,7 @@ class Pipeline:
             return segment.task
         if not self.cfg.segment.enabled:
             return None
-        from engines import checkpoint as ckpt
+        from orstream.engines import checkpoint as ckpt
 
         return ckpt.load(self.cfg.segment.weights).task
 

@@ -48,8 +48,7 @@ from loguru import logger
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from pipeline.leftovers import pid_alive, sweep_dead
+from orstream.pipeline.leftovers import pid_alive, sweep_dead
 
 SLOT_HEADER = 64  # bytes before a slot's first part
 STAMP, TAKEN, LEASES = 0, 1, range(2, 8)  # the slot header's u64 words

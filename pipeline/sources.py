@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from loguru import logger
-
-from pipeline.config import SourceConfig
-from pipeline.transport import RateLimitedLog
+from orstream.pipeline.config import SourceConfig
+from orstream.pipeline.transport import RateLimitedLog
 
 if TYPE_CHECKING:
     import av
@@ -107,7 +106,7 @@ class SyntheticSource(Source):
     """The built-in synthetic endoscope, paced in real time at its fps."""
 
     def __init__(self, cfg: SourceConfig) -> None:
-        from training.synth.generator import SynthConfig
+        from orstream.training.synth.generator import SynthConfig
 
         self._config = SynthConfig(width=cfg.width, height=cfg.height, fps=cfg.fps,
                                    seed=cfg.seed)
@@ -121,8 +120,8 @@ class SyntheticSource(Source):
         # after the first start, and are built here, in the capture thread, so that even a
         # first build overlaps the model's loading instead of preceding it.
         if self._synth is None:
-            from training.synth.background_cache import BackgroundCache
-            from training.synth.generator import SyntheticEndoscope
+            from orstream.training.synth.background_cache import BackgroundCache
+            from orstream.training.synth.generator import SyntheticEndoscope
 
             self._synth = SyntheticEndoscope(self._config, cache=BackgroundCache())
 
@@ -160,7 +159,8 @@ class SyntheticSource(Source):
 # damaged recording where every frame counts, set thread_type none.
 # Live network streams are different: a file's frames are all there to decode ahead, a
 # stream's arrive one per 33 ms, so each frame a frame-threaded decoder holds in flight is
-# 33 ms of latency. `python -m benchmarks.replay` feeds zero-latency 1080p packets at 30 fps:
+# 33 ms of latency. `python -m orstream.benchmarks.replay` feeds zero-latency 1080p packets at
+# 30 fps:
 # FRAME/AUTO held 2 frames, p50 68 ms from packet to RGB frame; single-threaded p50/p99
 # 3.2/10.2 ms; AUTO with FFmpeg's low-delay flag (which the network source sets, and which
 # turns frame threading into slice threading) 2.3/4.3 ms. Live streams therefore use slice
@@ -665,13 +665,13 @@ def _unknown(cfg: SourceConfig) -> Source:
 
 
 def _network(cfg: SourceConfig) -> Source:
-    from pipeline.network import NetworkSource  # imported here: it imports this module
+    from orstream.pipeline.network import NetworkSource  # imported here: it imports this module
 
     return NetworkSource(cfg)
 
 
 def _camera(cfg: SourceConfig) -> Source:
-    from pipeline.camera import CameraSource  # imported here: it imports this module
+    from orstream.pipeline.camera import CameraSource  # imported here: it imports this module
 
     return CameraSource(cfg)
 

@@ -15,21 +15,20 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 from loguru import logger
-
-from engines import checkpoint as ckpt
-from engines.backends import Engine
-from engines.cache import EngineCache
-from engines.export import load_engine, resolve
-from engines.postprocess import instance_vote
-from pipeline import masks
-from pipeline.config import PipelineConfig
-from pipeline.describe import DescribeWorker
-from pipeline.frame import Frame
-from pipeline.overlay import OverlayRenderer, OverlayStyle
-from pipeline.recorder import Recorder
-from pipeline.security import Curve
-from pipeline.transport import Sender
-from training.classes import palette
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import Engine
+from orstream.engines.cache import EngineCache
+from orstream.engines.export import load_engine, resolve
+from orstream.engines.postprocess import instance_vote
+from orstream.pipeline import masks
+from orstream.pipeline.config import PipelineConfig
+from orstream.pipeline.describe import DescribeWorker
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle
+from orstream.pipeline.recorder import Recorder
+from orstream.pipeline.security import Curve
+from orstream.pipeline.transport import Sender
+from orstream.training.classes import palette
 
 Region = tuple[int, int, int, int]
 STATUS_REFRESH_NS = 100_000_000  # the status line's figures are recomputed this often
@@ -97,7 +96,7 @@ class SegmentStage(Stage):
                                   EngineCache(self.cfg.engine_cache), checkpoint)
         h, w = self.engine.input_size
         if self.cfg.device == "cuda":
-            from engines.preprocess import CudaFramePrep
+            from orstream.engines.preprocess import CudaFramePrep
 
             # Crop, resize and the model on the GPU, on this stage's own CUDA stream.
             self._gpu_prep = CudaFramePrep((h, w))
@@ -178,7 +177,7 @@ class RenderStage(Stage):
 
     def __init__(self, cfg: PipelineConfig, task: str | None,
                  dropped: Callable[[], int], describe: DescribeWorker | None = None) -> None:
-        from training.classes import CLASSES
+        from orstream.training.classes import CLASSES
 
         self.describe = describe
         self.cfg = cfg.render
@@ -239,7 +238,7 @@ class RenderStage(Stage):
 
 def class_table(task: str | None) -> dict | None:
     """The header's class table; None without segmentation (no labels to name)."""
-    from training.classes import CLASSES
+    from orstream.training.classes import CLASSES
 
     if task is None:
         return None

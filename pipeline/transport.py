@@ -36,13 +36,12 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import zmq
 from loguru import logger
-
-from pipeline import inproc, wire
-from pipeline.frame import Frame
-from pipeline.security import Curve
+from orstream.pipeline import inproc, wire
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.security import Curve
 
 if TYPE_CHECKING:
-    from pipeline.shm import SlotReader, SlotRing
+    from orstream.pipeline.shm import SlotReader, SlotRing
 
 Mode = Literal["latest", "lossless"]
 _CONTEXT_LOCK = threading.Lock()
@@ -175,7 +174,7 @@ class Sender(_Endpoint):
         self._socket.setsockopt(zmq.LINGER, linger_ms)
         _attach(self._socket, self.endpoint, bind, curve)
         if self.endpoint.startswith("shm://"):
-            from pipeline.shm import DEFAULT_SLOTS, SlotRing  # numba: only when used
+            from orstream.pipeline.shm import DEFAULT_SLOTS, SlotRing  # numba: only when used
 
             # Lossless: the ring is the edge's window, so it holds what the sockets may
             # queue (send and receive side) and one frame being read.
@@ -269,7 +268,7 @@ class Receiver(_Endpoint):
         self._box: inproc.Mailbox | None = None
         self._shm: SlotReader | None = None
         if self.endpoint.startswith("shm://"):
-            from pipeline.shm import SlotReader  # numba: only when used
+            from orstream.pipeline.shm import SlotReader  # numba: only when used
 
             self._shm = SlotReader()
         if self.endpoint.startswith("inproc://"):

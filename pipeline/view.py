@@ -30,11 +30,10 @@ from typing import Literal
 import cv2
 import numpy as np
 from loguru import logger
-
-from pipeline import timecode
-from pipeline.frame import Frame
-from pipeline.security import Curve
-from pipeline.transport import Receiver
+from orstream.pipeline import timecode
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.security import Curve
+from orstream.pipeline.transport import Receiver
 
 Clock = Literal["monotonic", "wall"]
 

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from pipeline.frame import Caption, Frame
+from orstream.pipeline.frame import Caption, Frame
 
 if TYPE_CHECKING:  # pipeline.shm imports numba: only shm:// endpoints pay for it
-    from pipeline.shm import SlotReader, SlotRing
+    from orstream.pipeline.shm import SlotReader, SlotRing
 
 VERSION = 1
 TOPIC_PREFIX = "orstream"
@@ -227,7 +226,7 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
         if total + sum(sizes) > max_bytes:
             raise WireError("oversize", f"{total + sum(sizes)} bytes over the cap of "
                             f"{max_bytes}")
-        from pipeline.shm import ShmError
+        from orstream.pipeline.shm import ShmError
 
         try:
             buffers, lease = shm.locate(header["shm"], descs, sizes)

@@ -4,8 +4,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from training.synth.writers import write_endovis2017
+from orstream.training.synth.writers import write_endovis2017
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from engines import checkpoint as ckpt
-from engines.backends.torch_backend import BackendError, TorchSegmenter, cpu_bf16_supported
-from engines.predict import predict_labels
-from engines.registry import build_model, model_config
-from training.classes import CLASSES
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends.torch_backend import BackendError, TorchSegmenter, cpu_bf16_supported
+from orstream.engines.predict import predict_labels
+from orstream.engines.registry import build_model, model_config
+from orstream.training.classes import CLASSES
 
 
 def _checkpoint() -> ckpt.Checkpoint:

@@ -8,13 +8,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import orstream.training.synth.generator as generator
 from loguru import logger
-
-import training.synth.generator as generator
-from pipeline.config import SourceConfig
-from pipeline.sources import SyntheticSource
-from training.synth.background_cache import BackgroundCache
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.pipeline.config import SourceConfig
+from orstream.pipeline.sources import SyntheticSource
+from orstream.training.synth.background_cache import BackgroundCache
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 SMALL = SynthConfig(width=320, height=256, seed=21)
 # Frames far apart, one inside a smoke puff and one inside a camera jolt, so the textures,

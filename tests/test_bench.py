@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from benchmarks.harness import _jitter_note
-from benchmarks.profiles import ProfileError, available, load_profile
-from benchmarks.report import compare
-from engines.backends.base import cpu_isa
-from pipeline.cli import main
-from training.synth.writers import write_video
+from orstream.benchmarks.harness import _jitter_note
+from orstream.benchmarks.profiles import ProfileError, available, load_profile
+from orstream.benchmarks.report import compare
+from orstream.engines.backends.base import cpu_isa
+from orstream.pipeline.cli import main
+from orstream.training.synth.writers import write_video
 
 SMALL = ["--set", "publish.endpoint=null", "--set", "source.width=640", "--set",
          "source.height=360"]

@@ -7,18 +7,17 @@ import json
 
 import numpy as np
 import pytest
-
-from calibration.build import GateRefused, build_int8
-from calibration.sets import CalibrationError, collect, load_set
-from engines import checkpoint as ckpt
-from engines.backends import BackendError
-from engines.backends.base import needs_reduced_int8_range
-from engines.cache import EngineCache
-from engines.export import load_engine
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.runner import Pipeline
-from training.synth.writers import write_video
+from orstream.calibration.build import GateRefused, build_int8
+from orstream.calibration.sets import CalibrationError, collect, load_set
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import BackendError
+from orstream.engines.backends.base import needs_reduced_int8_range
+from orstream.engines.cache import EngineCache
+from orstream.engines.export import load_engine
+from orstream.pipeline.cli import main
+from orstream.pipeline.config import load_config
+from orstream.pipeline.runner import Pipeline
+from orstream.training.synth.writers import write_video
 
 WEIGHTS = ckpt.shipped("types")
 
@@ -64,9 +63,8 @@ def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits)
     products never saturate a 16-bit sum; 8-bit ones use the full int8 range."""
     import onnx
     from onnx import numpy_helper
-
-    from calibration.quantize import quantize_onnx
-    from engines.backends.onnx_export import export_onnx
+    from orstream.calibration.quantize import quantize_onnx
+    from orstream.engines.backends.onnx_export import export_onnx
 
     checkpoint = ckpt.load(WEIGHTS)
     float_onnx = export_onnx(checkpoint, (256, 320), tmp_path / "float.onnx")

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from pipeline.config import ConfigError, load_config
+from orstream.pipeline.config import ConfigError, load_config
 
 
 def test_default_config_loads_with_the_shipped_weights():

@@ -16,22 +16,21 @@ import numpy as np
 import pytest
 import torch
 import zmq
-
-from benchmarks.common import free_port
-from pipeline.config import load_config
-from pipeline.describe import DescribeWorker, ask
-from pipeline.frame import Frame
-from pipeline.runner import Pipeline
-from pipeline.transport import Receiver
+from orstream.benchmarks.common import free_port
+from orstream.pipeline.config import load_config
+from orstream.pipeline.describe import DescribeWorker, ask
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.transport import Receiver
 
 
 @pytest.fixture(scope="module")
 def vlm_weights(tmp_path_factory):
     """An untrained vlm_tiny: the real model and decoding, quick to load; what it says
     does not matter to the plumbing (the shipped weights' quality is tested elsewhere)."""
-    from engines.vlm import checkpoint as ckpt
-    from engines.vlm.model import VLM, model_config
-    from engines.vlm.tokenizer import Tokenizer
+    from orstream.engines.vlm import checkpoint as ckpt
+    from orstream.engines.vlm.model import VLM, model_config
+    from orstream.engines.vlm.tokenizer import Tokenizer
 
     tok = Tokenizer.build(["describe the scene.", "is there smoke? yes no",
                            "bipolar forceps enter from the left"])
@@ -174,8 +173,8 @@ def test_every_n_frames_captions_at_that_rate(vlm_weights):
 
 
 def test_the_exported_vlm_captions_exactly_like_eager_in_the_worker():
-    from engines.vlm.describer import Describer
-    from training.synth.generator import SynthConfig, SyntheticEndoscope
+    from orstream.engines.vlm.describer import Describer
+    from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
     image = SyntheticEndoscope(SynthConfig(width=960, height=540, seed=77)).render(40).image
     cfg = load_config(None, ["describe.backend=onnxruntime", "describe.ask_endpoint=null",
@@ -202,7 +201,7 @@ def _describe_worker_pids() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
-        if ppid == os.getpid() and b"pipeline.describe_worker" in cmdline:
+        if ppid == os.getpid() and b"orstream.pipeline.describe_worker" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
 
@@ -248,7 +247,7 @@ def test_a_vlm_that_cannot_load_is_reported_with_the_workers_reason(tmp_path):
 
 
 def test_folders_of_killed_pipelines_are_swept_and_live_ones_kept(tmp_path):
-    from pipeline.describe import DIR_PREFIX, sweep_stale_dirs
+    from orstream.pipeline.describe import DIR_PREFIX, sweep_stale_dirs
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs (a pipeline killed with SIGKILL)

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from benchmarks.common import free_port
-from pipeline.config import ConfigError, load_config
-from pipeline.frame import Frame
-from pipeline.runner import Pipeline
-from pipeline.security import curve_from_files, make_keys, stop_authenticators
-from pipeline.transport import Receiver, Sender
+from orstream.benchmarks.common import free_port
+from orstream.pipeline.config import ConfigError, load_config
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.security import curve_from_files, make_keys, stop_authenticators
+from orstream.pipeline.transport import Receiver, Sender
 
 
 def _write_config(path: Path, tree: dict) -> Path:
@@ -28,8 +27,8 @@ def _write_config(path: Path, tree: dict) -> Path:
 
 
 def _run(cfg: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "orstream.pipeline.cli", "run", "--config",
+                             str(cfg), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -221,7 +220,7 @@ def test_keys_are_not_overwritten(tmp_path):
 
 
 def test_the_running_pipeline_publishes_a_mask_stream_matching_its_frames(tmp_path, collect_frames):
-    from pipeline import masks
+    from orstream.pipeline import masks
 
     full, mask = f"ipc://{tmp_path}/full", f"ipc://{tmp_path}/mask"
     cfg = load_config(None, [f"publish.endpoint={full}", f"masks.endpoint={mask}",

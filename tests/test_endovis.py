@@ -10,9 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from training.datasets import endovis
-from training.datasets.endovis import (
+from orstream.training.datasets import endovis
+from orstream.training.datasets.endovis import (
     STANDARD_CROP,
     TERNAUSNET_FOLDS,
     DatasetError,

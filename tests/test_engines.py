@@ -10,18 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from engines import checkpoint as ckpt
-from engines.backends import BACKENDS, BackendError
-from engines.backends.torch_backend import TorchSegmenter, cpu_bf16_supported
-from engines.cache import EngineCache
-from engines.export import cache_listing, export_engine, load_engine, resolve
-from engines.preprocess import resize_image
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.runner import Pipeline
-from pipeline.stages import endovis_region
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.backends import BACKENDS, BackendError
+from orstream.engines.backends.torch_backend import TorchSegmenter, cpu_bf16_supported
+from orstream.engines.cache import EngineCache
+from orstream.engines.export import cache_listing, export_engine, load_engine, resolve
+from orstream.engines.preprocess import resize_image
+from orstream.pipeline.cli import main
+from orstream.pipeline.config import load_config
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.stages import endovis_region
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 WEIGHTS = ckpt.shipped("types")
 
@@ -136,7 +135,7 @@ def test_the_device_key_tells_apart_cpus_that_share_a_model_name(monkeypatch):
     """Two guests both called "AMD EPYC", one shown AVX-512 and VNNI by its hypervisor and one
     AVX2 only, run different kernels: an engine built on one must not be loaded on the other,
     and the AVX2-only one needs 7-bit INT8 weights."""
-    from engines.backends import base
+    from orstream.engines.backends import base
 
     assert base.parse_isa(AVX2_ONLY) == ("avx2",)
     assert base.parse_isa(AVX512_VNNI) == ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
@@ -180,9 +179,9 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
-from pipeline.config import load_config
-from pipeline.frame import Frame
-from pipeline.stages import SegmentStage
+from orstream.pipeline.config import load_config
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.stages import SegmentStage
 
 stage = SegmentStage(load_config(None, publish__endpoint=None))
 stage.open()
@@ -198,7 +197,7 @@ def test_a_cached_engine_starts_without_importing_torch():
     import subprocess
     import sys
 
-    from pipeline.stages import SegmentStage
+    from orstream.pipeline.stages import SegmentStage
 
     stage = SegmentStage(load_config(None, publish__endpoint=None))
     stage.open()
@@ -279,7 +278,7 @@ def test_cuda_backend_segments_like_cpu_fp32(backend, precision, frames, referen
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_crop_and_resize_match_the_cpu_path():
-    from engines.preprocess import CudaFramePrep
+    from orstream.engines.preprocess import CudaFramePrep
 
     frame = SyntheticEndoscope(SynthConfig(seed=5)).render(30).image
     region = endovis_region(1080, 1920)

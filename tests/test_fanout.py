@@ -11,9 +11,9 @@ import sys
 import threading
 import time
 
-from benchmarks.common import free_port
-from pipeline.config import load_config
-from pipeline.runner import Pipeline
+from orstream.benchmarks.common import free_port
+from orstream.pipeline.config import load_config
+from orstream.pipeline.runner import Pipeline
 
 # A display as a third party would write it: plain pyzmq, newest-frame subscriber.
 SUBSCRIBER = r"""

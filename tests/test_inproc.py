@@ -6,9 +6,8 @@ import threading
 import time
 
 import numpy as np
-
-from pipeline import inproc
-from pipeline.frame import Frame
+from orstream.pipeline import inproc
+from orstream.pipeline.frame import Frame
 
 
 def _frame(seq: int) -> Frame:

@@ -18,14 +18,13 @@ import cv2
 import numpy as np
 import pytest
 from loguru import logger
-
-from pipeline.camera import CameraSource
-from pipeline.capture import CaptureThread
-from pipeline.cli import main
-from pipeline.config import ConfigError, SourceConfig, load_config
-from pipeline.network import NetworkSource, ffmpeg_options, redact
-from pipeline.runner import Pipeline
-from pipeline.sources import Captured, SourceError, open_source
+from orstream.pipeline.camera import CameraSource
+from orstream.pipeline.capture import CaptureThread
+from orstream.pipeline.cli import main
+from orstream.pipeline.config import ConfigError, SourceConfig, load_config
+from orstream.pipeline.network import NetworkSource, ffmpeg_options, redact
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.sources import Captured, SourceError, open_source
 
 W, H, FPS = 160, 128, 30
 STREAM_FRAMES = 150  # 5 s of stream per connection: longer than any test needs

@@ -6,11 +6,10 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-
-from pipeline import masks, wire
-from pipeline.frame import Caption, Frame
-from training.classes import CLASSES
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.pipeline import masks, wire
+from orstream.pipeline.frame import Caption, Frame
+from orstream.training.classes import CLASSES
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 REGION_1080P = (28, 320, 1024, 1280)  # the EndoVis crop of a 1920x1080 frame
 IMAGE_1080P = np.zeros((1080, 1920, 3), np.uint8)

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from training.metrics import SegmentationMetrics, binary_dice, binary_iou, ternausnet_iou
+from orstream.training.metrics import SegmentationMetrics, binary_dice, binary_iou, ternausnet_iou
 
 
 def a(rows: list[list[int]]) -> np.ndarray:

@@ -13,12 +13,11 @@ import av
 import numpy as np
 import pytest
 import zmq
-
-from benchmarks.common import free_port
-from pipeline.config import load_config
-from pipeline.runner import Pipeline, PipelineError
-from pipeline.stages import SegmentStage
-from pipeline.view import view
+from orstream.benchmarks.common import free_port
+from orstream.pipeline.config import load_config
+from orstream.pipeline.runner import Pipeline, PipelineError
+from orstream.pipeline.stages import SegmentStage
+from orstream.pipeline.view import view
 
 
 def _decode(path) -> list[np.ndarray]:
@@ -74,7 +73,7 @@ def test_published_frames_carry_the_overlay_and_labels_over_the_region():
     pipeline.request_stop()
     runner.join(20)
     sub.close(0)
-    from pipeline import wire
+    from orstream.pipeline import wire
 
     frame = wire.decode(message)
     assert frame.overlay.shape == (360, 640, 3)
@@ -99,7 +98,7 @@ def test_the_source_is_set_up_while_the_model_loads_and_its_failure_is_named(mon
     """The synthetic source builds its generator in the capture thread, overlapping the
     segment stage's engine loading (start-up), and a failure there stops the pipeline with
     the stage named, as any other stage's does."""
-    from pipeline.sources import SyntheticSource
+    from orstream.pipeline.sources import SyntheticSource
 
     prepared_in: list[str] = []
     real_prepare = SyntheticSource.prepare
@@ -154,7 +153,8 @@ def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing
 @pytest.mark.slow
 def test_sigterm_finalises_the_recording_and_exits_0(tmp_path):
     out = tmp_path / "x.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--record", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "orstream.pipeline.cli", "run",
+                             "--record", str(out),
                              "--set", "publish.endpoint=null", "--set", "source.width=640",
                              "--set", "source.height=360"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -180,7 +180,7 @@ def _no_model(monkeypatch):
 
 def test_segmentation_off_replays_every_frame_unlabelled_into_the_recording(tmp_path,
                                                                             monkeypatch):
-    from training.synth.writers import write_video
+    from orstream.training.synth.writers import write_video
 
     _no_model(monkeypatch)
     clip = write_video(tmp_path / "clip.mp4", seconds=1, width=640, height=360)
@@ -208,7 +208,7 @@ def test_segmentation_off_replays_every_frame_unlabelled_into_the_recording(tmp_
 
 
 def test_segmentation_off_publishes_the_plain_picture_beside_the_overlay(monkeypatch):
-    from pipeline import wire
+    from orstream.pipeline import wire
 
     _no_model(monkeypatch)
     endpoint = f"tcp://127.0.0.1:{free_port()}"

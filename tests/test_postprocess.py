@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from engines.postprocess import instance_vote
+from orstream.engines.postprocess import instance_vote
 
 
 def test_each_connected_instrument_takes_its_majority_type_and_specks_vanish():

@@ -15,8 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from pipeline.recorder import Recorder, RecorderError
+from orstream.pipeline.recorder import Recorder, RecorderError
 
 W, H, FPS = 320, 256, 30
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +83,7 @@ def test_fractional_fps_and_mpeg_ts(tmp_path):
 CHILD = """
 import sys, time
 import numpy as np
-from pipeline.recorder import Recorder
+from orstream.pipeline.recorder import Recorder
 W, H, FPS = 320, 256, 30
 x = np.arange(W)[None, :] * 256 // W
 rec = Recorder(sys.argv[1], fps=FPS)
@@ -164,7 +163,7 @@ def test_sigkill_after_5_s_leaves_at_least_4_s_playable(tmp_path):
 CHILD_WRITES_100 = """
 import sys, time
 import numpy as np
-from pipeline.recorder import Recorder
+from orstream.pipeline.recorder import Recorder
 rec = Recorder(sys.argv[1], fps=30)
 img = np.zeros((256, 320, 3), np.uint8)
 for i in range(100):

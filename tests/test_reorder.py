@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.frame import Frame
-from pipeline.reorder import Reorder
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.reorder import Reorder
 
 MS = 1_000_000
 

@@ -4,14 +4,13 @@ of a synthetic procedure they were never trained on."""
 from __future__ import annotations
 
 import numpy as np
-
-from engines import checkpoint as ckpt
-from engines.predict import predict_labels
-from engines.preprocess import resize_image, resize_labels
-from pipeline.stages import endovis_region
-from training.classes import CLASSES
-from training.metrics import SegmentationMetrics
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.predict import predict_labels
+from orstream.engines.preprocess import resize_image, resize_labels
+from orstream.pipeline.stages import endovis_region
+from orstream.training.classes import CLASSES
+from orstream.training.metrics import SegmentationMetrics
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 
 def _frames(task: str, n: int = 6):

@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 from numba import njit
-
-from pipeline import shm, wire
-from pipeline.frame import Frame
-from pipeline.transport import Receiver, Sender
+from orstream.pipeline import shm, wire
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.transport import Receiver, Sender
 
 
 def _frame(seq: int, size=(36, 64)) -> Frame:

@@ -15,13 +15,12 @@ import av
 import numpy as np
 import pytest
 from loguru import logger
-
-from engines.checkpoint import shipped
-from pipeline.capture import CaptureThread
-from pipeline.cli import main
-from pipeline.config import SourceConfig, load_config
-from pipeline.runner import Pipeline
-from pipeline.sources import (
+from orstream.engines.checkpoint import shipped
+from orstream.pipeline.capture import CaptureThread
+from orstream.pipeline.cli import main
+from orstream.pipeline.config import SourceConfig, load_config
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.sources import (
     Captured,
     Source,
     SourceError,
@@ -423,6 +422,6 @@ def test_random_bytes_in_a_file_with_a_video_extension_never_crash(tmp_path):
 def test_keep_frame_memory_sets_the_allocator_where_it_is_glibc():
     import platform
 
-    from pipeline.capture import keep_frame_memory
+    from orstream.pipeline.capture import keep_frame_memory
 
     assert keep_frame_memory() is (platform.libc_ver()[0] == "glibc")

@@ -3,12 +3,11 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-
-from training.classes import TYPE_CLASSES
-from training.datasets.endovis import discover, load_sample
-from training.synth.captions import TYPE_PHRASES
-from training.synth.generator import SynthConfig, SyntheticEndoscope
-from training.synth.writers import video_seed, write_video
+from orstream.training.classes import TYPE_CLASSES
+from orstream.training.datasets.endovis import discover, load_sample
+from orstream.training.synth.captions import TYPE_PHRASES
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.training.synth.writers import video_seed, write_video
 
 SMALL = SynthConfig(width=320, height=256, seed=4)
 

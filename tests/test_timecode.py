@@ -12,17 +12,16 @@ import av
 import cv2
 import numpy as np
 import pytest
-
-from benchmarks.common import free_port
-from pipeline import timecode
-from pipeline.config import ConfigError, load_config
-from pipeline.overlay import OverlayRenderer
-from pipeline.recorder import Recorder
-from pipeline.runner import Pipeline
-from pipeline.stages import endovis_region
-from pipeline.view import view
-from training.classes import CLASSES, palette
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.benchmarks.common import free_port
+from orstream.pipeline import timecode
+from orstream.pipeline.config import ConfigError, load_config
+from orstream.pipeline.overlay import OverlayRenderer
+from orstream.pipeline.recorder import Recorder
+from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.stages import endovis_region
+from orstream.pipeline.view import view
+from orstream.training.classes import CLASSES, palette
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 # Values with every byte in use, so a swapped or shifted field cannot pass by chance.
 SEQ, T_CAPTURE, T_WALL = 0x89ABCDEF, 0x0123_4567_89AB_CDEF, 0x1807_F00D_CAFE_BEEF
@@ -217,7 +216,7 @@ def test_view_measure_cli_reports_glass_in_json():
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     try:
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", endpoint,
+        done = subprocess.run([sys.executable, "-m", "orstream.pipeline.cli", "view", endpoint,
                                "--measure", "--json", "--headless", "--frames", "20",
                                "--timeout", "30"], capture_output=True, text=True, timeout=90)
     finally:

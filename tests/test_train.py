@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-
-from engines import checkpoint as ckpt
-from pipeline.cli import main
-from training.evaluate import evaluate
-from training.unet_trainer import TrainConfig, train_unet
+from orstream.engines import checkpoint as ckpt
+from orstream.pipeline.cli import main
+from orstream.training.evaluate import evaluate
+from orstream.training.unet_trainer import TrainConfig, train_unet
 
 QUICK = dict(size=(128, 160), crop=(64, 96), batch=4, workers=1, fold=0)
 

@@ -5,10 +5,9 @@ import time
 
 import numpy as np
 import pytest
-
-from pipeline import transport
-from pipeline.frame import Frame
-from pipeline.transport import Receiver, Sender
+from orstream.pipeline import transport
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.transport import Receiver, Sender
 
 
 def _frame(seq: int, size=(32, 48)) -> Frame:

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from engines.checkpoint import CheckpointError
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.decoder import CausalSelfAttention, DecoderConfig
-from engines.vlm.describer import Describer
-from engines.vlm.model import VARIANTS, build_model, lm_loss, model_config
-from engines.vlm.tokenizer import Tokenizer, normalize
-from engines.vlm.vit import Attention
-from pipeline.cli import main
-from training.vlm.data import load_vlm_data, write_vlm_data
-from training.vlm.metrics import corpus_bleu, mention_scores, mentions, vqa_scores
-from training.vlm.tasks import (
+from orstream.engines.checkpoint import CheckpointError
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.decoder import CausalSelfAttention, DecoderConfig
+from orstream.engines.vlm.describer import Describer
+from orstream.engines.vlm.model import VARIANTS, build_model, lm_loss, model_config
+from orstream.engines.vlm.tokenizer import Tokenizer, normalize
+from orstream.engines.vlm.vit import Attention
+from orstream.pipeline.cli import main
+from orstream.training.vlm.data import load_vlm_data, write_vlm_data
+from orstream.training.vlm.metrics import corpus_bleu, mention_scores, mentions, vqa_scores
+from orstream.training.vlm.tasks import (
     PHRASINGS,
     QA,
     QUESTION_TYPES,
@@ -31,7 +30,7 @@ from training.vlm.tasks import (
     eval_questions,
     vocabulary_texts,
 )
-from training.vlm.trainer import VLMTrainConfig, collate, train_vlm
+from orstream.training.vlm.trainer import VLMTrainConfig, collate, train_vlm
 
 VOCAB = 40
 
@@ -284,7 +283,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_shipped_weights_name_the_instruments_of_unseen_frames():
-    from training.synth.generator import SynthConfig, SyntheticEndoscope
+    from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
     describer = Describer.load()  # engines/weights/vlm_tiny.pt
     synth = SyntheticEndoscope(SynthConfig(seed=4242))  # 1080p, a seed no training used

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from engines.backends import BackendError
-from engines.vlm import export as vlm_export
-from engines.vlm.export import GRAPHS, PROMPT_LEN, export_vlm, kv_shape
-from engines.vlm.exported import ExportedVLM
-from engines.vlm.model import CAPTION_PROMPT
-from engines.vlm.preprocess import prepare_image
-from training.synth.generator import SynthConfig, SyntheticEndoscope
+from orstream.engines.backends import BackendError
+from orstream.engines.vlm import export as vlm_export
+from orstream.engines.vlm.export import GRAPHS, PROMPT_LEN, export_vlm, kv_shape
+from orstream.engines.vlm.exported import ExportedVLM
+from orstream.engines.vlm.model import CAPTION_PROMPT
+from orstream.engines.vlm.preprocess import prepare_image
+from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 # The caption, two questions, and a prompt longer than the encoder graph reads (17 tokens).
 PROMPTS = (CAPTION_PROMPT, "which instruments are visible?", "how many instruments?",

@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
-from pipeline import wire
-from pipeline.frame import Caption, Frame
+from orstream.pipeline import wire
+from orstream.pipeline.frame import Caption, Frame
 
 
 def _frame() -> Frame:
@@ -101,7 +100,7 @@ def test_unknown_part_name_is_validated_then_ignored():
 
 
 def test_times_from_another_host_are_moved_into_this_hosts_clock(monkeypatch):
-    from pipeline import wire as w
+    from orstream.pipeline import wire as w
 
     def as_bytes(message):  # what a socket delivers
         return [p if isinstance(p, bytes) else p.tobytes() for p in message]

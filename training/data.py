@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from orstream.engines.preprocess import resize_image, resize_labels
+from orstream.training.augment import AugmentConfig, augment
+from orstream.training.classes import Task
+from orstream.training.datasets.endovis import Sample, load_sample
 from tqdm import tqdm
-
-from engines.preprocess import resize_image, resize_labels
-from training.augment import AugmentConfig, augment
-from training.classes import Task
-from training.datasets.endovis import Sample, load_sample
 
 
 def load_arrays(samples: list[Sample], task: Task, size: tuple[int, int], workers: int = 2,

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engines import checkpoint as ckpt
-from engines.postprocess import instance_vote
-from engines.predict import predict_labels
-from training.classes import CLASSES
-from training.data import load_arrays
-from training.datasets.endovis import discover, split_by_fold
-from training.metrics import SegmentationMetrics
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.postprocess import instance_vote
+from orstream.engines.predict import predict_labels
+from orstream.training.classes import CLASSES
+from orstream.training.data import load_arrays
+from orstream.training.datasets.endovis import discover, split_by_fold
+from orstream.training.metrics import SegmentationMetrics
 
 
 def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,

@@ -16,21 +16,20 @@ from typing import Literal
 import numpy as np
 import torch
 from loguru import logger
+from orstream.engines import checkpoint as ckpt
+from orstream.engines.postprocess import instance_vote
+from orstream.engines.predict import predict_labels
+from orstream.engines.preprocess import normalize
+from orstream.engines.registry import build_model, model_config
+from orstream.training.augment import AugmentConfig
+from orstream.training.classes import CLASSES, palette
+from orstream.training.data import SegmentationSet, load_arrays
+from orstream.training.datasets.endovis import discover, split_by_fold
+from orstream.training.losses import dice_ce_loss
+from orstream.training.metrics import SegmentationMetrics
+from orstream.training.plots import plot_curves, plot_predictions
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
-
-from engines import checkpoint as ckpt
-from engines.postprocess import instance_vote
-from engines.predict import predict_labels
-from engines.preprocess import normalize
-from engines.registry import build_model, model_config
-from training.augment import AugmentConfig
-from training.classes import CLASSES, palette
-from training.data import SegmentationSet, load_arrays
-from training.datasets.endovis import discover, split_by_fold
-from training.losses import dice_ce_loss
-from training.metrics import SegmentationMetrics
-from training.plots import plot_curves, plot_predictions
 
 PRIMARY_METRIC = {"binary": "dice", "parts": "mc_iou", "types": "mc_iou"}
 

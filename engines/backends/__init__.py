@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-from engines.backends.base import BackendError, Engine
+from orstream.engines.backends.base import BackendError, Engine
 
 _MODULES = {
-    "torch": ("engines.backends.torch_backend", "TorchSegmenter"),
-    "compile": ("engines.backends.compile_backend", "CompiledEngine"),
-    "onnxruntime": ("engines.backends.onnxruntime_backend", "OnnxRuntimeEngine"),
-    "openvino": ("engines.backends.openvino_backend", "OpenVinoEngine"),
-    "tensorrt": ("engines.backends.tensorrt_backend", "TensorRtEngine"),
+    "torch": ("orstream.engines.backends.torch_backend", "TorchSegmenter"),
+    "compile": ("orstream.engines.backends.compile_backend", "CompiledEngine"),
+    "onnxruntime": ("orstream.engines.backends.onnxruntime_backend", "OnnxRuntimeEngine"),
+    "openvino": ("orstream.engines.backends.openvino_backend", "OpenVinoEngine"),
+    "tensorrt": ("orstream.engines.backends.tensorrt_backend", "TensorRtEngine"),
 }
 
 

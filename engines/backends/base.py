@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from engines.checkpoint import Checkpoint
+    from orstream.engines.checkpoint import Checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engines.backends.base import BackendError
-from engines.backends.torch_backend import TorchPrecisions
-from engines.checkpoint import Checkpoint
-from engines.deploy import LabelNet, example_input
+from orstream.engines.backends.base import BackendError
+from orstream.engines.backends.torch_backend import TorchPrecisions
+from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.deploy import LabelNet, example_input
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

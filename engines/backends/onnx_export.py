@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.deploy import LabelNet, example_input
 from torch import nn
-
-from engines.checkpoint import Checkpoint
-from engines.deploy import LabelNet, example_input
 
 OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime 1.17+ and OpenVINO read it
 

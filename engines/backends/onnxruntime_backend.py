@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from engines.backends.base import (
+from orstream.engines.backends.base import (
     BackendError,
     Engine,
     import_backend,
@@ -20,7 +19,7 @@ from engines.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from engines.checkpoint import Checkpoint
+    from orstream.engines.checkpoint import Checkpoint
 
 
 def _ort():
@@ -50,7 +49,7 @@ class OnnxRuntimeEngine(Engine):
         if precision == "int8":
             raise BackendError("int8 onnxruntime engines come from `orstream calibrate build` "
                                "(they need a calibration set); export fp32 here")
-        from engines.backends.onnx_export import export_onnx
+        from orstream.engines.backends.onnx_export import export_onnx
 
         export_onnx(checkpoint, size, out)
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from engines.backends.base import (
+from orstream.engines.backends.base import (
     BackendError,
     Engine,
     import_backend,
@@ -24,7 +23,7 @@ from engines.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from engines.checkpoint import Checkpoint
+    from orstream.engines.checkpoint import Checkpoint
 
 # OpenVINO's names for the precisions it can be told to infer in. An INT8 (QDQ) model runs
 # its quantised convolutions in int8 whatever the hint; the rest stays in f32.
@@ -90,7 +89,7 @@ class OpenVinoEngine(Engine):
         if precision == "int8":
             raise BackendError("int8 openvino engines come from `orstream calibrate build` "
                                "(they need a calibration set); export fp32 or bf16 here")
-        from engines.backends.onnx_export import export_onnx
+        from orstream.engines.backends.onnx_export import export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = export_onnx(checkpoint, size, Path(tmp) / "model.onnx")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
-from engines.checkpoint import Checkpoint
-from engines.deploy import LabelNet, example_input
+from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
+from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.deploy import LabelNet, example_input
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
-from engines.checkpoint import Checkpoint
-from engines.preprocess import normalize
+from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
+from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.preprocess import normalize
 
 __all__ = ["BackendError", "TorchSegmenter", "cpu_bf16_supported"]
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from engines.checkpoint import (
+from orstream.engines.checkpoint import (
     DEFAULT_MEAN,
     DEFAULT_STD,
     WEIGHTS_DIR,
@@ -22,8 +21,8 @@ from engines.checkpoint import (
     read_raw,
     write_atomic,
 )
-from engines.vlm.model import VLM, VLMConfig, model_config
-from engines.vlm.tokenizer import Tokenizer
+from orstream.engines.vlm.model import VLM, VLMConfig, model_config
+from orstream.engines.vlm.tokenizer import Tokenizer
 
 FORMAT = "orstream.vlm/1"
 SHIPPED_MODEL = "vlm_tiny"

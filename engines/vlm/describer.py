@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engines.preprocess import normalize
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.model import CAPTION_PROMPT
-from engines.vlm.preprocess import prepare_image
+from orstream.engines.preprocess import normalize
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.model import CAPTION_PROMPT
+from orstream.engines.vlm.preprocess import prepare_image
 
 
 class Describer:

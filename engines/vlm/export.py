@@ -43,16 +43,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from loguru import logger
+from orstream.engines.backends import BackendError, backend_class
+from orstream.engines.backends.base import device_name
+from orstream.engines.backends.onnx_export import export_module
+from orstream.engines.cache import EngineCache, EngineKey, Entry, file_sha256
+from orstream.engines.deploy import Normalize
+from orstream.engines.export import _heartbeat
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.model import VLMConfig
 from torch import nn
-
-from engines.backends import BackendError, backend_class
-from engines.backends.base import device_name
-from engines.backends.onnx_export import export_module
-from engines.cache import EngineCache, EngineKey, Entry, file_sha256
-from engines.deploy import Normalize
-from engines.export import _heartbeat
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.model import VLMConfig
 
 GRAPHS = ("encoder", "step")
 INPUTS = {"encoder": ("image", "prompt"), "step": ("token", "position", "k_cache", "v_cache")}
@@ -201,7 +200,7 @@ def _build_tensorrt(checkpoint: vlm_ckpt.VLMCheckpoint, graph: str, precision: s
                     out: Path) -> None:
     """Torch-TensorRT's dynamo path from the graph module, every input static (as
     engines/backends/tensorrt_backend.py builds the U-Net)."""
-    from engines.backends.tensorrt_backend import _trt
+    from orstream.engines.backends.tensorrt_backend import _trt
 
     trt = _trt()
     dtype = _DTYPES[precision]

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
-from engines.backends import backend_class
-from engines.cache import EngineCache
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.describer import Describer
-from engines.vlm.export import BATCH, INPUTS, PROMPT_LEN, export_vlm
-from engines.vlm.preprocess import prepare_image
+from orstream.engines.backends import backend_class
+from orstream.engines.cache import EngineCache
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.describer import Describer
+from orstream.engines.vlm.export import BATCH, INPUTS, PROMPT_LEN, export_vlm
+from orstream.engines.vlm.preprocess import prepare_image
 
 
 class Graphs:

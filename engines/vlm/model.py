@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from orstream.engines.vlm.decoder import Decoder, DecoderConfig
+from orstream.engines.vlm.projector import Projector, ProjectorConfig
+from orstream.engines.vlm.vit import ViT, ViTConfig
 from torch import nn
-
-from engines.vlm.decoder import Decoder, DecoderConfig
-from engines.vlm.projector import Projector, ProjectorConfig
-from engines.vlm.vit import ViT, ViTConfig
 
 CAPTION_PROMPT = "describe the scene."  # the prompt that asks for the caption
 

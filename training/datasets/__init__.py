@@ -1,6 +1,6 @@
 """Dataset loaders for training (EndoVis 2017/2018 layouts)."""
 
-from training.datasets.endovis import (
+from orstream.training.datasets.endovis import (
     STANDARD_CROP,
     TERNAUSNET_FOLDS,
     DatasetError,

@@ -33,8 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
-
-from training.classes import ENDOVIS17_PART_VALUES, Task, check_task, type_id_for_folder
+from orstream.training.classes import ENDOVIS17_PART_VALUES, Task, check_task, type_id_for_folder
 
 __all__ = [
     "DEFAULT_CLASS_TABLE_2018",

@@ -31,9 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
-
-from engines.cache import user_cache_dir
-from training.synth import tissue
+from orstream.engines.cache import user_cache_dir
+from orstream.training.synth import tissue
 
 FORMAT = "orstream.synth-backgrounds/1"
 KEEP = 4  # entries: a 1080p one is about 20 MB

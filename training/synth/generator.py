@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-
-from training.classes import TYPE_CLASSES, Task
-from training.synth.background_cache import BackgroundCache, Backgrounds
-from training.synth.captions import InstrumentState, caption, region_name, side_name
-from training.synth.instruments import STYLES, draw_instrument
-from training.synth.motion import Schedule, Visit
-from training.synth.tissue import FieldOfView, smoke_texture, tissue_texture, vignette
+from orstream.training.classes import TYPE_CLASSES, Task
+from orstream.training.synth.background_cache import BackgroundCache, Backgrounds
+from orstream.training.synth.captions import InstrumentState, caption, region_name, side_name
+from orstream.training.synth.instruments import STYLES, draw_instrument
+from orstream.training.synth.motion import Schedule, Visit
+from orstream.training.synth.tissue import FieldOfView, smoke_texture, tissue_texture, vignette
 
 ALL_TYPES: tuple[int, ...] = tuple(range(1, len(TYPE_CLASSES)))
 
@@ -136,7 +135,7 @@ class SyntheticEndoscope:
     def render_image(self, index: int) -> np.ndarray:
         """Frame `index`'s pixels alone, identical to `render(index).image`: the live feed
         needs no ground truth, and skipping it saves about a fifth of the frame's time
-        (`python -m benchmarks.synth`: 0.77-0.92 of the full render at p50)."""
+        (`python -m orstream.benchmarks.synth`: 0.77-0.92 of the full render at p50)."""
         return self._draw(index, None, None)[1]
 
     def _draw(self, index: int, parts: np.ndarray | None, types: np.ndarray | None

@@ -14,16 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from loguru import logger
+from orstream.engines.preprocess import normalize
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.model import CAPTION_PROMPT, VLM
+from orstream.engines.vlm.tokenizer import Tokenizer
+from orstream.engines.vlm.tokenizer import normalize as normalize_text
+from orstream.training.vlm.data import VLMData, load_vlm_data
+from orstream.training.vlm.metrics import corpus_bleu, mention_scores, vqa_scores
+from orstream.training.vlm.tasks import QUESTION_TYPES, eval_questions
 from tqdm import tqdm
-
-from engines.preprocess import normalize
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.model import CAPTION_PROMPT, VLM
-from engines.vlm.tokenizer import Tokenizer
-from engines.vlm.tokenizer import normalize as normalize_text
-from training.vlm.data import VLMData, load_vlm_data
-from training.vlm.metrics import corpus_bleu, mention_scores, vqa_scores
-from training.vlm.tasks import QUESTION_TYPES, eval_questions
 
 QUESTION_SEED = 7  # wording of the evaluation questions; fixed so runs compare
 

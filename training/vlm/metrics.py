@@ -15,8 +15,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from engines.vlm.tokenizer import normalize, split
-from training.vlm.tasks import MENTION_NAMES, QUESTION_TYPES
+from orstream.engines.vlm.tokenizer import normalize, split
+from orstream.training.vlm.tasks import MENTION_NAMES, QUESTION_TYPES
 
 _MENTIONS = {t: re.compile(rf"\b{re.escape(name)}\b") for t, name in MENTION_NAMES.items()}
 

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from engines.vlm.model import CAPTION_PROMPT
-from training.synth.captions import ACTIONS, TYPE_PHRASES, InstrumentState, caption
+from orstream.engines.vlm.model import CAPTION_PROMPT
+from orstream.training.synth.captions import ACTIONS, TYPE_PHRASES, InstrumentState, caption
 
 QUESTION_TYPES: tuple[str, ...] = ("which", "where", "smoke", "count")
 TYPE_IDS: tuple[int, ...] = tuple(sorted(TYPE_PHRASES))

@@ -22,19 +22,18 @@ from typing import Literal
 import numpy as np
 import torch
 from loguru import logger
+from orstream.engines.checkpoint import DEFAULT_MEAN, DEFAULT_STD, CheckpointError
+from orstream.engines.preprocess import normalize
+from orstream.engines.vlm import checkpoint as vlm_ckpt
+from orstream.engines.vlm.model import CAPTION_PROMPT, VLM, build_model, lm_loss, model_config
+from orstream.engines.vlm.tokenizer import Tokenizer
+from orstream.training.plots import plot_captions, plot_vlm_curves
+from orstream.training.unet_trainer import lr_schedule
+from orstream.training.vlm.data import VLMData, load_vlm_data
+from orstream.training.vlm.evaluate import QUESTION_SEED, score
+from orstream.training.vlm.tasks import QA, eval_questions, sample_tasks, vocabulary_texts
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
-
-from engines.checkpoint import DEFAULT_MEAN, DEFAULT_STD, CheckpointError
-from engines.preprocess import normalize
-from engines.vlm import checkpoint as vlm_ckpt
-from engines.vlm.model import CAPTION_PROMPT, VLM, build_model, lm_loss, model_config
-from engines.vlm.tokenizer import Tokenizer
-from training.plots import plot_captions, plot_vlm_curves
-from training.unet_trainer import lr_schedule
-from training.vlm.data import VLMData, load_vlm_data
-from training.vlm.evaluate import QUESTION_SEED, score
-from training.vlm.tasks import QA, eval_questions, sample_tasks, vocabulary_texts
 
 
 class VLMTrainConfig(BaseModel):
