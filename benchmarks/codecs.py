@@ -18,9 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from orstream.benchmarks.common import machine, stats, table, write_json
+from orstream.common.crop import endovis_region
 from orstream.pipeline import masks, timecode
 from orstream.pipeline.frame import Frame
-from orstream.pipeline.stages import class_table, endovis_region
+from orstream.pipeline.stages import class_table
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 

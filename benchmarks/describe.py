@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from orstream.benchmarks.common import free_port, machine, stats, table, write_json
+from orstream.benchmarks.common import machine, stats, table, write_json
+from orstream.common.net import free_port
 from orstream.pipeline.capture import keep_frame_memory
 from orstream.pipeline.config import load_config
 from orstream.pipeline.describe import ask

@@ -1,7 +1,7 @@
 """Inference engines on this machine: latency per model variant x backend x precision x input
 size, and the speedup over eager fp32 NCHW measured in the same run.
 
-    python -m orstream.benchmarks.engines [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
+    python -m orstream.benchmarks.engines [--variants unet_xs,unet_s] [--sizes 320x256,640x512]
                                  [--backends torch,compile,onnxruntime,openvino]
                                  [--rounds 5] [--iters 20] [--idle-ms 0] [--out ...]
 
@@ -26,12 +26,13 @@ import cv2
 import numpy as np
 import torch
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.common.classes import CLASSES
+from orstream.common.sizes import format_hw, parse_hw
 from orstream.engines import checkpoint as ckpt
-from orstream.engines.backends import BACKENDS, BackendError
+from orstream.engines.backends import BackendError
 from orstream.engines.cache import EngineCache
-from orstream.engines.export import load_engine
+from orstream.engines.export import EngineSpec, open_engine
 from orstream.engines.registry import build_model, model_config
-from orstream.training.classes import CLASSES
 
 # (backend, precision) pairs tried per device; unservable ones are listed as skipped, with why.
 CANDIDATES = {
@@ -81,13 +82,12 @@ def measure(variant: str, size: tuple[int, int], device: str, backends: list[str
         if backend not in backends:
             continue
         try:
-            BACKENDS[backend].check(precision, device)
-            print(f"  {variant} {size[0]}x{size[1]}: loading {backend} {precision} ...",
+            print(f"  {variant} {format_hw(size)}: loading {backend} {precision} ...",
                   file=sys.stderr, flush=True)
-            engines[(backend, precision)] = load_engine(weights, backend, precision, size,
-                                                        device, cache=cache)
+            engines[(backend, precision)] = open_engine(
+                EngineSpec(weights, backend, precision, size, device, cache=cache.root))
         except BackendError as exc:
-            skipped.append({"variant": variant, "input": f"{size[0]}x{size[1]}",
+            skipped.append({"variant": variant, "input": format_hw(size),
                             "backend": backend, "precision": precision, "skipped": str(exc)})
     samples: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in engines}
     sync = torch.cuda.synchronize if device == "cuda" else None
@@ -99,7 +99,7 @@ def measure(variant: str, size: tuple[int, int], device: str, backends: list[str
     rows = []
     for (backend, precision), parts in samples.items():
         s = stats(np.concatenate(parts))
-        rows.append({"variant": variant, "input": f"{size[0]}x{size[1]}", "device": device,
+        rows.append({"variant": variant, "input": format_hw(size), "device": device,
                      "backend": backend, "precision": precision, "idle_ms": idle_ms, **s,
                      "speedup_p50": base["p50"] / s["p50"]})
     return rows + skipped
@@ -107,7 +107,7 @@ def measure(variant: str, size: tuple[int, int], device: str, backends: list[str
 
 def preprocess_rows(size: tuple[int, int], iters: int) -> list[dict]:
     """1080p RGB frame -> model input, three ways."""
-    from orstream.pipeline.stages import endovis_region
+    from orstream.common.crop import endovis_region
 
     frame = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
     y, x, h, w = endovis_region(1080, 1920)
@@ -140,7 +140,7 @@ def preprocess_rows(size: tuple[int, int], iters: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="unet_xs,unet_s")
-    parser.add_argument("--sizes", default="256x320,512x640")
+    parser.add_argument("--sizes", default="320x256,640x512", help="model inputs, WxH")
     parser.add_argument("--backends", default="torch,compile,onnxruntime,openvino,tensorrt")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="engine cache (default: a throwaway one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = [parse_hw(s) for s in args.sizes.split(",")]  # (H, W) each
     wanted = args.devices.split(",")
     devices = [d for d in wanted if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
-    if "cuda" in devices and "1024x1280" not in args.sizes:
+    if "cuda" in devices and (1024, 1280) not in sizes:
         sizes.append((1024, 1280))
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variants.split(","):
                 for size in sizes:
                     if device == "cpu" and size[0] > 512:
-                        continue  # 1024x1280 is a GPU size: seconds per frame on two cores
+                        continue  # 1280x1024 is a GPU size: seconds per frame on two cores
                     rows += measure(variant, size, device, args.backends.split(","),
                                     args.rounds, args.iters, cache, Path(tmp), args.idle_ms)
     timed = [r for r in rows if "skipped" not in r]

@@ -24,7 +24,7 @@ from orstream.calibration.gate import judge
 from orstream.calibration.sets import collect, load_set
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.cache import EngineCache
-from orstream.engines.export import load_engine
+from orstream.engines.export import EngineSpec, open_engine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 gate = f"refused ({exc.report.drop_dice_points:.2f} points)"
                 rows.append({"backend": backend, "precision": "int8", "gate": gate})
                 continue
-            engines = {p: load_engine(args.weights, backend, p, calib.size, cache=cache,
-                                      checkpoint=checkpoint) for p in ("fp32", "int8")}
+            engines = {p: open_engine(EngineSpec(args.weights, backend, p, calib.size,
+                                                 cache=cache.root)) for p in ("fp32", "int8")}
             samples: dict[str, list[np.ndarray]] = {p: [] for p in engines}
             for _ in range(args.rounds):
                 for p, engine in engines.items():

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from orstream.benchmarks.common import free_port, machine, table, write_json
+from orstream.benchmarks.common import machine, table, write_json
+from orstream.common.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORSTREAM = [sys.executable, "-m", "orstream.pipeline.cli"]

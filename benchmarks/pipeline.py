@@ -23,12 +23,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
-from orstream.benchmarks.peers import NOISY_HOST_RATIO, jitter_floor  # noqa: E402
-from orstream.engines import checkpoint as ckpt  # noqa: E402
-from orstream.engines.cache import EngineCache  # noqa: E402
-from orstream.engines.export import load_engine, resolve  # noqa: E402
+from orstream.engines.export import open_engine  # noqa: E402
+from orstream.pipeline.bench.floors import NOISY_HOST_RATIO, jitter_floor  # noqa: E402
 from orstream.pipeline.config import load_config  # noqa: E402
 from orstream.pipeline.runner import Pipeline  # noqa: E402
+from orstream.pipeline.stages import segment_engine_spec  # noqa: E402
 
 
 def breakdown(traces: list[list[tuple[str, int, int]]]) -> dict[str, dict]:
@@ -49,11 +48,8 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
 
     keep_frame_memory()  # as `orstream run` does
     cfg = load_config(None, overrides)
-    model = ckpt.load(cfg.segment.weights)
-    seg = cfg.segment
-    chosen = resolve(seg.backend, seg.precision, seg.device, seg.auto_backends.get(seg.device))
-    engine = load_engine(seg.weights, chosen.backend, chosen.precision, seg.size, seg.device,
-                         seg.threads, EngineCache(seg.engine_cache), model)
+    engine = open_engine(segment_engine_spec(cfg.segment))
+    chosen = engine.origin.resolved
     image = np.zeros((*engine.input_size, 3), np.uint8)
     baseline = stats(time_calls(lambda: engine(image), iters=50, warmup=5))
     jitter = jitter_floor(cfg.source.fps)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from orstream.benchmarks.common import machine, table, write_json
+from orstream.common.sizes import parse_size
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline
 
@@ -155,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--threads", type=int, default=1,
                         help="inference threads per worker; 0 = the cores shared out")
-    parser.add_argument("--size", default="640x360", help="source WxH")
+    parser.add_argument("--size", type=parse_size, default="640x360", help="source WxH")
     parser.add_argument("--bytes-frames", type=int, default=90)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaleout.json"))
     args = parser.parse_args(argv)
     counts = [int(v) for v in args.workers.split(",")]
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = args.size
     cores = os.cpu_count() or 1
     runs = []
     with tempfile.TemporaryDirectory(prefix="orstream-scaleout-") as tmp:

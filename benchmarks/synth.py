@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.common.sizes import parse_size
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 
@@ -48,11 +49,11 @@ def run(width: int, height: int, frames: int, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1920x1080")
+    parser.add_argument("--size", type=parse_size, default="1920x1080", help="WxH")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = args.size
     result = run(w, h, args.frames)
     rows = [{"what": "synthetic frame + ground truth", **result["render_ms"],
              "fps": result["fps"]},

@@ -48,9 +48,7 @@ import contextlib
 import importlib.util
 import itertools
 import json
-import multiprocessing as mp
 import os
-import queue
 import resource
 import shutil
 import subprocess
@@ -63,7 +61,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from orstream.benchmarks.common import free_port, machine, stats, table, time_calls, write_json
+from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.common.net import free_port
+from orstream.pipeline.bench.hop import (
+    IDLE_TIMEOUT_S,
+    PRIME,
+    START_TIMEOUT_S,
+    Peer,
+    frame_image,
+    imagezmq_row,
+    send_paced,
+    summary,
+    wait_for_prime,
+)
 
 # Only numpy and the standard library at the top: spawned children re-import this module and
 # import what their role needs (orstream or imagezmq) inside their own function.
@@ -71,14 +81,11 @@ from orstream.benchmarks.common import free_port, machine, stats, table, time_ca
 HD = (1080, 1920, 3)
 UHD = (2160, 3840, 3)
 STREAM = "bench"
-PRIME = "prime"  # small frames sent until the receiver sees one; not measured
 FPS = 30.0
 SLOW_CONSUMER_SLEEP_S = 0.1  # 3x slower than a 30 fps producer
 AGE_TARGET_MS = 2 * 1000.0 / FPS  # never older than two frame periods
 INPROC_TARGET_MS = 0.25
 PRODUCER_TARGET_FPS = 29.0
-START_TIMEOUT_S = 60.0  # spawning a child on a busy machine can take a while
-IDLE_TIMEOUT_S = 5.0  # no frame for this long ends a row
 CHAIN_STAGES = 5  # source, 3 pass-through stages, sink: 4 hops
 HOLOSCAN_WORKERS = 4  # the event-based scheduler's worker threads, as in the issue's figure
 HOLOSCAN_STACK_BYTES = 32 * 1024 * 1024  # the stack limit issue 3 runs Holoscan with
@@ -97,40 +104,6 @@ def _script_dir_off_path() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 
-def _image(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-
-
-def _sleep_until(deadline_ns: int) -> None:
-    remaining = deadline_ns - time.monotonic_ns()
-    if remaining > 0:
-        time.sleep(remaining / 1e9)
-
-
-def _send_paced(n: int, fps: float, send_one: Any, done: Any) -> dict:
-    """Call send_one(i) for i < n at `fps` (0: flat out); {sent, fps achieved}.
-
-    send_one returns its send time (monotonic ns). A late frame shifts the schedule: no
-    catch-up bursts.
-    """
-    period_ns = int(1e9 / fps) if fps else 0
-    next_ns = time.monotonic_ns()
-    first_ns = last_ns = 0
-    sent = 0
-    for i in range(n):
-        if period_ns:
-            _sleep_until(next_ns)
-        last_ns = send_one(i)
-        sent += 1
-        first_ns = first_ns or last_ns
-        if period_ns:
-            next_ns = max(next_ns + period_ns, time.monotonic_ns())
-        if done.is_set():
-            break
-    rate = (sent - 1) / ((last_ns - first_ns) / 1e9) if sent > 1 and last_ns > first_ns else 0.0
-    return {"sent": sent, "fps": rate}
-
-
 # --------------------------------------------------------------------------- senders
 # Each sender primes the connection until `go` is set, then sends `n` frames at `fps`
 # (0: as fast as possible), puts {sent, fps} on `results` and waits for `done` before closing
@@ -143,7 +116,7 @@ def orstream_sender(endpoint: str, mode: str, bind: bool, shape: tuple[int, ...]
     from orstream.pipeline.frame import Frame
     from orstream.pipeline.transport import Sender
 
-    image = _image(shape)
+    image = frame_image(shape)
     prime = np.zeros((2, 2, 3), np.uint8)
     with Sender(endpoint, mode, bind=bind) as sender:  # type: ignore[arg-type]
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -166,97 +139,11 @@ def orstream_sender(endpoint: str, mode: str, bind: bool, shape: tuple[int, ...]
                     break
             return frame.t_capture_ns
 
-        results.put(_send_paced(n, fps, send_one, done))
+        results.put(send_paced(n, fps, send_one, done))
         done.wait(30)
-
-
-def imagezmq_sender(endpoint: str, shape: tuple[int, ...], n: int, fps: float, go: Any,
-                    done: Any, results: Any) -> None:
-    import imagezmq
-    import zmq
-
-    image = _image(shape)
-    prime = np.zeros((2, 2, 3), np.uint8)
-    sender = imagezmq.ImageSender(connect_to=endpoint, REQ_REP=True)
-    sender.zmq_socket.setsockopt(zmq.LINGER, 0)
-    sender.zmq_socket.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT_S * 1000))  # no hang
-    try:
-        while not go.is_set():
-            if done.is_set():
-                return
-            sender.send_image(PRIME, prime)  # REQ/REP: returns once the hub has replied
-            time.sleep(0.01)
-        def send_one(i: int) -> int:
-            t_send = time.monotonic_ns()
-            sender.send_image(f"{i}:{t_send}", image)
-            return t_send
-
-        results.put(_send_paced(n, fps, send_one, done))
-        done.wait(30)
-    except zmq.Again:
-        results.put({"error": "imagezmq hub stopped replying"})
-    finally:
-        sender.close()
 
 
 # --------------------------------------------------------------------------- runners
-
-
-class _Peer:
-    """A sender in a spawned process or a thread, stopped and joined whatever happens."""
-
-    def __init__(self, target: Any, args: tuple, thread: bool = False) -> None:
-        if thread:
-            self.go, self.done = threading.Event(), threading.Event()
-            self.results: Any = queue.Queue()
-            self.worker: Any = threading.Thread(
-                target=target, args=(*args, self.go, self.done, self.results), daemon=True)
-        else:
-            ctx = mp.get_context("spawn")
-            self.go, self.done = ctx.Event(), ctx.Event()
-            self.results = ctx.Queue()
-            self.worker = ctx.Process(
-                target=target, args=(*args, self.go, self.done, self.results), daemon=True)
-
-    def __enter__(self) -> _Peer:
-        self.worker.start()
-        return self
-
-    def result(self, timeout_s: float = 15.0) -> dict:
-        try:
-            out = self.results.get(timeout=timeout_s)
-        except queue.Empty:
-            raise TimeoutError("the sender did not report its rate") from None
-        if "error" in out:
-            raise RuntimeError(out["error"])
-        return out
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.worker.join(10)
-        if isinstance(self.worker, mp.process.BaseProcess) and self.worker.is_alive():
-            self.worker.terminate()
-            self.worker.join(5)
-
-
-def _wait_for_prime(poll: Any, go: Any, what: str) -> None:
-    """`poll()` receives one message (or None on a short timeout); the first one starts."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if poll() is not None:
-            go.set()
-            return
-    raise TimeoutError(f"{what}: no message from the sender in {START_TIMEOUT_S:.0f} s")
-
-
-def _summary(lat_ns: list[int], t_rx_ns: list[int]) -> dict:
-    if not lat_ns:
-        raise RuntimeError("no frames measured")
-    out = stats(np.asarray(lat_ns) / 1e6)
-    span = (t_rx_ns[-1] - t_rx_ns[0]) / 1e9
-    out["throughput_fps"] = (len(t_rx_ns) - 1) / span if span > 0 else None
-    out["lat_ns"] = lat_ns  # for pooling rounds; dropped before the report
-    return out
 
 
 def orstream_row(endpoint: str, mode: str, sender_binds: bool, shape: tuple[int, ...],
@@ -274,9 +161,9 @@ def orstream_row(endpoint: str, mode: str, sender_binds: bool, shape: tuple[int,
         return frame.stream, frame.seq, frame.t_capture_ns, now_ns
 
     with Receiver(endpoint, mode, bind=not sender_binds, name="bench") as rx, \
-            _Peer(orstream_sender, (endpoint, mode, sender_binds, shape, n, fps),
+            Peer(orstream_sender, (endpoint, mode, sender_binds, shape, n, fps),
                   thread=thread) as peer:
-        _wait_for_prime(lambda: recv(rx), peer.go, f"orstream {endpoint}")
+        wait_for_prime(lambda: recv(rx), peer.go, f"orstream {endpoint}")
         dropped_before = rx.dropped
         lat, t_rx = [], []
         received = 0
@@ -295,59 +182,11 @@ def orstream_row(endpoint: str, mode: str, sender_binds: bool, shape: tuple[int,
                 break
         peer.done.set()
         sent = peer.result()
-        out = _summary(lat, t_rx)
+        out = summary(lat, t_rx)
         out.update(received=received, sent=sent["sent"], sender_fps=sent["fps"],
                    dropped=rx.dropped - dropped_before,
                    rejected=sum(rx.stats.rejected.values()))
         return out
-
-
-def imagezmq_row(endpoint: str, shape: tuple[int, ...], n: int, fps: float,
-                 warmup: int) -> dict:
-    import imagezmq
-    import zmq
-
-    hub = imagezmq.ImageHub(open_port=endpoint, REQ_REP=True)
-    hub.zmq_socket.setsockopt(zmq.LINGER, 0)
-    # Wait the way orstream's Receiver does, inside a blocking recv with a 100 ms
-    # ZMQ_RCVTIMEO, so both sides wake at the same point; a poll() first would add a poller
-    # round to imagezmq's side only.
-    hub.zmq_socket.setsockopt(zmq.RCVTIMEO, 100)
-
-    def recv() -> tuple[str, int] | None:
-        try:
-            msg, _image = hub.recv_image()
-        except zmq.Again:
-            return None
-        now_ns = time.monotonic_ns()  # receipt, before the reply
-        hub.send_reply(b"OK")
-        return msg, now_ns
-
-    try:
-        with _Peer(imagezmq_sender, (endpoint, shape, n, fps)) as peer:
-            _wait_for_prime(recv, peer.go, f"imagezmq {endpoint}")
-            lat, t_rx = [], []
-            received = 0
-            last_seen = time.monotonic()
-            while time.monotonic() - last_seen < IDLE_TIMEOUT_S:
-                got = recv()
-                if got is None or got[0] == PRIME:
-                    continue
-                last_seen = time.monotonic()
-                received += 1
-                seq, t_send = (int(v) for v in got[0].split(":"))
-                if seq >= warmup:
-                    lat.append(got[1] - t_send)
-                    t_rx.append(got[1])
-                if seq >= n - 1:
-                    break
-            peer.done.set()
-            sent = peer.result()
-    finally:
-        hub.close()
-    out = _summary(lat, t_rx)
-    out.update(received=received, sent=sent["sent"], sender_fps=sent["fps"])
-    return out
 
 
 def paired_rows(endpoint: Any, n: int, fps: float, warmup: int, rounds: int) -> dict[str, dict]:
@@ -392,8 +231,8 @@ def slow_consumer(endpoint: str, seconds: float, warmup: int) -> dict:
 
     n = int(seconds * FPS)
     with Receiver(endpoint, "latest", bind=False, name="slow") as rx, \
-            _Peer(orstream_sender, (endpoint, "latest", True, HD, n, FPS)) as peer:
-        _wait_for_prime(lambda: rx.recv(100), peer.go, "slow consumer")
+            Peer(orstream_sender, (endpoint, "latest", True, HD, n, FPS)) as peer:
+        wait_for_prime(lambda: rx.recv(100), peer.go, "slow consumer")
         dropped_before = rx.dropped
         taken: list[tuple[int, int]] = []  # (capture, receipt) ns of each measured frame
         seqs = []
@@ -453,14 +292,15 @@ def _run_threads(targets: list[Any]) -> list[threading.Thread]:
 def orstream_chain(n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES) -> dict:
     """orstream's runner in miniature: a source, `stages - 2` pass-through stage threads and a
     sink thread chained over inproc edges, each stage receiving, stamping the Frame's trace and
-    sending on as Pipeline._stage_loop does. Edges are lossless with room for one frame, as
-    Holoscan's default queues are, so the saturated rows queue alike on both sides."""
+    sending on as the executor's stage loop (pipeline/executor.py) does. Edges are lossless
+    with room for one frame, as Holoscan's default queues are, so the saturated rows queue
+    alike on both sides."""
     from orstream.pipeline.frame import Frame
     from orstream.pipeline.transport import Receiver, Sender
 
     chain_id = next(_CHAIN_IDS)
     endpoints = [f"inproc://chain-{chain_id}-{k}" for k in range(stages - 1)]
-    image = _image(HD)
+    image = frame_image(HD)
     stop, sink_done = threading.Event(), threading.Event()
     errors: list[Exception] = []
     lat: list[int] = []
@@ -533,7 +373,7 @@ def orstream_chain(n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES) 
             return frame.t_capture_ns
 
         try:
-            sent = _send_paced(n, fps, send_one, sink_done)
+            sent = send_paced(n, fps, send_one, sink_done)
             sink_done.wait(IDLE_TIMEOUT_S + 5)
         finally:
             stop.set()
@@ -541,7 +381,7 @@ def orstream_chain(n: int, fps: float, warmup: int, stages: int = CHAIN_STAGES) 
                 thread.join(5)
     if errors:
         raise errors[0]
-    out = _summary(lat, t_rx)
+    out = summary(lat, t_rx)
     out.update(_hop_stats(hops), received=received, sent=sent["sent"],
                sender_fps=sent["fps"], hop_ns=hops)
     return out
@@ -625,7 +465,7 @@ class HoloscanPeer:
         if not got["by_reference"]:
             raise RuntimeError("Holoscan copied the image between operators: not the hop "
                                "this row measures")
-        out = _summary(got["lat_ns"], got["t_rx_ns"])
+        out = summary(got["lat_ns"], got["t_rx_ns"])
         out.update(_hop_stats(got["hop_ns"]), received=got["received"], sent=n,
                    hop_ns=got["hop_ns"])
         return out
@@ -662,7 +502,7 @@ def chain_rows(holoscan: HoloscanPeer, n: int, fps: float, warmup: int,
 def memcpy_rows(iters: int) -> list[dict]:
     import mmap
 
-    src = _image(HD)
+    src = frame_image(HD)
     dst = np.empty_like(src)
     warm = time_calls(lambda: np.copyto(dst, src), iters=iters, warmup=10)
 

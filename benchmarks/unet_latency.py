@@ -1,6 +1,6 @@
 """U-Net latency per variant on this CPU: eager fp32, channels_last, bf16 autocast + channels_last.
 
-    python -m orstream.benchmarks.unet_latency [--variants unet_xs,unet_s] [--sizes 256x320,512x640]
+    python -m orstream.benchmarks.unet_latency [--variants unet_xs,unet_s] [--sizes 320x256,640x512]
                                       [--iters 20] [--out benchmarks/results]
 
 Batch 1, as the live path runs. Each mode is reported as a ratio to eager fp32 of the same
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
+from orstream.common.sizes import format_hw, parse_hw
 from orstream.engines.backends.torch_backend import cpu_bf16_supported
 from orstream.engines.registry import VARIANTS, build_model
 
@@ -39,7 +40,7 @@ def measure(variant: str, size: tuple[int, int], iters: int, warmup: int = 3) ->
     def row(mode: str, fn) -> None:
         with torch.inference_mode():
             s = stats(time_calls(fn, iters=iters, warmup=warmup))
-        rows.append({"variant": variant, "size": f"{h}x{w}", "mode": mode, **s})
+        rows.append({"variant": variant, "size": format_hw(size), "mode": mode, **s})
 
     row("eager fp32", lambda: model(x))
     model_cl = build_model(variant, 2).eval().to(memory_format=torch.channels_last)
@@ -62,7 +63,7 @@ def measure(variant: str, size: tuple[int, int], iters: int, warmup: int = 3) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="unet_xs,unet_s,unet_m,attunet_xs")
-    parser.add_argument("--sizes", default="256x320,512x640")
+    parser.add_argument("--sizes", default="320x256,640x512", help="model inputs, WxH")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
@@ -70,18 +71,18 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = [parse_hw(s) for s in args.sizes.split(",")]  # (H, W) each
     rows = []
     for variant in variants:
         for size in sizes:
             rows += measure(variant, size, args.iters)
-            print(f"  {variant} {size[0]}x{size[1]} done", flush=True)
+            print(f"  {variant} {format_hw(size)} done", flush=True)
     print(f"U-Net latency, batch 1, {torch.get_num_threads()} threads, {args.iters} runs each")
     print(table(rows, [("variant", "variant", "s"), ("size", "input", "s"), ("mode", "mode", "s"),
                        ("p50", "p50 ms", ".1f"), ("p99", "p99 ms", ".1f"),
                        ("ratio_to_eager", "x eager fp32", ".2f")]))
     fastest = min((r for r in rows if r["variant"] == variants[0]
-                   and r["size"] == f"{sizes[0][0]}x{sizes[0][1]}"), key=lambda r: r["p50"])
+                   and r["size"] == format_hw(sizes[0])), key=lambda r: r["p50"])
     print(f"fastest {variants[0]} at {fastest['size']}: {fastest['mode']}, "
           f"{fastest['p50']:.1f} ms p50 ({1000 / fastest['p50']:.0f} fps)")
     path = write_json(args.out / "unet_latency.json", {"machine": machine(), "rows": rows})

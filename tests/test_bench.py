@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from orstream.benchmarks.harness import _jitter_note
-from orstream.benchmarks.profiles import ProfileError, available, load_profile
-from orstream.benchmarks.report import compare
 from orstream.engines.backends.base import cpu_isa
+from orstream.pipeline.bench.harness import noisy_host_note, plan, unlike
+from orstream.pipeline.bench.profiles import ProfileError, available, load_profile
+from orstream.pipeline.bench.report import compare
 from orstream.pipeline.cli import main
 from orstream.training.synth.writers import write_video
 
@@ -51,11 +51,11 @@ def test_a_noisy_host_is_named_beside_the_tail_budgets_it_broke():
     noisy = [{"what": "memcpy", "p50": 0.5, "p99": 0.6},
              {"what": "machine jitter", "p50": 3.0, "p99": 19.5, "max": 48.0,
               "p99_over_p50": 6.5}]
-    note = _jitter_note(noisy, broken)
+    note = noisy_host_note(noisy, broken)
     assert note.startswith("noisy host") and "6.5x" in note and "(end_to_end)" in note
     quiet = [{**noisy[1], "p99": 4.5, "p99_over_p50": 1.5}]
-    assert _jitter_note(quiet, broken) is None
-    assert "broken tail" not in _jitter_note(noisy, {"pass": True, "broken": []})
+    assert noisy_host_note(quiet, broken) is None
+    assert "broken tail" not in noisy_host_note(noisy, {"pass": True, "broken": []})
 
 
 def test_a_broken_budget_exits_1_and_names_stage_and_figure(tmp_path, capsys):
@@ -70,15 +70,64 @@ def test_a_broken_budget_exits_1_and_names_stage_and_figure(tmp_path, capsys):
     assert {"stage": "end_to_end", "figure": "p99"}.items() <= report["budget"]["broken"][0].items()
 
 
-def test_lossless_replay_benches_every_frame_of_a_clip(tmp_path):
+def _baseline(folder, source: str, mode: str, profile: str = "cpu"):
+    """An earlier run's report.json, as much of it as a comparison reads."""
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({
+        "source": {"spec": source, "mode": mode}, "budget": {"profile": profile},
+        "latency_ms": {"end_to_end": {"p50": 10.0, "p99": 20.0}, "stages": {}},
+        "throughput_fps": 30.0}))
+    return folder
+
+
+def test_lossless_replay_benches_every_frame_and_says_the_clip_was_short(tmp_path, capsys):
     clip = write_video(tmp_path / "clip.mp4", seconds=2, width=320, height=256, fps=25)
     out = tmp_path / "r"
+    # A synthetic paced baseline is another kind of run: compared only when asked, and marked.
+    old = _baseline(tmp_path / "old", "synthetic", "paced")
     assert main(["bench", "--source", str(clip), "--mode", "lossless", "--frames", "1000",
                  "--warmup", "5", "--profile", "cpu", "--out", str(out), "--no-peers",
-                 "--set", "publish.endpoint=null", *LOOSE]) == 0
+                 "--set", "publish.endpoint=null", "--baseline", str(old), "--allow-unlike",
+                 *LOOSE]) == 0
+    said = capsys.readouterr().out
+    assert "asked for 1000 frames; the clip has 50: measured 45 after 5 warm-up" in said
+    assert "UNLIKE BASELINE: source synthetic then" in said
     report = json.loads((out / "report.json").read_text())
     assert report["captured"] == 50 and report["dropped"] == 0
     assert report["frames"] == 45 and report["series"]["seq"] == list(range(5, 50))
+    assert report["frames_asked"] == 1000
+    assert report["notes"][0].startswith("UNLIKE BASELINE")
+    assert {d["key"] for d in report["baseline"]["unlike"]} == {"source", "mode"}
+    md = (out / "report.md").read_text()
+    assert "**asked for 1000 frames" in md and "an UNLIKE run" in md
+
+
+def test_a_baseline_of_another_kind_of_run_is_refused_before_running(tmp_path, capsys):
+    old = _baseline(tmp_path / "old", "procedure.mp4", "lossless")
+    out = tmp_path / "r"
+    assert main(["bench", "--source", "synthetic", "--frames", "20", "--profile", "cpu",
+                 "--out", str(out), "--no-peers", "--baseline", str(old), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "another kind of run" in err and "source procedure.mp4 then, synthetic now" in err
+    assert "mode lossless then, paced now" in err and "--allow-unlike" in err
+    assert not out.exists()  # refused before anything ran
+
+
+def test_runs_are_alike_only_with_the_same_source_mode_and_profile():
+    now = {"source": "synthetic", "mode": "paced", "profile": "cpu"}
+    assert unlike(now, dict(now)) == []
+    assert unlike(now, {**now, "profile": "t4"}) == [
+        {"key": "profile", "baseline": "t4", "now": "cpu"}]
+
+
+def test_bench_never_binds_the_live_default_ports(monkeypatch):
+    monkeypatch.delenv("ORSTREAM_SET")  # the suite's own port move: the defaults here
+    bench_plan = plan("synthetic", profile_name="cpu", frames=10, warmup=2)
+    cfg = bench_plan.cfg
+    for endpoint in (cfg.publish.endpoint, cfg.describe.ask_endpoint):
+        assert endpoint.startswith("tcp://127.0.0.1:"), endpoint
+        assert int(endpoint.rpartition(":")[2]) not in (5600, 5601), endpoint
+    assert cfg.segment.size == (256, 320)  # the profile's (H, W) input, passed on as WxH
 
 
 def test_profiles_load_with_their_reasons_and_bad_names_are_usage_errors(tmp_path):

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from orstream.benchmarks.common import free_port
+from orstream.common.net import free_port
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline
 

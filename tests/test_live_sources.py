@@ -18,13 +18,18 @@ import cv2
 import numpy as np
 import pytest
 from loguru import logger
-from orstream.pipeline.camera import CameraSource
 from orstream.pipeline.capture import CaptureThread
 from orstream.pipeline.cli import main
 from orstream.pipeline.config import ConfigError, SourceConfig, load_config
-from orstream.pipeline.network import NetworkSource, ffmpeg_options, redact
 from orstream.pipeline.runner import Pipeline
 from orstream.pipeline.sources import Captured, SourceError, open_source
+from orstream.pipeline.sources.camera import CameraSource
+from orstream.pipeline.sources.network import (
+    NetworkSource,
+    ffmpeg_options,
+    ffmpeg_version,
+    redact,
+)
 
 W, H, FPS = 160, 128, 30
 STREAM_FRAMES = 150  # 5 s of stream per connection: longer than any test needs
@@ -300,8 +305,14 @@ def test_a_protocol_this_ffmpeg_lacks_is_named_not_retried():
     # PyAV's bundled FFmpeg is built without libsrt: say so rather than retry forever.
     if b"srt" in _protocols():
         pytest.skip("this FFmpeg has SRT")
-    with pytest.raises(SourceError, match=r"cannot speak srt:// .*libsrt"):
+    with pytest.raises(SourceError, match=r"cannot speak srt:// .*libsrt") as refused:
         open_source(SourceConfig(spec="srt://127.0.0.1:9000"))
+    assert f"FFmpeg {ffmpeg_version()})" in str(refused.value)
+
+
+def test_the_ffmpeg_version_reads_as_a_version():
+    version = ffmpeg_version()  # once printed as 8...1...2: a string joined as a sequence
+    assert ".." not in version and version.split(".")[0].isdigit(), version
 
 
 def _protocols() -> bytes:

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from orstream.common.classes import CLASSES
 from orstream.pipeline import masks, wire
 from orstream.pipeline.frame import Caption, Frame
-from orstream.training.classes import CLASSES
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 REGION_1080P = (28, 320, 1024, 1280)  # the EndoVis crop of a 1920x1080 frame

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from orstream.common.classes import CLASSES, palette
 from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle, blend_labels, outlines
-from orstream.training.classes import CLASSES, palette
 
 PARTS = CLASSES["parts"]
 COLORS = np.array(palette("parts"), np.uint8)

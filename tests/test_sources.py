@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 from loguru import logger
+from orstream.common.errors import OrstreamError
 from orstream.engines.checkpoint import shipped
 from orstream.pipeline.capture import CaptureThread
 from orstream.pipeline.cli import main
@@ -142,7 +143,7 @@ def test_lossless_replay_through_the_pipeline_renders_every_frame_once(tmp_path)
     assert count == 20
     assert result.frames_out == count and result.dropped == 0
     # The source made the capture edge lossless, and order was kept end to end.
-    assert pipeline._nodes["segment"].inputs[0].mode == "lossless"
+    assert pipeline.graph.edge("capture->segment").mode == "lossless"
     assert result.stages == {"segment": count, "render": count, "null": count}
 
 
@@ -173,7 +174,7 @@ def test_paced_replay_runs_at_the_recordings_rate_and_counts_drops(clip):
     cfg = pipeline_config(clip)  # paced is the default mode
     pipeline = Pipeline(cfg, keep_traces=True)
     result = pipeline.run()
-    assert pipeline._nodes["segment"].inputs[0].mode == "latest"
+    assert pipeline.graph.edge("capture->segment").mode == "latest"
     captured = sorted(t[0][1] for t in result.traces)  # capture times of rendered frames
     span = (captured[-1] - captured[0]) / 1e9
     assert 1.5 <= span <= 3.5, f"2 s of video took {span:.2f} s"
@@ -261,6 +262,12 @@ def test_factory_picks_the_source_from_the_spec(clip):
 
 
 # ------------------------------------------------------------------ bad input
+
+
+def test_a_spec_no_source_serves_is_an_expected_error_naming_the_choices():
+    with pytest.raises(SourceError, match="ftp://x/a.mp4: unknown scheme.*rtsp://") as err:
+        open_source(SourceConfig(spec="ftp://x/a.mp4"))
+    assert isinstance(err.value, OrstreamError) and err.value.exit_code == 2
 
 
 def test_unopenable_files_fail_before_the_pipeline_starts_naming_file_and_fix(tmp_path, clip):

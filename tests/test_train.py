@@ -47,7 +47,7 @@ def test_init_starts_from_a_checkpoints_weights_and_crop_none_trains_on_whole_fr
     # A learning rate this small leaves the weights where --init put them: the result must be
     # the first run's network, not a fresh random one.
     code = main(["train", "unet", "--data", str(tiny_dataset), "--task", "binary",
-                 "--size", "128x160", "--crop", "none", "--batch", "2", "--epochs", "1",
+                 "--size", "160x128", "--crop", "none", "--batch", "2", "--epochs", "1",
                  "--steps-per-epoch", "1", "--lr", "1e-12", "--init", str(first),
                  "--out", str(tmp_path / "whole")])
     assert code == 0

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.registry import VARIANTS, build_model, model_config
-from orstream.training.classes import CLASSES
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

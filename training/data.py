@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from orstream.common.classes import Task
 from orstream.engines.preprocess import resize_image, resize_labels
 from orstream.training.augment import AugmentConfig, augment
-from orstream.training.classes import Task
 from orstream.training.datasets.endovis import Sample, load_sample
 from tqdm import tqdm
 

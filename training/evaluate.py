@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.postprocess import instance_vote
 from orstream.engines.predict import predict_labels
-from orstream.training.classes import CLASSES
 from orstream.training.data import load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.metrics import SegmentationMetrics

@@ -16,13 +16,14 @@ from typing import Literal
 import numpy as np
 import torch
 from loguru import logger
+from orstream.common.classes import CLASSES, palette
+from orstream.common.sizes import check_unet_input, parse_hw
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.postprocess import instance_vote
 from orstream.engines.predict import predict_labels
 from orstream.engines.preprocess import normalize
 from orstream.engines.registry import build_model, model_config
 from orstream.training.augment import AugmentConfig
-from orstream.training.classes import CLASSES, palette
 from orstream.training.data import SegmentationSet, load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.losses import dice_ce_loss
@@ -32,15 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 PRIMARY_METRIC = {"binary": "dice", "parts": "mc_iou", "types": "mc_iou"}
-
-
-def _parse_hw(value: object) -> object:
-    if isinstance(value, str):
-        parts = value.lower().split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"expected HxW such as 256x320, got {value!r}")
-        return (int(parts[0]), int(parts[1]))
-    return value
 
 
 class TrainConfig(BaseModel):
@@ -55,8 +47,9 @@ class TrainConfig(BaseModel):
     batch: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)  # Adam; peak of a warm-up + cosine schedule
     weight_decay: float = Field(1e-4, ge=0)
-    size: tuple[int, int] = (256, 320)  # (H, W) frames are resized to; 1024x1280 crop / 4
-    crop: tuple[int, int] | None = (128, 160)  # training crop at full scale; None = whole frame
+    # (H, W) frames are resized to, the 1280x1024 (WxH) crop / 4; strings are WxH (320x256)
+    size: tuple[int, int] = (256, 320)
+    crop: tuple[int, int] | None = (128, 160)  # (H, W) training crop at full scale; None = whole
     fold: int = Field(0, ge=0, le=3)  # TernausNet fold: its two videos are the validation set
     out: Path = Path("runs/unet")
     resume: bool = False
@@ -72,14 +65,13 @@ class TrainConfig(BaseModel):
     def _hw(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("none", "full"):
             return None  # `--crop none`: train on whole frames
-        return _parse_hw(value)
+        # Written WxH (`--size 320x256`) like every size; held as (H, W)
+        return parse_hw(value) if isinstance(value, str) else value
 
     @field_validator("size")
     @classmethod
     def _multiple_of_32(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] % 32 or value[1] % 32:
-            raise ValueError(f"size {value[0]}x{value[1]} must divide by 32 (U-Net depth 5)")
-        return value
+        return check_unet_input(value)
 
     @field_validator("model")
     @classmethod

@@ -4,7 +4,7 @@ Both challenges ship as folders of PNGs rather than a manifest, and the archives
 consistent (label folder names vary, frames are 1080x1920 with a black border in 2017, labels are
 colour-coded RGB in 2018). This module turns such a folder into a sorted list of `Sample`s and
 reads each one as an RGB image plus a uint8 label map for one of the tasks defined in
-`training.classes` ("binary", "parts", "types").
+`common.classes` ("binary", "parts", "types").
 
 EndoVis 2017 (also written by the project's synthetic generator)::
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
-from orstream.training.classes import ENDOVIS17_PART_VALUES, Task, check_task, type_id_for_folder
+from orstream.common.classes import ENDOVIS17_PART_VALUES, Task, check_task, type_id_for_folder
+from orstream.common.crop import FULL_HD, STANDARD_CROP
 
 __all__ = [
     "DEFAULT_CLASS_TABLE_2018",
@@ -64,10 +65,6 @@ _EXPECTED_LAYOUTS = (
     "the EndoVis 2018 layout ROOT/seq_N/{left_frames,labels}/ (directly in ROOT or one level down)"
 )
 
-# Rows, cols, height, width of the region kept from 1080x1920 EndoVis 2017 frames: it removes the
-# black border of the da Vinci video and yields the 1024x1280 size that 2018 frames already have.
-STANDARD_CROP: tuple[int, int, int, int] = (28, 320, 1024, 1280)
-_FULL_HD = (1080, 1920)
 
 # TernausNet's 4-fold cross-validation on EndoVis 2017: whole videos are held out, so that frames
 # of one video (which are nearly identical) never sit on both sides of a split.
@@ -89,7 +86,7 @@ DEFAULT_CLASS_TABLE_2018: dict[str, tuple[int, int, int]] = {
     "ultrasound-probe": (12, 255, 141),
 }
 # 2018 classes are mapped by name, not by labels.json's classid, so that a table with its own
-# numbering still works; parts ids match training.classes, every other class is background.
+# numbering still works; parts ids match common.classes, every other class is background.
 _PARTS_2018: dict[str, int] = {
     "instrument-shaft": 1,
     "instrument-wrist": 2,
@@ -529,7 +526,7 @@ def read_label(
     task: Task,
     class_table_2018: Mapping[str, Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """uint8 HxW class ids of `sample` for `task` (ids as in training.classes), uncropped.
+    """uint8 HxW class ids of `sample` for `task` (ids as in common.classes), uncropped.
 
     2017: the ground-truth masks of all instruments composed; where masks overlap, the one with
     the higher type id wins. 2018: colours decoded with `class_table_2018` (name -> RGB), else
@@ -548,7 +545,7 @@ def read_label(
 
 def standard_crop(a: np.ndarray) -> np.ndarray:
     """Apply STANDARD_CROP to a 1080x1920(xC) array; return any other array unchanged."""
-    if a.shape[:2] != _FULL_HD:
+    if a.shape[:2] != FULL_HD:
         return a
     row, col, height, width = STANDARD_CROP
     # Contiguous copy so that cv2 and torch.from_numpy get a plain buffer, not a strided view.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from orstream.training.classes import TYPE_CLASSES
+from orstream.common.classes import TYPE_CLASSES
 
 # How a caption names each type: plural nouns ("forceps", "scissors") take no article.
 TYPE_PHRASES: dict[int, str] = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-SHAFT, WRIST, CLASPER, PROBE = 1, 2, 3, 4  # parts ids, see training/classes.py
+SHAFT, WRIST, CLASPER, PROBE = 1, 2, 3, 4  # parts ids, see common/classes.py
 
 _SUBPIXEL = 4  # cv2 fixed-point shift: polygons move smoothly between frames
 # Styles give sizes for a scope held far from the tissue; the working distance of laparoscopy

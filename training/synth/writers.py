@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
-from orstream.training.classes import PART_PIXEL_VALUE, TYPE_FOLDER_NAMES
+from orstream.common.classes import PART_PIXEL_VALUE, TYPE_FOLDER_NAMES
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 from tqdm import tqdm
 

@@ -21,14 +21,9 @@ import av
 import numpy as np
 from loguru import logger
 from orstream.pipeline.config import SourceConfig
-from orstream.pipeline.sources import (
-    DECODER_DEFAULTS,
-    DecodeStats,
-    ReconnectingSource,
-    SourceError,
-    SourceInfo,
-    _Decoder,
-)
+from orstream.pipeline.sources.base import SourceError, SourceInfo
+from orstream.pipeline.sources.files import DECODER_DEFAULTS, Decoder, DecodeStats
+from orstream.pipeline.sources.reconnecting import ReconnectingSource
 
 # Each protocol's own socket timeout, in FFmpeg's units (microseconds), as this FFmpeg's
 # option tables name it (FFmpeg 8): every protocol here calls it `timeout`. The RTSP
@@ -56,6 +51,13 @@ _PROTOCOL_OPTIONS: dict[str, dict[str, str]] = {
 # MPEG-TS program table, the RTSP session description do); the frame size is taken from
 # the first decoded frame, so a short probe costs nothing here.
 _LOW_LATENCY = {"fflags": "nobuffer", "analyzeduration": "500000", "probesize": "500000"}
+
+
+def ffmpeg_version() -> str:
+    """FFmpeg's version as PyAV reports it, e.g. '8.1.2' (a string: joining its characters
+    printed 8...1...2)."""
+    info = av.ffmpeg_version_info
+    return info if isinstance(info, str) else ".".join(map(str, info))
 
 
 def scheme_of(url: str) -> str:
@@ -86,7 +88,7 @@ def ffmpeg_options(cfg: SourceConfig) -> dict[str, str]:
 class _Link:
     container: av.container.InputContainer
     stream: av.VideoStream
-    decoder: _Decoder
+    decoder: Decoder
 
 
 class NetworkSource(ReconnectingSource):
@@ -135,7 +137,7 @@ class NetworkSource(ReconnectingSource):
         except av.error.ProtocolNotFoundError:
             raise SourceError(
                 f"source {self.name}: this FFmpeg (PyAV {av.__version__}, FFmpeg "
-                f"{'.'.join(map(str, av.ffmpeg_version_info))}) cannot speak "
+                f"{ffmpeg_version()}) cannot speak "
                 f"{scheme_of(self.url)}:// (built without it; SRT needs libsrt). Have the "
                 "encoder send RTSP, UDP (MPEG-TS) or HTTP instead, or install a PyAV "
                 "built with it") from None
@@ -156,7 +158,7 @@ class NetworkSource(ReconnectingSource):
         if self.low_latency:
             # Output each frame as soon as it is decoded, not after a reorder delay.
             cc.options = {**(cc.options or {}), "flags": "+low_delay"}
-        return _Link(container, stream, _Decoder(self.name, self.stats, live=True))
+        return _Link(container, stream, Decoder(self.name, self.stats, live=True))
 
     def _read(self, link: object, stop: threading.Event) -> Iterator[tuple[np.ndarray, int]]:
         assert isinstance(link, _Link)

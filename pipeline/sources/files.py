@@ -1,26 +1,14 @@
-"""Frame sources, chosen by a factory keyed on the source spec.
-
-A source yields RGB uint8 images at its own pace, on its own thread (pipeline/capture.py).
-`info.live` sources (the synthetic endoscope, a paced replay, network streams, cameras)
-produce frames whether or not anyone keeps up, so the capture edge delivers only the newest.
-A lossless replay is not live: every decodable frame is delivered once, in order, as fast as
-the pipeline takes them.
-
-Recorded files go through PyAV, so any container and codec FFmpeg reads works, in any pixel
-format (converted to RGB24). Time comes from presentation timestamps, never from a nominal
-frame rate, so variable-frame-rate recordings replay with their own gaps.
-
-Network streams (pipeline/network.py, PyAV) and cameras (pipeline/camera.py, OpenCV V4L2)
-can drop out and come back: they are `ReconnectingSource`s, which reconnect with capped
-exponential backoff and publish a `SourceState` that the runner's status line reads.
-"""
+"""Recorded procedures through PyAV: any container and codec FFmpeg reads, in any pixel format
+(converted to RGB24), paced at the recording's own timestamps (live-like) or lossless (every
+frame once, in order). Time comes from presentation timestamps, never from a nominal frame
+rate, so variable-frame-rate recordings replay with their own gaps. The decoder here also
+serves network streams (sources/network.py)."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,126 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from loguru import logger
 from orstream.pipeline.config import SourceConfig
+from orstream.pipeline.sources.base import Captured, Source, SourceError, SourceInfo
 from orstream.pipeline.transport import RateLimitedLog
 
 if TYPE_CHECKING:
     import av
 
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened or read; names the source and the fix."""
-
-
-@dataclass
-class SourceInfo:
-    name: str
-    live: bool  # produces frames on its own clock: the capture edge keeps only the newest
-    fps: float  # nominal rate (a file's average); pacing itself follows timestamps
-    width: int
-    height: int
-    # Burns the timecode in when source.timecode is auto: a test feed, whose pixels nobody
-    # needs untouched (pipeline/timecode.py)
-    timecode: bool = False
-
-
-@dataclass(frozen=True)
-class Captured:
-    """One frame as a source hands it over."""
-
-    index: int  # position in the source's sequence; a gap is a frame never delivered
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    # When the frame was acquired (monotonic ns): the synthetic render's start, a paced
-    # replay's release time. None: the moment the pipeline takes it (lossless replay, where
-    # queueing ahead of a busy model is not latency anyone sees).
-    t_capture_ns: int | None = None
-    media_s: float | None = None  # files: presentation time from the recording's start
-
-
-@dataclass(frozen=True)
-class SourceState:
-    """Whether a source is delivering; replaced whole, so readers on other threads (the
-    runner's status line) always see one consistent value."""
-
-    up: bool = True
-    attempt: int = 0  # failed reconnect attempts in the current outage
-    reconnects: int = 0  # outages recovered from since the start
-    error: str | None = None  # why it is down
-    down_since: float | None = None  # monotonic seconds
-
-    def describe(self) -> str:
-        if self.up:
-            return "source up"
-        down_s = time.monotonic() - self.down_since if self.down_since is not None else 0.0
-        return (f"source down (reconnecting, attempt {self.attempt + 1}, down {down_s:.0f} s):"
-                f" {self.error}")
-
-
-class Source:
-    """Yields frames until the end or until `stop` is set; waits only on `stop`."""
-
-    info: SourceInfo
-    state: SourceState = SourceState()  # sources that cannot drop out are always up
-
-    def prepare(self) -> None:
-        """Set-up that can run while the stages open (the runner calls it from the capture
-        thread before capture starts); `frames` calls it too. Default: nothing."""
-
-    def frames(self, stop: threading.Event) -> Iterator[Captured]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what `frames` does not release itself; safe to call twice."""
-
-
-# ------------------------------------------------------------------ synthetic
-
-
-class SyntheticSource(Source):
-    """The built-in synthetic endoscope, paced in real time at its fps."""
-
-    def __init__(self, cfg: SourceConfig) -> None:
-        from orstream.training.synth.generator import SynthConfig
-
-        self._config = SynthConfig(width=cfg.width, height=cfg.height, fps=cfg.fps,
-                                   seed=cfg.seed)
-        self._synth = None
-        self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height,
-                               timecode=True)
-
-    def prepare(self) -> None:
-        # The generator's textures take 0.45-0.7 s to build at 1080p, time a start cannot
-        # show or record a frame in: they come from the background cache (milliseconds)
-        # after the first start, and are built here, in the capture thread, so that even a
-        # first build overlaps the model's loading instead of preceding it.
-        if self._synth is None:
-            from orstream.training.synth.background_cache import BackgroundCache
-            from orstream.training.synth.generator import SyntheticEndoscope
-
-            self._synth = SyntheticEndoscope(self._config, cache=BackgroundCache())
-
-    def frames(self, stop: threading.Event) -> Iterator[Captured]:
-        self.prepare()
-        period = 1.0 / self.info.fps
-        start = time.monotonic()
-        index = 0  # which moment of the procedure is rendered
-        emitted = 0  # frames handed over: the sequence downstream counts drops against
-        while not stop.is_set():
-            # Frame i is due at start + i * period; a late render is not made up for by
-            # bursting, the schedule skips ahead as a camera's clock would.
-            due = start + index * period
-            delay = due - time.monotonic()
-            if delay > 0 and stop.wait(delay):
-                return
-            if delay < -period:
-                index = int((time.monotonic() - start) / period)
-            # The render counts as capture latency, like a sensor's readout.
-            started = time.monotonic_ns()
-            yield Captured(emitted, self._synth.render_image(index), started)
-            index += 1
-            emitted += 1
-
-
-# ------------------------------------------------------------------ recorded files
 
 # Decoder threading per mode (FFmpeg thread_type, threads; 0 threads = FFmpeg picks from the
 # core count). Measured on the 2-core CI box, 1080p30 H.264, per-frame time (decode + RGB):
@@ -199,7 +73,7 @@ def _open_error(path: Path, exc: BaseException) -> SourceError:
     return SourceError(f"source {path}: cannot be read as video ({exc}); {hint}")
 
 
-class _Decoder:
+class Decoder:
     """Decoded frames of one container, skipping what is broken instead of stopping.
 
     Bad input in the middle of a recording must not end a replay: packets the demuxer flags
@@ -309,7 +183,7 @@ class VideoFileSource(Source):
         # Open and decode one frame now, so that a bad file fails before the pipeline starts.
         with self._open() as container:
             stream = container.streams.video[0]
-            first = next(_Decoder(name, DecodeStats()).frames(container, stream,
+            first = next(Decoder(name, DecodeStats()).frames(container, stream,
                                                                threading.Event()), None)
             if first is None:
                 raise SourceError(f"source {name}: no decodable video frame (a damaged or "
@@ -360,7 +234,7 @@ class VideoFileSource(Source):
                 stream = container.streams.video[0]
                 stream.codec_context.thread_type = self.thread_type
                 stream.codec_context.thread_count = self.threads
-                decoder = _Decoder(self.info.name, self.stats)
+                decoder = Decoder(self.info.name, self.stats)
                 pacer = _Pacer() if self.mode == "paced" else None
                 index = 0
                 while not stop.is_set():
@@ -417,7 +291,7 @@ class VideoFileSource(Source):
             yield media_s, step, image
 
     def _in_range(self, container: av.container.InputContainer, stream: av.VideoStream,
-                  decoder: _Decoder, stop: threading.Event,
+                  decoder: Decoder, stop: threading.Event,
                   seek: bool | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
         """(time from the recording's start, frame) for frames in [start, end).
 
@@ -481,210 +355,3 @@ class VideoFileSource(Source):
             "undecodable packets, {} corrupt frames, {} late{}", self.info.name, s.decoded,
             passes, s.corrupt_packets, s.decode_errors, s.corrupt_frames, s.late,
             "; the file ended early (truncated?)" if s.demux_errors or s.ended_early else "")
-
-
-# ------------------------------------------------------------------ live links
-
-
-class ReconnectingSource(Source):
-    """A live source whose link can drop: a network stream, a camera that is unplugged.
-
-    Subclasses say how to connect, read and release; this class owns the loop around them.
-    When the link drops or cannot be made, it waits (capped exponential backoff, woken at
-    once by `stop`) and tries again, for at most `source.reconnect_max_s` of continuous
-    outage (None: until stopped), then raises SourceError naming the source. Meanwhile
-    `state` says it is down, so the pipeline keeps running and its status line shows it.
-    """
-
-    # What to check when the source stays unreachable; subclasses say it for their kind.
-    unreachable_hint = "check the source is on and reachable"
-
-    def __init__(self, name: str, cfg: SourceConfig) -> None:
-        self.name = name
-        self.delay_s = cfg.reconnect_delay_s
-        self.delay_max_s = cfg.reconnect_delay_max_s
-        self.budget_s = cfg.reconnect_max_s
-        self.state = SourceState()
-        self._pending: object | None = None  # a link opened up front, used by frames() first
-
-    # ------------------------------------------------------------ what subclasses provide
-
-    def _connect(self) -> object:
-        """Open the link; raise SourceError (fatal: retrying cannot help) or any other
-        exception (worth retrying)."""
-        raise NotImplementedError
-
-    def _read(self, link: object,
-              stop: threading.Event) -> Iterator[tuple[np.ndarray, int]]:
-        """(RGB image, acquisition time in monotonic ns) until the link drops (return) or
-        `stop` is set."""
-        raise NotImplementedError
-
-    def _release(self, link: object) -> None:
-        raise NotImplementedError
-
-    def _lost_reason(self, link: object) -> str:
-        """Why `_read` returned: the stream ended, a read timed out, ..."""
-        return "the stream ended"
-
-    # ------------------------------------------------------------ the loop
-
-    def _first_connect(self, fatal: bool = False) -> object | None:
-        """Connect once before the pipeline starts, so that a wrong spec fails at once and
-        the frame size is known. An unreachable source is fatal when `fatal` or when no
-        retries are allowed; otherwise the pipeline starts and shows it down while it
-        retries (None)."""
-        try:
-            link = self._connect()
-        except SourceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
-            if fatal or self.budget_s == 0:
-                raise SourceError(f"source {self.name}: cannot connect ({_reason(exc)}); "
-                                  f"{self.unreachable_hint}") from None
-            self._down(exc, attempt=1)
-            logger.warning("source {}: cannot connect ({}); the pipeline starts and retries "
-                           "{}", self.name, _reason(exc), self._budget_text())
-            return None
-        self._pending = link
-        return link
-
-    def frames(self, stop: threading.Event) -> Iterator[Captured]:
-        index = 0
-        while not stop.is_set():
-            link, self._pending = self._pending, None
-            if link is None:
-                link = self._reconnect(stop)
-                if link is None:
-                    return  # stopped while waiting
-            delivered = False
-            try:
-                for image, t_ns in self._read(link, stop):
-                    if not self.state.up:
-                        self._recovered()
-                    delivered = True
-                    yield Captured(index, image, t_ns)
-                    index += 1
-                if stop.is_set():
-                    return
-                reason = self._lost_reason(link)
-            finally:
-                self._release(link)
-            # A link that delivered frames is retried at once (a glitch is often over by
-            # then); one that connected but delivered nothing counts as a failed attempt,
-            # so that a peer accepting and hanging up at once is retried with backoff.
-            self._down(reason, attempt=0 if delivered else self.state.attempt + 1)
-            logger.warning("source {}: lost ({}); reconnecting {}", self.name, reason,
-                           self._budget_text())
-
-    def _delay_s(self, attempt: int) -> float:
-        """The wait before reconnect attempt `attempt` (1: none): delay_s, then doubling up
-        to the cap. A source that is rebooting is found quickly, one that is gone costs one
-        attempt per cap."""
-        return 0.0 if attempt <= 1 else min(self.delay_max_s, self.delay_s * 2 ** (attempt - 2))
-
-    def _reconnect(self, stop: threading.Event) -> object | None:
-        """Try until connected (the link), stopped (None) or out of budget (SourceError)."""
-        while True:
-            attempt = self.state.attempt + 1
-            wait = self._delay_s(attempt)
-            if self.budget_s is not None and self.state.down_since is not None:
-                left = self.budget_s - (time.monotonic() - self.state.down_since)
-                if left <= 0:
-                    raise SourceError(
-                        f"source {self.name}: down for {self.budget_s:g} s, {attempt - 1} "
-                        f"attempt(s) to connect failed (last: {self.state.error}); "
-                        f"{self.unreachable_hint}, or set source.reconnect_max_s: null to "
-                        "keep retrying")
-                wait = min(wait, left)
-            if wait > 0 and stop.wait(wait):
-                return None
-            try:
-                return self._connect()
-            except SourceError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
-                self._down(exc, attempt=attempt)
-                logger.warning("source {}: reconnect attempt {} failed ({}); next in {:.1f} s",
-                               self.name, attempt, _reason(exc), self._delay_s(attempt + 1))
-
-    def _down(self, error: BaseException | str, attempt: int) -> None:
-        s = self.state
-        since = s.down_since if not s.up and s.down_since is not None else time.monotonic()
-        self.state = SourceState(False, attempt, s.reconnects, _reason(error), since)
-
-    def _recovered(self) -> None:
-        s = self.state
-        down_s = time.monotonic() - s.down_since if s.down_since is not None else 0.0
-        logger.info("source {}: reconnected after {:.1f} s down ({} failed attempt(s) "
-                    "before)", self.name, down_s, s.attempt)
-        self.state = SourceState(True, 0, s.reconnects + 1)
-
-    def _budget_text(self) -> str:
-        backoff = f"(backoff {self.delay_s:g} s doubling to {self.delay_max_s:g} s)"
-        if self.budget_s is None:
-            return f"until stopped {backoff}; set source.reconnect_max_s to give up"
-        return f"for up to {self.budget_s:g} s {backoff} (source.reconnect_max_s)"
-
-    def close(self) -> None:
-        link, self._pending = self._pending, None
-        if link is not None:
-            self._release(link)
-
-
-def _reason(error: BaseException | str) -> str:
-    if isinstance(error, str):
-        return error
-    text = str(error) or error.__class__.__name__
-    return text if len(text) < 300 else text[:300] + "..."
-
-
-# ------------------------------------------------------------------ the factory
-
-NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "tcp", "http", "https")
-_CAMERA = re.compile(r"camera:\d+|/dev/video\d+")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def source_kind(spec: str) -> str:
-    """Which factory serves a spec: synthetic, network, camera, file, or unknown."""
-    if spec == "synthetic":
-        return "synthetic"
-    scheme = _SCHEME.match(spec)
-    if scheme:
-        return "network" if scheme.group(1).lower() in NETWORK_SCHEMES else "unknown"
-    if _CAMERA.fullmatch(spec):
-        return "camera"
-    return "file"
-
-
-def _unknown(cfg: SourceConfig) -> Source:
-    raise SourceError(f"source {cfg.spec}: unknown scheme; give 'synthetic', a video file "
-                      f"path, camera:N, /dev/videoN, or one of "
-                      f"{', '.join(s + '://' for s in NETWORK_SCHEMES)}")
-
-
-def _network(cfg: SourceConfig) -> Source:
-    from orstream.pipeline.network import NetworkSource  # imported here: it imports this module
-
-    return NetworkSource(cfg)
-
-
-def _camera(cfg: SourceConfig) -> Source:
-    from orstream.pipeline.camera import CameraSource  # imported here: it imports this module
-
-    return CameraSource(cfg)
-
-
-_FACTORIES: dict[str, Callable[[SourceConfig], Source]] = {
-    "synthetic": SyntheticSource,
-    "file": VideoFileSource,
-    "network": _network,
-    "camera": _camera,
-    "unknown": _unknown,
-}
-
-
-def open_source(cfg: SourceConfig) -> Source:
-    """A source for the spec; SourceError (naming the spec and the fix) if it cannot open."""
-    return _FACTORIES[source_kind(cfg.spec)](cfg)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from orstream.common.errors import UsageError
+
 Task = Literal["binary", "parts", "types"]
 TASKS: tuple[Task, ...] = ("binary", "parts", "types")
 
@@ -66,7 +68,7 @@ def num_classes(task: Task) -> int:
 
 def check_task(task: str) -> Task:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+        raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
     return task  # type: ignore[return-value]
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from orstream.common.errors import UsageError
+from orstream.common.yamlio import load_mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "devices"
 
 
-class ProfileError(ValueError):
+class ProfileError(UsageError):
     """An unknown profile or a malformed profile file; names the key."""
 
 
@@ -104,15 +106,14 @@ def load_profile(name: str, device: dict[str, Any] | None = None,
     if not path.is_file():
         raise ProfileError(f"--profile {name}: no such profile; available: "
                            f"{', '.join(available())} or auto")
-    text = path.read_text()
-    data = yaml.safe_load(text)
+    data = load_mapping(path, ProfileError)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ProfileError(f"--set {item}: expected KEY=VALUE")
         _set(data, key, yaml.safe_load(value))
     try:
-        return Profile(**data, why=_reasons(text))
+        return Profile(**data, why=_reasons(path.read_text()))
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])

@@ -1,4 +1,4 @@
-"""Bench reports: report.json (schema in benchmarks/REPORT.md), report.md (the tables), and
+"""Bench reports: report.json (schema in pipeline/bench/REPORT.md), report.md (the tables), and
 three plots readable at a glance: latency CDF per stage, end-to-end latency over time with
 drops marked, and the per-stage breakdown as stacked bars."""
 
@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 FIGURES = ("p50", "p90", "p95", "p99", "p99.9", "max", "mean")
+# Notes that change what the figures mean: shown in bold under the title, not only at the end.
+ALERTS = ("UNLIKE", "asked for")
 
 
 def compare(report: dict[str, Any], baseline: dict[str, Any],
@@ -121,6 +123,7 @@ def markdown(report: dict[str, Any]) -> str:
     b = report["budget"]
     lines = [
         f"# orstream bench: {'PASS' if b['pass'] else 'FAIL'} ({b['profile']} profile)", "",
+        *[f"**{n}**\n" for n in report.get("notes", []) if n.startswith(ALERTS)],
         f"Source `{report['source']['spec']}` ({report['source']['mode']}), "
         f"{report['frames']} frames after {report['warmup_frames']} warm-up; device "
         f"{report['device']['kind']} {report['device']['name']}"
@@ -156,8 +159,11 @@ def markdown(report: dict[str, Any]) -> str:
                                                       f"{f['p99']:.3f} ms{ratio}"))
     if report.get("baseline"):
         cmp = report["baseline"]
+        kinds = "; ".join(f"{d['key']}: {d['baseline']} then, {d['now']} now"
+                          for d in cmp.get("unlike", []))
         lines += ["", f"Against the baseline (regression: > {100 * cmp['threshold']:.0f} % "
-                      f"worse):", "", "| figure | baseline | now | ratio | |",
+                      f"worse)" + (f", an UNLIKE run ({kinds})" if kinds else "") + ":", "",
+                  "| figure | baseline | now | ratio | |",
                   "|---|---|---|---|---|"]
         for r in cmp["rows"]:
             lines.append(f"| {r['figure']} | {r['baseline']:.2f} | {r['now']:.2f} | "

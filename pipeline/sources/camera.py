@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 from loguru import logger
 from orstream.pipeline.config import SourceConfig
-from orstream.pipeline.sources import ReconnectingSource, SourceInfo
+from orstream.pipeline.sources.base import SourceInfo
+from orstream.pipeline.sources.reconnecting import ReconnectingSource
 
 # OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC (only its FFmpeg backend has it):
 # a read waits in select() for OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds (default 10), read

@@ -10,6 +10,7 @@ apart.
 from __future__ import annotations
 
 import hashlib
+import json
 import resource
 import sys
 import threading
@@ -20,10 +21,18 @@ from typing import Any
 
 import numpy as np
 from loguru import logger
-from orstream.benchmarks.profiles import Profile, detect_device, load_profile, matches
+from orstream.common.errors import UsageError
+from orstream.common.net import free_port
+from orstream.common.sizes import format_hw
+from orstream.pipeline.bench.profiles import Profile, detect_device, load_profile, matches
 from orstream.pipeline.config import PipelineConfig, load_config
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
+
+
+class BenchError(UsageError):
+    """A bench that cannot give trustworthy figures as asked (too few frames, a baseline
+    of another kind of run); the message says what to change."""
 
 
 @dataclass
@@ -53,28 +62,15 @@ def figures(ms: np.ndarray) -> dict[str, float]:
 
 
 def _engine_info(cfg: PipelineConfig) -> dict[str, Any]:
-    """Build (or find) the segment engine before the run, timed: a build is reported apart
-    from the frames' latency."""
+    """Open (build or find, and load) the segment engine before the run, timed: a build is
+    reported apart from the frames' latency, and an engine that cannot be had (no gated INT8
+    engine, a backend this machine lacks) stops the bench before it starts."""
     if not cfg.segment.enabled:
         return {"backend": None, "note": "segmentation off"}
-    from orstream.engines.cache import EngineCache, file_sha256
-    from orstream.engines.export import export_engine, resolve
+    from orstream.engines.export import describe_origin, open_engine
+    from orstream.pipeline.stages import segment_engine_spec
 
-    seg = cfg.segment
-    chosen = resolve(seg.backend, seg.precision, seg.device, seg.auto_backends.get(seg.device))
-    info: dict[str, Any] = {"backend": chosen.backend, "precision": chosen.precision,
-                            "why": chosen.why, "weights": str(seg.weights)}
-    if chosen.precision != "int8":
-        t0 = time.perf_counter()
-        entry = export_engine(seg.weights, chosen.backend, chosen.precision, seg.size,
-                              seg.device, EngineCache(seg.engine_cache))
-        info["weights_sha256"] = entry.meta["key"]["weights_sha256"]  # hashed once, there
-        info["engine_ready_s"] = round(time.perf_counter() - t0, 3)
-        info["engine_build_s"] = entry.meta.get("build_s")
-        info["engine_cached"] = not entry.built_now
-    else:  # gated INT8 engines are made by `calibrate build`, never here
-        info["weights_sha256"] = file_sha256(seg.weights)
-    return info
+    return describe_origin(open_engine(segment_engine_spec(cfg.segment)))
 
 
 def run(cfg: PipelineConfig, frames: int, warmup: int) -> BenchRun:
@@ -105,7 +101,7 @@ def run(cfg: PipelineConfig, frames: int, warmup: int) -> BenchRun:
 def analyse(bench: BenchRun, warmup: int) -> dict[str, Any]:
     records = bench.records[warmup:]
     if len(records) < 2:
-        raise ValueError(f"only {len(bench.records)} frames came out ({warmup} are warm-up): "
+        raise BenchError(f"only {len(bench.records)} frames came out ({warmup} are warm-up): "
                          f"run more --frames or a longer source")
     stages: dict[str, list[float]] = {}
     e2e = []
@@ -194,27 +190,93 @@ def _peak_memory() -> dict[str, float | None]:
     return {"cpu_rss_mb": round(rss_mb, 1), "gpu_mb": gpu}
 
 
-def bench(source: str, config: Path | None = None, mode: str | None = None,
-          profile_name: str = "auto", frames: int = 600, warmup: int = 30,
-          sets: list[str] | None = None, peers: bool = True) -> dict[str, Any]:
-    """Run and analyse; returns the report (see docs/bench-report.md for the schema)."""
+@dataclass(frozen=True)
+class BenchPlan:
+    """What a bench will run, settled before anything runs: a baseline of another kind of run
+    is refused before minutes are spent measuring."""
+
+    cfg: PipelineConfig
+    profile: Profile
+    device: dict[str, Any]
+    frames: int
+    warmup: int
+
+    def kind(self) -> dict[str, str]:
+        """What a baseline must share for a ratio against it to mean anything."""
+        return {"source": self.cfg.source.spec, "mode": self.cfg.source.mode,
+                "profile": self.profile.name}
+
+
+def report_kind(report: dict[str, Any]) -> dict[str, str]:
+    """BenchPlan.kind() of the run an earlier report.json came from."""
+    return {"source": report["source"]["spec"], "mode": report["source"]["mode"],
+            "profile": report["budget"]["profile"]}
+
+
+def unlike(now: dict[str, str], baseline: dict[str, str]) -> list[dict[str, str]]:
+    """The keys where two runs differ, e.g. a lossless file against a paced synthetic feed."""
+    return [{"key": k, "baseline": baseline.get(k), "now": v} for k, v in now.items()
+            if baseline.get(k) != v]
+
+
+def _private_endpoints(cfg: PipelineConfig) -> list[str]:
+    """`--set` overrides that move every TCP endpoint the run would bind onto a free loopback
+    port: a bench must neither take the live defaults (5600/5601) from a pipeline running on
+    the same host nor fail because one holds them."""
+    named = [("publish.endpoint", cfg.publish.endpoint), ("masks.endpoint", cfg.masks.endpoint),
+             ("describe.ask_endpoint", cfg.describe.ask_endpoint)]
+    named += [(f"edges.{k}.endpoint", e.endpoint) for k, e in cfg.edges.items()]
+    return [f"{key}=tcp://127.0.0.1:{free_port()}" for key, endpoint in named
+            if endpoint and endpoint.startswith("tcp://")]
+
+
+def plan(source: str, config: Path | None = None, mode: str | None = None,
+         profile_name: str = "auto", frames: int = 600, warmup: int = 30,
+         sets: list[str] | None = None) -> BenchPlan:
+    """The config and profile a bench runs with; usage errors raise here, before any run."""
     device = detect_device()
     budget_sets = [s for s in sets or [] if s.startswith("budgets.")]
     pipeline_sets = [s for s in sets or [] if not s.startswith("budgets.")]
     profile = load_profile(profile_name, device, budget_sets)
-    h, w = profile.input_size
-    derived = [f"source.spec={source}", f"segment.size={h}x{w}"]
+    derived = [f"source.spec={source}", f"segment.size={format_hw(profile.input_size)}"]
     if mode:
         derived.append(f"source.mode={mode}")
     if source == "synthetic":
         derived.append(f"source.fps={profile.fps:g}")
     cfg = load_config(config, derived + pipeline_sets)
+    moved = _private_endpoints(cfg)
+    if moved:
+        cfg = load_config(config, derived + pipeline_sets + moved)
+        logger.info("bench: binds free loopback ports only ({})",
+                    ", ".join(m.replace("=", " ") for m in moved))
+    return BenchPlan(cfg, profile, device, frames, warmup)
+
+
+def shortfall_note(asked: int, warmup: int, source: str, delivered: int,
+                   measured: int) -> str | None:
+    """What to say when the source ended before `asked` frames were measured; None if not."""
+    if measured >= asked:
+        return None
+    what = "the clip has" if Path(source).is_file() else "the source gave"
+    return (f"asked for {asked} frames; {what} {delivered}: measured {measured} after "
+            f"{warmup} warm-up")
+
+
+def execute(bench_plan: BenchPlan, peers: bool = True) -> dict[str, Any]:
+    """Run the planned bench and analyse it; returns the report (schema in REPORT.md)."""
+    cfg, profile, device = bench_plan.cfg, bench_plan.profile, bench_plan.device
+    frames, warmup = bench_plan.frames, bench_plan.warmup
     logger.info("bench: profile {} ({}), {} frames after {} warm-up, source {}",
-                profile.name, profile.description, frames, warmup, source)
+                profile.name, profile.description, frames, warmup, cfg.source.spec)
     bench_run = run(cfg, frames, warmup)
     report = analyse(bench_run, warmup)
     engine = bench_run.engine
     notes = []
+    short = shortfall_note(frames, warmup, cfg.source.spec, bench_run.captured,
+                           report["frames"])
+    if short:
+        logger.warning("bench: {}", short)
+        notes.append(short)
     if not matches(profile, device):
         notes.append(f"profile {profile.name} is for {profile.match.kind}"
                      f"{' ' + profile.match.name_contains if profile.match.name_contains else ''}"
@@ -228,6 +290,7 @@ def bench(source: str, config: Path | None = None, mode: str | None = None,
     report.update({
         "schema": "orstream.bench/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "frames_asked": frames,
         "source": {"spec": cfg.source.spec, "mode": cfg.source.mode},
         "device": device,
         "versions": _versions(),
@@ -238,18 +301,25 @@ def bench(source: str, config: Path | None = None, mode: str | None = None,
     })
     report["budget"] = judge(report, profile)
     if peers:
-        from orstream.benchmarks.peers import floors
+        from orstream.pipeline.bench.floors import floors
 
         report["floors"] = floors(cfg.source.spec, (cfg.source.height, cfg.source.width),
                                   cfg.source.fps)
-        note = _jitter_note(report["floors"], report["budget"])
+        note = noisy_host_note(report["floors"], report["budget"])
         if note:
             report["notes"].append(note)
     return report
 
 
-def _jitter_note(floor_rows: list[dict[str, Any]], budget: dict[str, Any]) -> str | None:
-    from orstream.benchmarks.peers import NOISY_HOST_RATIO
+def bench(source: str, config: Path | None = None, mode: str | None = None,
+          profile_name: str = "auto", frames: int = 600, warmup: int = 30,
+          sets: list[str] | None = None, peers: bool = True) -> dict[str, Any]:
+    """Plan, run and analyse; returns the report (schema in pipeline/bench/REPORT.md)."""
+    return execute(plan(source, config, mode, profile_name, frames, warmup, sets), peers)
+
+
+def noisy_host_note(floor_rows: list[dict[str, Any]], budget: dict[str, Any]) -> str | None:
+    from orstream.pipeline.bench.floors import NOISY_HOST_RATIO
 
     jitter = next((f for f in floor_rows if "p99_over_p50" in f), None)
     if jitter is None or jitter["p99_over_p50"] < NOISY_HOST_RATIO:
@@ -262,30 +332,57 @@ def _jitter_note(floor_rows: list[dict[str, Any]], budget: dict[str, Any]) -> st
                if tails else ""))
 
 
+def _load_baseline(baseline: Path) -> dict[str, Any]:
+    path = Path(baseline) / "report.json" if Path(baseline).is_dir() else Path(baseline)
+    if not path.is_file():
+        raise BenchError(f"--baseline {baseline}: no report.json there (give an earlier "
+                         f"bench --out folder or its report.json)")
+    return json.loads(path.read_text())
+
+
+def _describe_unlike(differs: list[dict[str, str]]) -> str:
+    return ", ".join(f"{d['key']} {d['baseline']} then, {d['now']} now" for d in differs)
+
+
 def bench_command(source: str, out: Path, config: Path | None = None, mode: str | None = None,
                   profile: str = "auto", frames: int = 600, warmup: int = 30,
                   sets: list[str] | None = None, baseline: Path | None = None,
-                  regression: float = 0.10, peers: bool = True) -> int:
+                  regression: float = 0.10, peers: bool = True,
+                  allow_unlike: bool = False) -> int:
     """What `orstream bench` does: 0 when every budget holds, 1 when one breaks (the last
-    line names the stage and figure); usage errors raise before anything runs."""
-    import json
+    line names the stage and figure); usage errors raise before anything runs.
 
-    from orstream.benchmarks.report import compare, write
+    A baseline of another kind of run (source, replay mode or profile) is refused before the
+    run: its ratios would read as a regression or a win that is neither. `allow_unlike`
+    compares anyway, warns, and records the differences in report.json and report.md."""
+    from orstream.pipeline.bench.report import ALERTS, compare, write
 
-    old = None
+    bench_plan = plan(source, config, mode, profile, frames, warmup, sets)
+    old, differs = None, []
     if baseline is not None:
-        path = Path(baseline) / "report.json" if Path(baseline).is_dir() else Path(baseline)
-        if not path.is_file():
-            raise FileNotFoundError(f"--baseline {baseline}: no report.json there")
-        old = json.loads(path.read_text())
-    report = bench(source, config, mode, profile, frames, warmup, sets, peers)
+        old = _load_baseline(baseline)
+        differs = unlike(bench_plan.kind(), report_kind(old))
+        if differs and not allow_unlike:
+            raise BenchError(f"--baseline {baseline} is another kind of run ("
+                             f"{_describe_unlike(differs)}): its ratios would mean nothing; "
+                             f"bench like against like, or pass --allow-unlike")
+    report = execute(bench_plan, peers)
     if old is not None:
         report["baseline"] = compare(report, old, regression)
+        report["baseline"]["unlike"] = differs
+        if differs:
+            warning = (f"UNLIKE BASELINE: {_describe_unlike(differs)}; the ratios compare "
+                       f"different kinds of run")
+            logger.warning("bench: {}", warning)
+            report["notes"].insert(0, warning)
     paths = write(report, Path(out))
     e2e = report["latency_ms"]["end_to_end"]
     print(f"{report['frames']} frames, {report['throughput_fps']:.2f} fps, end to end p50 "
           f"{e2e['p50']:.1f} ms p99 {e2e['p99']:.1f} ms, dropped {report['dropped']}; "
           f"report in {paths['md']}")
+    for note in report["notes"]:
+        if note.startswith(ALERTS):
+            print(note)
     if report.get("baseline", {}).get("regressions"):
         print("regressions against the baseline: "
               + ", ".join(report["baseline"]["regressions"]))
