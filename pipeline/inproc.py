@@ -22,10 +22,16 @@ from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from typing import Any
 
+from orstream.common.errors import UsageError
 from orstream.pipeline.frame import Frame
 
 _REGISTRY: dict[str, Mailbox] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+class InprocError(UsageError):
+    """An inproc:// endpoint used in a way it cannot serve (two modes on one name, encoded
+    messages); the message names the endpoint and the fix."""
 
 
 class _Waiters:
@@ -116,7 +122,8 @@ def attach(endpoint: str, mode: str, capacity: int) -> Mailbox:
         if box is None:
             box = _REGISTRY[endpoint] = Mailbox(endpoint, mode, capacity)
         elif box.mode != mode:
-            raise ValueError(f"{endpoint} is already open in {box.mode} mode, not {mode}")
+            raise InprocError(f"{endpoint} is already open in {box.mode} mode, not {mode}: "
+                              "give each edge its own inproc:// name")
         box._users += 1
         return box
 

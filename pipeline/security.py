@@ -16,10 +16,11 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from loguru import logger
+from orstream.common.errors import UsageError
 from zmq.auth.thread import ThreadAuthenticator
 
 
-class SecurityError(ValueError):
+class SecurityError(UsageError):
     """Keys missing or unreadable; the message names the config key or file."""
 
 

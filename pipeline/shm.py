@@ -327,7 +327,10 @@ class SlotRing:
 
 
 class ShmError(ValueError):
-    """A shared-memory reference that cannot be used. `reason` is a wire rejection key."""
+    """A shared-memory reference that cannot be used. `reason` is a wire rejection key.
+
+    Raised per message, never to the user: wire.decode turns it into a WireError that the
+    receiver counts and drops, as it does every invalid message."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -10,40 +10,58 @@ Two delivery modes:
 - **lossless**: PUSH/PULL with a small high-water mark: every frame, in order, and a full
   queue blocks the sender (backpressure) instead of dropping.
 
-`shm://PATH` endpoints are `ipc://PATH` whose pixel parts go through a shared-memory ring
-instead of the socket (pipeline/shm.py): the sender copies a frame in, the receiver reads
-it in place (0.61x imagezmq's 1080p hop, against 1.02x over ipc://). Same host only, and
-the receiver must speak PROTOCOL.md's shared-memory section.
+One class per transport, each with the same methods (`send` / `recv`, `close`, `with`):
 
-`inproc://` endpoints do not go through ZeroMQ: within a process the Frame object itself is
-handed over (pipeline/inproc.py), with the same modes, because a ZeroMQ inproc hop costs a
-header round trip and a buffer-release wake-up for no isolation.
+- `ZmqSender` / `ZmqReceiver`: `ipc://PATH` and `tcp://HOST:PORT`, the message on a socket.
+- `ShmSender` / `ShmReceiver`: `shm://PATH` is `ipc://PATH` whose pixel parts go through a
+  shared-memory ring instead of the socket (pipeline/shm.py): the sender copies a frame in,
+  the receiver reads it in place (0.61x imagezmq's 1080p hop, against 1.02x over ipc://).
+  Same host only, and the receiver must speak PROTOCOL.md's shared-memory section.
+- `InprocSender` / `InprocReceiver`: `inproc://` does not go through ZeroMQ: within a process
+  the Frame object itself is handed over (pipeline/inproc.py), with the same modes, because
+  a ZeroMQ inproc hop costs a header round trip and a buffer-release wake-up for no isolation.
+
+`Sender(endpoint, ...)` and `Receiver(endpoint, ...)` construct the class that the endpoint's
+scheme names in SENDERS / RECEIVERS, so callers name an address, never a transport, and
+`isinstance(x, Sender)` holds for every one of them.
 
 Either side may bind. A display publisher binds and displays connect; between stages the
 receiving stage binds its input and upstream connects to it, so several producers (cameras,
-operating rooms) can feed one stage, and a stage's input is one known address. A tcp endpoint
-without a host, or with `localhost`, binds 127.0.0.1; any other interface must be named in
-the config.
+operating rooms) can feed one stage, and a stage's input is one known address. Endpoint
+strings are parsed in pipeline/endpoints.py. A side that bound an ipc:// or shm:// path
+removes its socket file when it closes; a path or port another socket holds is an
+EndpointInUseError.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket as stdsocket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import zmq
 from loguru import logger
 from orstream.pipeline import inproc, wire
+from orstream.pipeline.endpoints import (
+    EndpointInUseError,
+    Mode,
+    normalize_endpoint,
+    parse,
+    socket_file,
+    zmq_address,
+)
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.security import Curve
 
 if TYPE_CHECKING:
     from orstream.pipeline.shm import SlotReader, SlotRing
 
-Mode = Literal["latest", "lossless"]
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: zmq.Context | None = None
 
@@ -55,31 +73,6 @@ def context() -> zmq.Context:
         if _CONTEXT is None or _CONTEXT.closed:
             _CONTEXT = zmq.Context.instance()
         return _CONTEXT
-
-
-def normalize_endpoint(endpoint: str) -> str:
-    """tcp://:5600 and tcp://localhost:5600 -> tcp://127.0.0.1:5600; others unchanged."""
-    if endpoint.startswith("tcp://"):
-        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT")
-        if host in ("", "localhost"):
-            host = "127.0.0.1"
-        if host in ("*", "0.0.0.0"):
-            logger.warning("{} binds every network interface, as configured", endpoint)
-        return f"tcp://{host}:{port}"
-    if endpoint.startswith(("ipc://", "inproc://", "shm://")):
-        if endpoint.endswith("://"):
-            raise ValueError(f"endpoint {endpoint!r}: names no path")
-        return endpoint
-    raise ValueError(f"endpoint {endpoint!r}: expected inproc://NAME, ipc://PATH, shm://PATH "
-                     "or tcp://HOST:PORT")
-
-
-def zmq_address(endpoint: str) -> str:
-    """The ZeroMQ address of a normalized endpoint: shm://PATH sends its messages over
-    ipc://PATH."""
-    return "ipc://" + endpoint[len("shm://"):] if endpoint.startswith("shm://") else endpoint
 
 
 class RateLimitedLog:
@@ -115,35 +108,100 @@ class ReceiverStats:
         return sum(self.lost_by_stream.values())
 
 
-def _attach(socket: zmq.Socket, endpoint: str, bind: bool, curve: Curve | None) -> None:
-    if curve is not None:
+# ----------------------------------------------------------------- sockets and their files
+
+
+@dataclass(frozen=True)
+class BoundFile:
+    """The Unix socket file that binding an ipc:// or shm:// endpoint made. ZeroMQ leaves it
+    behind at close; removing it is the binder's job, and only while it is still the file
+    the bind made (same device and inode): a later binder of the path has replaced it, and
+    what is there now is that binder's."""
+
+    path: str
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, endpoint: str) -> BoundFile | None:
+        """The file a bind of `endpoint` just made; None for tcp and abstract sockets."""
+        path = socket_file(endpoint)
+        if path is None:
+            return None
         try:
-            curve.apply(socket, endpoint, bind)
-        except Exception:
-            socket.close(0)
-            raise
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return cls(path, info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        try:
+            info = os.lstat(self.path)
+            if (info.st_dev, info.st_ino) == (self.device, self.inode):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # the folder became read-only or not ours: say so, go on
+            logger.warning("could not remove the socket file {}: {}", self.path, exc.strerror)
+
+
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket file `path`. Binding
+    ipc:// replaces a file already there, so without this a second pipeline on the same
+    path would silently take the first one's connections; a file left by a process that
+    died refuses the connection and is replaced."""
+    with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except BlockingIOError:  # a listener whose backlog is full: it is there
+            return True
+        except OSError:  # not a socket, too long a path...: the bind meets it and says so
+            return False
+    return True
+
+
+def _attach(socket: zmq.Socket, endpoint: str, bind: bool,
+            curve: Curve | None) -> BoundFile | None:
+    """Bind or connect `socket` (closed again on failure); the socket file a bind made."""
     try:
-        if bind:
-            socket.bind(zmq_address(endpoint))
-        else:
+        if curve is not None:
+            curve.apply(socket, endpoint, bind)
+        if not bind:
             socket.connect(zmq_address(endpoint))
+            return None
+        path = socket_file(endpoint)
+        if path is not None and _listening(path):
+            raise EndpointInUseError(endpoint)
+        socket.bind(zmq_address(endpoint))
+        return BoundFile.of(endpoint)
     except zmq.ZMQError as exc:
         socket.close(0)
+        if exc.errno == errno.EADDRINUSE:
+            raise EndpointInUseError(endpoint) from exc
         raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
+    except Exception:
+        socket.close(0)
+        raise
 
 
-class _Endpoint:
-    """One side of an edge: a ZeroMQ socket, or an in-process mailbox for inproc://."""
+def _close(socket: zmq.Socket, bound: BoundFile | None) -> None:
+    """Close `socket` (its LINGER applies) and remove the socket file its bind made."""
+    if socket.closed:
+        return
+    socket.close()
+    if bound is not None:
+        bound.remove()
 
-    _box: inproc.Mailbox | None = None
-    _socket: zmq.Socket
 
+class _Side(ABC):
+    """One side of an edge; `with` closes it when the block ends."""
+
+    @abstractmethod
     def close(self) -> None:
-        if self._box is not None:
-            inproc.detach(self._box)
-            self._box = None
-        elif not self._socket.closed:
-            self._socket.close()
+        """Detach; a second call does nothing."""
 
     def __enter__(self) -> Self:
         return self
@@ -152,8 +210,18 @@ class _Endpoint:
         self.close()
 
 
-class Sender(_Endpoint):
-    """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver)."""
+# ----------------------------------------------------------------- senders
+
+
+class Sender(_Side):
+    """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver).
+
+    `Sender(endpoint, ...)` returns an instance of SENDERS[the endpoint's scheme]; every
+    class takes this constructor's arguments and opens its side in `_open`."""
+
+    def __new__(cls, endpoint: str, *args: Any, **kwargs: Any) -> Sender:
+        chosen = SENDERS[parse(endpoint).scheme] if cls is Sender else cls
+        return super().__new__(chosen)
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  parts: tuple[str, ...] = ("image",), classes: dict[str, Any] | None = None,
@@ -163,60 +231,123 @@ class Sender(_Endpoint):
         self.parts = parts
         self.classes = classes
         self.sent = 0
-        self._box: inproc.Mailbox | None = None
-        self._ring: SlotRing | None = None
-        self._monitor: zmq.Socket | None = None
-        if self.endpoint.startswith("inproc://"):
-            self._box = inproc.attach(self.endpoint, mode, hwm)
-            return
-        self._socket = context().socket(zmq.PUB if mode == "latest" else zmq.PUSH)
-        self._socket.setsockopt(zmq.SNDHWM, hwm)
-        self._socket.setsockopt(zmq.LINGER, linger_ms)
-        _attach(self._socket, self.endpoint, bind, curve)
-        if self.endpoint.startswith("shm://"):
-            from orstream.pipeline.shm import DEFAULT_SLOTS, SlotRing  # numba: only when used
+        self._open(hwm, linger_ms, bind, curve)
 
-            # Lossless: the ring is the edge's window, so it holds what the sockets may
-            # queue (send and receive side) and one frame being read.
-            slots = DEFAULT_SLOTS if mode == "latest" else max(DEFAULT_SLOTS, 2 * hwm + 1)
-            self._ring = SlotRing(slots, lossless=mode == "lossless")
-            if mode == "lossless":
-                self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    @abstractmethod
+    def _open(self, hwm: int, linger_ms: int, bind: bool, curve: Curve | None) -> None:
+        """Attach to the endpoint; raises if it cannot (nothing is left open then)."""
 
+    @abstractmethod
     def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
         """Send one frame. Lossless: waits up to `timeout_ms` for room, False if none came
         (the caller checks for shutdown and tries again). Latest: never blocks."""
+
+    @abstractmethod
+    def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
+        """Send an already-encoded message (another kind, such as the mask stream, or tools
+        that speak the protocol by hand); same waiting rules as `send`."""
+
+
+class InprocSender(Sender):
+    """inproc://: hands the Frame itself to the endpoint's mailbox."""
+
+    _box: inproc.Mailbox | None
+
+    def _open(self, hwm: int, linger_ms: int, bind: bool, curve: Curve | None) -> None:
+        self._box = inproc.attach(self.endpoint, self.mode, hwm)
+
+    def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
+        assert self._box is not None, f"{self.endpoint}: send after close"
+        # Each edge gets its own Frame (arrays shared, never copied) so that stages
+        # downstream of a fan-out stamp their own traces.
+        if not self._box.put(frame.branch(), timeout_ms / 1000):
+            return False
+        self.sent += 1
+        return True
+
+    def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
+        raise inproc.InprocError(f"{self.endpoint}: inproc edges carry Frames, not encoded "
+                                 "messages; use an ipc:// or tcp:// endpoint")
+
+    def close(self) -> None:
         if self._box is not None:
-            # Each edge gets its own Frame (arrays shared, never copied) so that stages
-            # downstream of a fan-out stamp their own traces.
-            if not self._box.put(frame.branch(), timeout_ms / 1000):
-                return False
-            self.sent += 1
-            return True
-        socket = self._socket
-        if self._ring is not None:
-            if self.mode == "lossless" and not (
-                    socket.poll(timeout_ms, zmq.POLLOUT)
-                    and self._ring.room(timeout_ms / 1000, self._disconnected)):
-                return False
-            message = wire.encode(frame, self.parts, self.classes, self._ring)
-        else:
-            message = wire.encode(frame, self.parts, self.classes)
-            if self.mode == "lossless" and not socket.poll(timeout_ms, zmq.POLLOUT):
-                return False
+            inproc.detach(self._box)
+            self._box = None
+
+
+class ZmqSender(Sender):
+    """ipc:// and tcp://: PUB (latest) or PUSH (lossless), the whole message on the socket."""
+
+    def _open(self, hwm: int, linger_ms: int, bind: bool, curve: Curve | None) -> None:
+        self._socket = context().socket(zmq.PUB if self.mode == "latest" else zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, linger_ms)
+        self._bound = _attach(self._socket, self.endpoint, bind, curve)
+
+    def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
+        message = wire.encode(frame, self.parts, self.classes)
+        if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        self._put(message)
+        return True
+
+    def _put(self, message: list[Any]) -> None:
         # Topic and header are copied (for a few hundred bytes that is cheaper than a zero-copy
         # zmq.Frame and its release callback); pixel buffers go by reference (copy=False).
         # Part by part rather than send_multipart, which re-checks every part in Python.
+        socket = self._socket
         socket.send(message[0], zmq.SNDMORE)
         socket.send(message[1], zmq.SNDMORE if len(message) > 2 else 0)
         for i in range(2, len(message)):
             socket.send(message[i], zmq.SNDMORE if i < len(message) - 1 else 0, copy=False)
         self.sent += 1
+
+    def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
+        if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        self._socket.send_multipart(message)
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        _close(self._socket, self._bound)
+
+
+class ShmSender(ZmqSender):
+    """shm://: the message on the ipc socket, the pixel parts in a shared-memory ring."""
+
+    _ring: SlotRing | None
+
+    def _open(self, hwm: int, linger_ms: int, bind: bool, curve: Curve | None) -> None:
+        from orstream.pipeline.shm import DEFAULT_SLOTS, SlotRing  # numba: only when used
+
+        super()._open(hwm, linger_ms, bind, curve)
+        lossless = self.mode == "lossless"
+        # Lossless: the ring is the edge's window, so it holds what the sockets may queue
+        # (send and receive side) and one frame being read.
+        slots = max(DEFAULT_SLOTS, 2 * hwm + 1) if lossless else DEFAULT_SLOTS
+        self._ring = SlotRing(slots, lossless=lossless)
+        self._monitor = (self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                         if lossless else None)
+
+    @property
+    def inline(self) -> int:
+        """Frames that went in the message because every slot was held by receivers."""
+        return self._ring.inline if self._ring is not None else 0
+
+    def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
+        ring = self._ring
+        assert ring is not None, f"{self.endpoint}: send after close"
+        if self.mode == "lossless" and not (
+                self._socket.poll(timeout_ms, zmq.POLLOUT)
+                and ring.room(timeout_ms / 1000, self._disconnected)):
+            return False
+        self._put(wire.encode(frame, self.parts, self.classes, ring))
         return True
 
     def _disconnected(self) -> bool:
-        """Whether a receiver disconnected since the last call (shm lossless: the slots it
-        had not handed back will never be)."""
+        """Whether a receiver disconnected since the last call (lossless: the slots it had
+        not handed back will never be)."""
         monitor, seen = self._monitor, False
         while monitor is not None and monitor.poll(0):
             monitor.recv_multipart()
@@ -240,20 +371,19 @@ class Sender(_Endpoint):
             self._ring.close()
             self._ring = None
 
-    def send_raw(self, message: list[Any], timeout_ms: int = 100) -> bool:
-        """Send an already-encoded message (another kind, such as the mask stream, or tools
-        that speak the protocol by hand); same waiting rules as `send`."""
-        if self._box is not None:
-            raise ValueError(f"{self.endpoint}: inproc edges carry Frames, not bytes")
-        if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
-            return False
-        self._socket.send_multipart(message)
-        self.sent += 1
-        return True
+
+# ----------------------------------------------------------------- receivers
 
 
-class Receiver(_Endpoint):
-    """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input)."""
+class Receiver(_Side):
+    """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input).
+
+    `Receiver(endpoint, ...)` returns an instance of RECEIVERS[the endpoint's scheme]; every
+    class takes this constructor's arguments and opens its side in `_open`."""
+
+    def __new__(cls, endpoint: str, *args: Any, **kwargs: Any) -> Receiver:
+        chosen = RECEIVERS[parse(endpoint).scheme] if cls is Receiver else cls
+        return super().__new__(chosen)
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  max_bytes: int = wire.DEFAULT_MAX_BYTES, stream: str | None = None,
@@ -263,29 +393,90 @@ class Receiver(_Endpoint):
         self.max_bytes = max_bytes
         self.name = name
         self.stats = ReceiverStats()
-        self._log = RateLimitedLog()
         self._last_seq: dict[str, int] = {}
-        self._box: inproc.Mailbox | None = None
-        self._shm: SlotReader | None = None
-        if self.endpoint.startswith("shm://"):
-            from orstream.pipeline.shm import SlotReader  # numba: only when used
+        self._open(hwm, stream, bind, curve)
 
-            self._shm = SlotReader()
-        if self.endpoint.startswith("inproc://"):
-            self._box = inproc.attach(self.endpoint, mode, hwm)
-            return
-        self._socket = context().socket(zmq.SUB if mode == "latest" else zmq.PULL)
+    @abstractmethod
+    def _open(self, hwm: int, stream: str | None, bind: bool, curve: Curve | None) -> None:
+        """Attach to the endpoint (`stream`: only that stream's frames, where the transport
+        can filter); raises if it cannot (nothing is left open then)."""
+
+    @abstractmethod
+    def recv(self, timeout_ms: int = 100) -> Frame | None:
+        """The next frame (lossless) or the newest one waiting (latest); None on timeout."""
+
+    def _accept(self, frame: Frame) -> Frame | None:
+        """Count `frame` as handed to the consumer (seq gaps are frames lost upstream) and
+        return it; a subclass may refuse it (None) before it is counted."""
+        stats = self.stats
+        stats.received += 1
+        if frame.clock_shift_ns:
+            if not stats.rebased:
+                logger.warning("{} on {}: frames come from another host (clocks {:+.3f} s "
+                               "apart); their times are converted through the wall clocks, "
+                               "so latencies across hosts are only as good as the hosts' "
+                               "clock sync (NTP ~1 ms, PTP better)", self.name, self.endpoint,
+                               frame.clock_shift_ns / 1e9)
+            stats.rebased += 1
+        last = self._last_seq.get(frame.stream)
+        if last is not None and frame.seq > last + 1:
+            stats.lost_by_stream[frame.stream] += frame.seq - last - 1
+        self._last_seq[frame.stream] = frame.seq
+        return frame
+
+    @property
+    def dropped(self) -> int:
+        """Frames this consumer never got: superseded here or lost upstream (seq gaps)."""
+        return self.stats.lost
+
+
+class InprocReceiver(Receiver):
+    """inproc://: takes Frames from the endpoint's mailbox (the mailbox does `latest`)."""
+
+    _box: inproc.Mailbox | None
+
+    def _open(self, hwm: int, stream: str | None, bind: bool, curve: Curve | None) -> None:
+        self._box = inproc.attach(self.endpoint, self.mode, hwm)
+
+    def recv(self, timeout_ms: int = 100) -> Frame | None:
+        box = self._box
+        assert box is not None, f"{self.endpoint}: recv after close"
+        frame = box.get(timeout_ms / 1000)
+        self.stats.superseded = box.superseded
+        if frame is not None:
+            self._accept(frame)
+        return frame
+
+    def close(self) -> None:
+        if self._box is not None:
+            inproc.detach(self._box)
+            self._box = None
+
+
+class ZmqReceiver(Receiver):
+    """ipc:// and tcp://: SUB (latest, drained to the newest frame per stream) or PULL."""
+
+    # Where shm:// parts are read; None here: every part comes in the message (a message
+    # that points into shared memory is rejected).
+    _shm: SlotReader | None = None
+
+    def _open(self, hwm: int, stream: str | None, bind: bool, curve: Curve | None) -> None:
+        self._log = RateLimitedLog()
+        self._socket = context().socket(zmq.SUB if self.mode == "latest" else zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._rcvtimeo = -1  # the socket's ZMQ_RCVTIMEO, set only when a wait needs another
-        if mode == "latest":
+        if self.mode == "latest":
             prefix = wire.topic(stream)[: -len(b"frame")] if stream else b""
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
         # latest: the newest frame of each stream waiting to be taken. Several streams
         # (operating rooms) may feed one stage; each keeps its own newest frame, so a busy
         # room never starves a quiet one.
         self._pending: dict[str, Frame] = {}
-        _attach(self._socket, self.endpoint, bind, curve)
+        self._bound = _attach(self._socket, self.endpoint, bind, curve)
+
+    def close(self) -> None:
+        _close(self._socket, self._bound)
 
     def _decode(self, message: list[zmq.Frame]) -> Frame | None:
         try:
@@ -299,38 +490,14 @@ class Receiver(_Endpoint):
         self._log.warn(reason, f"{self.name} on {self.endpoint} rejected a message "
                        f"({detail}); total rejected: {sum(self.stats.rejected.values())}")
 
-    def _claim(self, frame: Frame) -> Frame | None:
-        """The frame with its parts made safe to keep (leased in the sender's slot, or
-        copied out when the slot's leases are all taken); None if the sender reused the slot
-        first (the frame is then lost, and counted)."""
-        names = [name for name in wire.PART_NAMES if getattr(frame, name) is not None]
-        copies = self._shm.claim([getattr(frame, name) for name in names], frame.lease,
-                                 hand_back=self.mode == "lossless")
-        frame.lease = None
-        if copies is None:
-            self._reject("shm_overwritten", f"shm_overwritten: frame {frame.seq}'s slot was "
-                         "reused before it was read; the receiver is too slow for the ring")
-            return None
-        for name, array in zip(names, copies, strict=True):
-            setattr(frame, name, array)
-        return frame
-
     def recv(self, timeout_ms: int = 100) -> Frame | None:
-        """The next frame (lossless) or the newest one waiting (latest); None on timeout."""
-        if self._box is not None:
-            frame = self._box.get(timeout_ms / 1000)
-            self.stats.superseded = self._box.superseded
-            if frame is not None:
-                self._count(frame)
-            return frame
         if self.mode == "latest" and self._pending:
             self._drain()  # frames of other streams are waiting: no need to block
             waiting = self._take()
-            if waiting is not None and waiting.lease is not None:
-                waiting = self._claim(waiting)
             if waiting is not None:
-                self._count(waiting)
-                return waiting
+                waiting = self._accept(waiting)
+                if waiting is not None:
+                    return waiting
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
@@ -343,11 +510,10 @@ class Receiver(_Endpoint):
                     self._keep(frame)
                 self._drain()
                 frame = self._take()
-            if frame is not None and frame.lease is not None:
-                frame = self._claim(frame)
             if frame is not None:
-                self._count(frame)
-                return frame
+                frame = self._accept(frame)
+                if frame is not None:
+                    return frame
             if time.monotonic() >= deadline:
                 return None
 
@@ -401,22 +567,45 @@ class Receiver(_Endpoint):
             message.append(self._socket.recv(zmq.NOBLOCK, copy=False))
         return message
 
-    def _count(self, frame: Frame) -> None:
-        self.stats.received += 1
-        if frame.clock_shift_ns:
-            if not self.stats.rebased:
-                logger.warning("{} on {}: frames come from another host (clocks {:+.3f} s "
-                               "apart); their times are converted through the wall clocks, "
-                               "so latencies across hosts are only as good as the hosts' "
-                               "clock sync (NTP ~1 ms, PTP better)", self.name, self.endpoint,
-                               frame.clock_shift_ns / 1e9)
-            self.stats.rebased += 1
-        last = self._last_seq.get(frame.stream)
-        if last is not None and frame.seq > last + 1:
-            self.stats.lost_by_stream[frame.stream] += frame.seq - last - 1
-        self._last_seq[frame.stream] = frame.seq
 
-    @property
-    def dropped(self) -> int:
-        """Frames this consumer never got: superseded here or lost upstream (seq gaps)."""
-        return self.stats.lost
+class ShmReceiver(ZmqReceiver):
+    """shm://: as ipc://, with the pixel parts read in place in the sender's ring."""
+
+    _shm: SlotReader
+
+    def _open(self, hwm: int, stream: str | None, bind: bool, curve: Curve | None) -> None:
+        from orstream.pipeline.shm import SlotReader  # numba: only when used
+
+        self._shm = SlotReader()
+        super()._open(hwm, stream, bind, curve)
+
+    def _accept(self, frame: Frame) -> Frame | None:
+        if frame.lease is not None:  # None: the parts came in the message (ring full)
+            claimed = self._claim(frame)
+            if claimed is None:
+                return None
+            frame = claimed
+        return super()._accept(frame)
+
+    def _claim(self, frame: Frame) -> Frame | None:
+        """The frame with its parts made safe to keep (leased in the sender's slot, or
+        copied out when the slot's leases are all taken); None if the sender reused the slot
+        first (the frame is then lost, and counted)."""
+        names = [name for name in wire.PART_NAMES if getattr(frame, name) is not None]
+        copies = self._shm.claim([getattr(frame, name) for name in names], frame.lease,
+                                 hand_back=self.mode == "lossless")
+        frame.lease = None
+        if copies is None:
+            self._reject("shm_overwritten", f"shm_overwritten: frame {frame.seq}'s slot was "
+                         "reused before it was read; the receiver is too slow for the ring")
+            return None
+        for name, array in zip(names, copies, strict=True):
+            setattr(frame, name, array)
+        return frame
+
+
+# The class for each endpoint scheme (pipeline/endpoints.py SCHEMES).
+SENDERS: dict[str, type[Sender]] = {
+    "inproc": InprocSender, "ipc": ZmqSender, "tcp": ZmqSender, "shm": ShmSender}
+RECEIVERS: dict[str, type[Receiver]] = {
+    "inproc": InprocReceiver, "ipc": ZmqReceiver, "tcp": ZmqReceiver, "shm": ShmReceiver}

@@ -6,8 +6,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
+from orstream.common.errors import UsageError
 from orstream.pipeline import inproc
 from orstream.pipeline.frame import Frame
+from orstream.pipeline.transport import Receiver, Sender
 
 
 def _frame(seq: int) -> Frame:
@@ -64,3 +67,12 @@ def test_latest_keeps_only_the_newest_and_counts_the_rest():
         assert box.put(_frame(seq), 0)
     assert box.get(0).seq == 4 and box.superseded == 4
     assert box.get(0) is None
+
+
+def test_misusing_an_inproc_endpoint_is_an_expected_error_naming_it():
+    with Receiver("inproc://t-misuse", "latest", bind=True):
+        with pytest.raises(UsageError, match="inproc://t-misuse is already open in latest"):
+            Sender("inproc://t-misuse", "lossless")
+        with Sender("inproc://t-misuse", "latest") as tx, \
+                pytest.raises(UsageError, match="inproc://t-misuse: inproc edges carry Frames"):
+            tx.send_raw([b"orstream/x/frame", b"{}"])

@@ -72,10 +72,10 @@ def test_a_held_frame_is_never_overwritten_and_the_sender_goes_inline_when_all_a
         for i in range(1, 3 * shm.DEFAULT_SLOTS):
             tx.send(_frame(i))
             frame = rx.recv(1000)
-            assert frame is not None and frame.seq == i, (i, rx.stats, tx._ring.inline)
+            assert frame is not None and frame.seq == i, (i, rx.stats, tx.inline)
             held.append(frame)
         # Every slot is leased by a frame still held here: the rest went in the message.
-        assert tx._ring.inline >= len(held) - shm.DEFAULT_SLOTS
+        assert tx.inline >= len(held) - shm.DEFAULT_SLOTS
         for f in held:
             assert (f.image == f.seq % 256).all() and (f.labels == f.seq % 7).all()
         del held, frame
