@@ -23,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 from loguru import logger
+from orstream.common.crop import crop_region
+from orstream.common.errors import OrstreamError
 from orstream.engines.cache import file_sha256
 from orstream.engines.preprocess import resize_image, resize_labels
 from tqdm import tqdm
@@ -33,7 +35,7 @@ TASKS = ("binary", "parts", "types")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(OrstreamError, ValueError):
     """A calibration set that cannot be made or read; names the input and the fix."""
 
 
@@ -113,9 +115,7 @@ class _Crop:
         self.size, self.crop = size, crop
 
     def region(self, h: int, w: int) -> tuple[int, int, int, int]:
-        from orstream.pipeline.stages import endovis_region
-
-        return endovis_region(h, w) if self.crop == "endovis" else (0, 0, h, w)
+        return crop_region(self.crop, h, w)
 
     def image(self, image: np.ndarray) -> np.ndarray:
         y, x, h, w = self.region(*image.shape[:2])

@@ -137,15 +137,21 @@ class EngineCache:
         return None
 
     def store(self, key: EngineKey, engine_file: str | None,
-              build: Callable[[Path], None], notes: dict[str, Any] | None = None) -> Entry:
-        """Run `build(path)` into a temporary folder, then move the entry into place."""
+              build: Callable[[Path], None], notes: dict[str, Any] | None = None,
+              build_s: float | None = None) -> Entry:
+        """Run `build(path)` into a temporary folder, then move the entry into place.
+
+        `build_s`: how long the engine took to make, for an engine made before this call
+        (an INT8 engine is quantised and gated first, then only copied in); None: the time
+        `build` takes."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=self.root))
         try:
             t0 = time.perf_counter()
             if engine_file is not None:
                 build(tmp / engine_file)
-            build_s = time.perf_counter() - t0
+            if build_s is None:
+                build_s = time.perf_counter() - t0
             meta = {
                 "format": META_FORMAT,
                 "key": key.as_dict(),

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orstream.common.classes import CLASSES, Task
+from orstream.common.errors import OrstreamError
 from orstream.engines.registry import model_config
 from orstream.engines.unet_config import UNetConfig
-from orstream.training.classes import CLASSES, Task
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled: it costs seconds at start-up
     import torch
@@ -29,7 +30,7 @@ DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OrstreamError, ValueError):
     """A checkpoint that is unreadable, or not the model/task that was asked for."""
 
 

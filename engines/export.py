@@ -1,90 +1,125 @@
-"""Building engines into the cache and loading them: what `orstream export` and the segment
-stage call.
+"""Opening engines: one `EngineSpec` says what to run, `open_engine(spec)` returns it.
 
-`resolve` turns a request that may say `auto` into a concrete backend and precision, and
-says why; `export_engine` builds (or finds) the cached engine; `load_engine` returns a
-callable engine, building it first when the cache has none.
+`resolve` turns a spec that may say `auto` into a concrete backend, precision and input size
+(and says why); `export_engine` builds the engine into the cache or finds it there (what
+`orstream export` calls); `open_engine` does both and constructs the backend, which is what
+the segment stage, the benchmarks and the INT8 gate call. The backend class is looked up once,
+in `resolve`, from the registry in engines/backends/__init__.py.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
+from orstream.common.errors import OrstreamError
+from orstream.common.sizes import check_unet_input, format_hw
 from orstream.engines import checkpoint as ckpt
-from orstream.engines.backends import BACKENDS, BackendError, Engine, backend_class
+from orstream.engines.backends import AUTO_ORDER, BACKENDS, BackendError, Engine, backend_class
 from orstream.engines.backends.base import device_name
 from orstream.engines.cache import EngineCache, EngineKey, Entry, file_sha256
 
-# Fastest first, as benchmarks/engines.py measured them (reports in benchmarks/reports/):
-# what `backend: auto` walks when the config gives no list of its own.
-DEFAULT_AUTO_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("openvino", "onnxruntime", "compile", "torch"),
-    "cuda": ("tensorrt", "compile", "torch"),
-}
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything that decides which engine is opened."""
+
+    weights: Path
+    backend: str = "auto"  # a registered backend (engines/backends), or auto
+    precision: str = "auto"  # fp32 | bf16 | fp16 | int8, or auto: the fastest native float
+    size: tuple[int, int] | None = None  # (H, W) model input; None: what it was trained at
+    device: str = "cpu"
+    threads: int | None = None  # inference threads; None: the backend's default
+    cache: Path | None = None  # engine cache; None: $ORSTREAM_ENGINE_CACHE or ~/.cache/...
+    auto_backends: tuple[str, ...] | None = None  # what auto tries; None: AUTO_ORDER[device]
 
 
 @dataclass(frozen=True)
 class Resolved:
-    backend: str
-    precision: str
+    """A spec with nothing left on auto, the backend class that serves it, and why."""
+
+    spec: EngineSpec  # backend, precision and size concrete
+    cls: type[Engine]
+    checkpoint: ckpt.Checkpoint  # metadata at least (engines.checkpoint.load_info)
     why: str  # how `auto` was decided, for the log
 
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
 
-def resolve(backend: str, precision: str, device: str,
-            auto_backends: Sequence[str] | None = None) -> Resolved:
-    """Concrete backend and precision for a request; `auto` picks the first backend in the
-    preference list this machine can serve and its fastest native float precision. A named
-    backend or precision that cannot be served raises BackendError, never a fallback."""
-    reasons: list[str] = []
-    if backend == "auto":
-        candidates = list(auto_backends or DEFAULT_AUTO_BACKENDS[device])
+    @property
+    def precision(self) -> str:
+        return self.spec.precision
+
+    @property
+    def size(self) -> tuple[int, int]:
+        assert self.spec.size is not None, "a resolved spec has a size"
+        return self.spec.size
+
+    @property
+    def cache(self) -> EngineCache:
+        return EngineCache(self.spec.cache)
+
+    def key(self, extra: dict[str, str] | None = None) -> EngineKey:
+        """The engine cache's key: weights, model, size, precision, backend, device, versions."""
+        return EngineKey(weights_sha256=file_sha256(self.spec.weights),
+                         model=self.checkpoint.model_name, input_size=self.size,
+                         precision=self.precision, backend=self.backend,
+                         device=device_name(self.spec.device), versions=self.cls.versions(),
+                         extra=extra or {})
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an opened engine came from: set on it as `engine.origin` by open_engine."""
+
+    resolved: Resolved
+    entry: Entry | None  # its engine cache entry; None: eager torch, run from the weights
+    ready_s: float  # resolving, building or finding, and loading it
+
+
+def resolve(spec: EngineSpec) -> Resolved:
+    """The concrete engine for a spec: `auto` picks the first backend in the preference list
+    this machine can serve and its fastest native float precision. A named backend or
+    precision that cannot be served raises BackendError, never a fallback."""
+    weights = Path(spec.weights)
+    checkpoint = ckpt.load_info(weights, EngineCache(spec.cache).checkpoint_index)
+    size = check_unet_input(tuple(spec.size or checkpoint.input_size))
+    if spec.backend == "auto":
+        candidates = list(spec.auto_backends or AUTO_ORDER[spec.device])
     else:
-        candidates = [backend]
+        candidates = [spec.backend]
+    reasons: list[str] = []
     for name in candidates:
         cls = backend_class(name)
-        if device not in cls.devices:
-            reasons.append(f"{name}: not on {device}")
+        if spec.backend == "auto" and spec.device not in cls.devices:
+            reasons.append(f"{name}: not on {spec.device}")
             continue
         try:
-            chosen = cls.native_precisions(device)[0] if precision == "auto" else precision
-            cls.check(chosen, device)
+            chosen = (cls.native_precisions(spec.device)[0] if spec.precision == "auto"
+                      else spec.precision)
+            cls.check(chosen, spec.device)
         except BackendError as exc:
-            if backend != "auto":
+            if spec.backend != "auto":
                 raise
             reasons.append(f"{name}: {exc}")
             continue
-        why = "as configured" if backend != "auto" else "auto: first servable of " + ", ".join(
-            candidates)
-        if precision == "auto":
+        why = ("as configured" if spec.backend != "auto"
+               else "auto: first servable of " + ", ".join(candidates))
+        if spec.precision == "auto":
             why += f"; precision auto: {chosen} is this machine's fastest native for {name}"
         if reasons:
             why += " (skipped " + "; ".join(reasons) + ")"
-        return Resolved(name, chosen, why)
-    raise BackendError(f"no backend among {', '.join(candidates)} can serve device {device}: "
-                       + "; ".join(reasons))
-
-
-def engine_key(weights: Path, checkpoint: ckpt.Checkpoint, size: tuple[int, int],
-               backend: str, precision: str, device: str,
-               extra: dict[str, str] | None = None) -> EngineKey:
-    return EngineKey(weights_sha256=file_sha256(weights), model=checkpoint.model_name,
-                     input_size=tuple(size), precision=precision, backend=backend,
-                     device=device_name(device), versions=backend_class(backend).versions(),
-                     extra=extra or {})
-
-
-def check_size(checkpoint: ckpt.Checkpoint, size: tuple[int, int]) -> None:
-    multiple = checkpoint.config.multiple
-    if size[0] % multiple or size[1] % multiple or min(size) <= 0:
-        raise BackendError(f"input size {size[0]}x{size[1]} must be positive multiples of "
-                           f"{multiple} for {checkpoint.model_name} (it downsamples "
-                           f"{checkpoint.config.depth} times)")
+        concrete = replace(spec, weights=weights, backend=name, precision=chosen, size=size)
+        return Resolved(concrete, cls, checkpoint, why)
+    raise BackendError(f"no backend among {', '.join(candidates)} can serve device "
+                       f"{spec.device}: " + "; ".join(reasons))
 
 
 @contextmanager
@@ -112,10 +147,11 @@ def cache_listing(cache: EngineCache) -> list[dict]:
     rows = []
     for entry in cache.entries():
         key = entry.meta.get("key", {})
+        size = key.get("input_size") or []
         rows.append({
             "entry": entry.folder.name,
             "backend": key.get("backend"), "precision": key.get("precision"),
-            "input": "x".join(str(v) for v in key.get("input_size", [])),
+            "input": format_hw(tuple(size)) if len(size) == 2 else "",
             "model": key.get("model"), "device": key.get("device"),
             "weights_sha256": (key.get("weights_sha256") or "")[:12],
             "mb": round(entry.meta.get("engine_bytes", 0) / 1e6, 1),
@@ -125,90 +161,121 @@ def cache_listing(cache: EngineCache) -> list[dict]:
     return rows
 
 
-def export_engine(weights: Path | str, backend: str, precision: str,
-                  size: tuple[int, int] | None = None, device: str = "cpu",
-                  cache: EngineCache | None = None, rebuild: bool = False,
-                  checkpoint: ckpt.Checkpoint | None = None) -> Entry:
-    """Build the engine for this request into the cache (or find it there)."""
-    weights = Path(weights)
-    checkpoint = checkpoint or ckpt.load(weights)
-    size = tuple(size or checkpoint.input_size)
-    check_size(checkpoint, size)
-    cls = backend_class(backend)
-    cls.check(precision, device)
-    cache = cache or EngineCache()
-    key = engine_key(weights, checkpoint, size, backend, precision, device)
+def _build_or_find(plan: Resolved, rebuild: bool = False) -> Entry:
+    """The float engine for a resolved spec, from the cache or built into it."""
+    cache, key = plan.cache, plan.key()
     if not rebuild and (entry := cache.lookup(key)) is not None:
         logger.info("engine cache hit: {} (built {} in {:.1f} s)", entry.folder.name,
                     entry.meta["built_at"], entry.meta["build_s"])
         return entry
-    logger.info("building {} {} engine for {} at {}x{} on {} ...", backend, precision,
-                weights.name, size[0], size[1], key.device)
+    weights, size = plan.spec.weights, plan.size
+    logger.info("building {} {} engine for {} at {} on {} ...", plan.backend, plan.precision,
+                weights.name, format_hw(size), key.device)
     t0 = time.perf_counter()
 
     def build(out: Path) -> None:
-        full = checkpoint if checkpoint.has_weights else ckpt.load(weights)
-        with _heartbeat(f"building {backend} {precision}"):
-            cls.build(full, size, precision, device, out)
+        full = plan.checkpoint if plan.checkpoint.has_weights else ckpt.load(weights)
+        with _heartbeat(f"building {plan.backend} {plan.precision}"):
+            plan.cls.build(full, size, plan.precision, plan.spec.device, out)
 
-    entry = cache.store(key, cls.artifact, build,
-                        notes={"weights": str(weights), "note": None if cls.artifact else
+    entry = cache.store(key, plan.cls.artifact, build,
+                        notes={"weights": str(weights), "note": None if plan.cls.artifact else
                                "eager torch runs from the weights: nothing to compile"})
-    logger.info("built {} in {:.1f} s ({:.1f} MB) -> {}", backend, time.perf_counter() - t0,
-                entry.meta["engine_bytes"] / 1e6, entry.folder)
+    logger.info("built {} in {:.1f} s ({:.1f} MB) -> {}", plan.backend,
+                time.perf_counter() - t0, entry.meta["engine_bytes"] / 1e6, entry.folder)
     return entry
 
 
-def calibrated_entry(weights: Path, checkpoint: ckpt.Checkpoint, size: tuple[int, int],
-                     backend: str, device: str, cache: EngineCache | None) -> Entry:
-    """The gated INT8 engine for these weights, size, backend and machine, or an error that
-    says how to make one (INT8 needs a calibration set, so it is never built on the fly)."""
-    backend_class(backend).check("int8", device)
-    cache = cache or EngineCache()
-    key = engine_key(weights, checkpoint, size, backend, "int8", device)
-    entry = cache.calibrated(key)
+def int8_howto(spec: EngineSpec) -> str:
+    """The commands that make a gated INT8 engine for this (resolved) spec."""
+    assert spec.size is not None, "int8_howto takes a resolved spec"
+    cache = f" --cache {spec.cache}" if spec.cache is not None else ""
+    return (f"orstream calibrate collect --source synthetic --frames 300 --size "
+            f"{format_hw(spec.size)} --out calib.npz && orstream calibrate build --weights "
+            f"{spec.weights} --backend {spec.backend} --calib calib.npz{cache}")
+
+
+class NoInt8Engine(BackendError):
+    """precision int8 asked for, and the cache has no gated INT8 engine for it."""
+
+
+def calibrated_entry(plan: Resolved) -> Entry:
+    """The gated INT8 engine for a resolved int8 spec, or an error that says how to make one
+    (INT8 needs a calibration set, so it is never built on the fly)."""
+    entry = plan.cache.calibrated(plan.key())
     if entry is None:
-        raise BackendError(
-            f"no INT8 {backend} engine for {weights.name} at {size[0]}x{size[1]} on this "
-            f"machine in {cache.root}: make one with `orstream calibrate collect --source "
-            f"SPEC --out calib.npz` then `orstream calibrate build --weights {weights} "
-            f"--backend {backend} --calib calib.npz`, or use precision fp32")
+        raise NoInt8Engine(
+            f"precision int8: no gated INT8 {plan.backend} engine for {plan.spec.weights.name} "
+            f"at {format_hw(plan.size)} on this machine in {plan.cache.root}: make one with "
+            f"`{int8_howto(plan.spec)}` (add --source RECORDING for your own video), or set "
+            f"segment.precision to fp32 or auto")
     logger.info("INT8 engine {} (calibration {}, gate drop {:.2f} Dice points)",
                 entry.folder.name, entry.meta["key"]["extra"]["calibration_sha256"][:12],
                 entry.meta["gate"]["drop_dice_points"])
     return entry
 
 
-def load_engine(weights: Path | str, backend: str = "torch", precision: str = "fp32",
-                size: tuple[int, int] | None = None, device: str = "cpu",
-                threads: int | None = None, cache: EngineCache | None = None,
-                checkpoint: ckpt.Checkpoint | None = None) -> Engine:
-    """A ready engine for the request (concrete backend and precision; see `resolve`)."""
-    weights = Path(weights)
-    checkpoint = checkpoint or ckpt.load(weights)
-    size = tuple(size or checkpoint.input_size)
-    check_size(checkpoint, size)
-    cls = backend_class(backend)
-    if cls.artifact is None:  # eager torch runs from the weights themselves
-        from orstream.engines.backends.torch_backend import TorchSegmenter
+def export_engine(spec: EngineSpec, rebuild: bool = False) -> Entry:
+    """Build the engine for this spec into the cache, or find it there (INT8: the gated one
+    `orstream calibrate build` stored)."""
+    plan = resolve(spec)
+    if plan.precision == "int8":
+        return calibrated_entry(plan)
+    return _build_or_find(plan, rebuild)
 
-        if not checkpoint.has_weights:
-            checkpoint = ckpt.load(weights)
-        return TorchSegmenter(checkpoint, precision, device, threads, size)
-    if precision == "int8":
-        entry = calibrated_entry(weights, checkpoint, size, backend, device, cache)
+
+def needs_build(plan: Resolved) -> bool:
+    """Whether open_engine(plan) builds the engine (seconds to minutes) rather than load it:
+    eager torch and INT8 engines are never built there."""
+    if plan.cls.artifact is None or plan.precision == "int8":
+        return False
+    return plan.cache.lookup(plan.key()) is None
+
+
+def open_engine(spec: EngineSpec | Resolved) -> Engine:
+    """The ready, callable engine for a spec (or one already resolved): found in the cache
+    or built into it, and loaded. `engine.origin` says how it was chosen and where from."""
+    t0 = time.perf_counter()
+    plan = spec if isinstance(spec, Resolved) else resolve(spec)
+    logger.info("engine: {} {} at {} ({})", plan.backend, plan.precision,
+                format_hw(plan.size), plan.why)
+    entry: Entry | None = None
+    if plan.cls.artifact is None:  # eager torch runs from the weights themselves
+        artifact = plan.spec.weights
     else:
-        entry = export_engine(weights, backend, precision, size, device, cache,
-                              checkpoint=checkpoint)
+        entry = calibrated_entry(plan) if plan.precision == "int8" else _build_or_find(plan)
+        artifact = entry.engine_file
     try:
-        return cls(entry.engine_file, size, precision, device, threads)
-    except BackendError:
+        engine = plan.cls(artifact, plan.size, plan.precision, plan.spec.device,
+                          plan.spec.threads)
+    except OrstreamError:
         raise
     except Exception as exc:  # a cache entry that hashes right but will not load
-        raise BackendError(f"the cached {backend} engine {entry.folder} does not load "
+        if entry is None:
+            raise
+        raise BackendError(f"the cached {plan.backend} engine {entry.folder} does not load "
                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}): "
                            f"rebuild it with `orstream export --rebuild`") from exc
+    engine.origin = Origin(plan, entry, time.perf_counter() - t0)
+    return engine
 
 
-__all__ = ["BACKENDS", "DEFAULT_AUTO_BACKENDS", "Resolved", "cache_listing", "export_engine",
-           "load_engine", "resolve"]
+def describe_origin(engine: Engine) -> dict[str, Any]:
+    """What a benchmark reports about an opened engine's provenance."""
+    origin: Origin = engine.origin
+    info: dict[str, Any] = {"backend": origin.resolved.backend,
+                            "precision": origin.resolved.precision, "why": origin.resolved.why,
+                            "weights": str(origin.resolved.spec.weights),
+                            "engine_ready_s": round(origin.ready_s, 3)}
+    if origin.entry is None:
+        info["weights_sha256"] = file_sha256(origin.resolved.spec.weights)
+    else:
+        info["weights_sha256"] = origin.entry.meta["key"]["weights_sha256"]
+        info["engine_build_s"] = origin.entry.meta.get("build_s")
+        info["engine_cached"] = not origin.entry.built_now
+    return info
+
+
+__all__ = ["BACKENDS", "EngineSpec", "NoInt8Engine", "Origin", "Resolved", "cache_listing",
+           "calibrated_entry", "describe_origin", "export_engine", "int8_howto", "needs_build",
+           "open_engine", "resolve"]

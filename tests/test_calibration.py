@@ -4,6 +4,7 @@ gate passes, and the pipeline running the gated engine."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from orstream.engines import checkpoint as ckpt
 from orstream.engines.backends import BackendError
 from orstream.engines.backends.base import needs_reduced_int8_range
 from orstream.engines.cache import EngineCache
-from orstream.engines.export import load_engine
+from orstream.engines.export import EngineSpec, open_engine
 from orstream.pipeline.cli import main
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline
@@ -83,11 +84,31 @@ def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits)
 def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_file,
                                                             monkeypatch):
     monkeypatch.setenv("ORSTREAM_ENGINE_CACHE", str(tmp_path / "engines"))
-    with pytest.raises(BackendError, match="orstream calibrate collect"):
-        load_engine(WEIGHTS, "openvino", "int8")  # nothing calibrated yet: say how
+    with pytest.raises(BackendError) as missing:  # nothing calibrated yet: say how
+        open_engine(EngineSpec(WEIGHTS, "openvino", "int8"))
+    assert (f"`orstream calibrate collect --source synthetic --frames 300 --size 320x256 "
+            f"--out calib.npz && orstream calibrate build --weights {WEIGHTS} --backend "
+            f"openvino --calib calib.npz`") in str(missing.value)
+    assert "\n" not in str(missing.value) and missing.value.exit_code == 2
+
+    # The stored build time is the quantisation's and the compile's, not the copy's.
+    import orstream.calibration.build as build_module
+
+    quantising: list[float] = []
+
+    def timed_quantize(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return quantize_onnx(*args, **kwargs)
+        finally:
+            quantising.append(time.perf_counter() - t0)
+
+    quantize_onnx = build_module.quantize_onnx
+    monkeypatch.setattr(build_module, "quantize_onnx", timed_quantize)
     assert main(["calibrate", "build", "--weights", str(WEIGHTS), "--backend", "openvino",
                  "--calib", str(calib_file)]) == 0
     (entry,) = [e for e in EngineCache().entries() if "int8" in e.folder.name]
+    assert len(quantising) == 1 and entry.meta["build_s"] >= quantising[0] > 0.1
     report = json.loads((entry.folder / "report.json").read_text())
     assert report["passed"] and report["drop_dice_points"] <= 1.0
     assert report["reference"] == "ground truth (types)" and report["pixel_agreement"] > 0.98
@@ -106,9 +127,14 @@ def test_a_bad_calibration_set_is_refused_and_nothing_is_stored(tmp_path, calib_
     bad.frames = np.zeros_like(bad.frames)
     bad.save(tmp_path / "black.npz")
     cache = EngineCache(tmp_path / "engines")
-    with pytest.raises(GateRefused, match="refused: mean Dice dropped") as refused:
+    with pytest.raises(GateRefused, match="refused: mean Dice against ground truth") as refused:
         build_int8(WEIGHTS, "onnxruntime", tmp_path / "black.npz", cache=cache,
                    report_dir=tmp_path / "report")
     assert refused.value.report.drop_dice_points > 1.0
+    message = str(refused.value)  # one line: the classes lost, and what to do about it
+    worst = refused.value.report.classes[0]["name"]
+    assert "\n" not in message and worst in message and refused.value.exit_code == 1
+    for advice in ("--frames", "--method entropy or percentile", "--threshold", "fp32"):
+        assert advice in message
     assert not [e for e in cache.entries() if "int8" in e.folder.name]
     assert "REFUSED" in (tmp_path / "report" / "report.md").read_text()

@@ -5,21 +5,24 @@ error that says what it can do."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from orstream.common.crop import endovis_region
+from orstream.common.errors import OrstreamError
 from orstream.engines import checkpoint as ckpt
-from orstream.engines.backends import BACKENDS, BackendError
+from orstream.engines.backends import BACKENDS, NAMES, BackendError
+from orstream.engines.backends.base import PRECISIONS
 from orstream.engines.backends.torch_backend import TorchSegmenter, cpu_bf16_supported
 from orstream.engines.cache import EngineCache
-from orstream.engines.export import cache_listing, export_engine, load_engine, resolve
+from orstream.engines.export import EngineSpec, cache_listing, export_engine, open_engine, resolve
 from orstream.engines.preprocess import resize_image
 from orstream.pipeline.cli import main
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline
-from orstream.pipeline.stages import endovis_region
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 WEIGHTS = ckpt.shipped("types")
@@ -44,7 +47,7 @@ def frames() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference(frames) -> np.ndarray:
-    engine = TorchSegmenter(ckpt.load(WEIGHTS), "fp32")
+    engine = TorchSegmenter(WEIGHTS, (256, 320), "fp32")
     return np.stack([engine(f) for f in frames])
 
 
@@ -55,26 +58,30 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float((a == b).mean()), dice
 
 
-def _servable(backend: str, precision: str) -> str | None:
+def _servable(backend: str, precision: str, device: str = "cpu") -> str | None:
     """Why this machine cannot run the combination, or None when it can."""
+    if device not in BACKENDS[backend].devices:
+        return f"{backend} does not run on {device}"
     try:
-        BACKENDS[backend].check(precision, "cpu")
+        BACKENDS[backend].check(precision, device)
     except BackendError as exc:
         return str(exc)
     return None
 
 
-CPU_ENGINES = [("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
-               ("openvino", "bf16"), ("compile", "fp32")]
+# Every registered backend in every float precision: what this machine cannot serve is
+# skipped with its reason (int8 needs a calibrated engine: tests/test_calibration.py).
+FLOAT_ENGINES = [(b, p) for b in NAMES for p in PRECISIONS if p != "int8"]
 
 
-@pytest.mark.parametrize(("backend", "precision"), CPU_ENGINES)
-def test_backend_segments_like_eager_fp32(backend, precision, frames, reference):
+@pytest.mark.parametrize(("backend", "precision"), FLOAT_ENGINES)
+def test_every_servable_backend_opens_and_segments_like_eager_fp32(backend, precision, frames,
+                                                                 reference, tmp_path):
     why = _servable(backend, precision)
     if why is not None:
         pytest.skip(why)
-    engine = load_engine(WEIGHTS, backend, precision)
-    assert engine.input_size == (256, 320)
+    engine = open_engine(EngineSpec(WEIGHTS, backend, precision, cache=tmp_path))
+    assert (engine.name, engine.precision, engine.input_size) == (backend, precision, (256, 320))
     labels = np.stack([engine(f) for f in frames])
     assert labels.dtype == np.uint8 and labels.shape == reference.shape
     agreement, dice = _agreement(reference, labels)
@@ -84,14 +91,15 @@ def test_backend_segments_like_eager_fp32(backend, precision, frames, reference)
 
 
 def test_exported_engines_take_a_batch(frames, reference):
-    engine = load_engine(WEIGHTS, "onnxruntime", "fp32")
+    engine = open_engine(EngineSpec(WEIGHTS, "onnxruntime", "fp32"))
     assert np.array_equal(engine.run(frames[:4]), np.stack([engine(f) for f in frames[:4]]))
 
 
 def test_cache_hits_and_rebuilds_a_corrupted_engine(tmp_path, frames, reference):
     cache = EngineCache(tmp_path)
-    first = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
-    again = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    spec = EngineSpec(WEIGHTS, "onnxruntime", "fp32", cache=tmp_path)
+    first = export_engine(spec)
+    again = export_engine(spec)
     assert again.folder == first.folder and again.meta["built_at"] == first.meta["built_at"]
     assert (first.folder / "meta.json").is_file() and first.engine_file.stat().st_size > 10_000
 
@@ -100,29 +108,28 @@ def test_cache_hits_and_rebuilds_a_corrupted_engine(tmp_path, frames, reference)
     data[len(data) // 2] ^= 0xFF
     first.engine_file.write_bytes(bytes(data))
     assert "corrupted" in cache_listing(cache)[0]["status"]
-    engine = load_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    engine = open_engine(spec)
     assert np.array_equal(engine(frames[0]), reference[0])
     assert cache_listing(cache)[0]["status"] == "ok"
 
 
 def test_an_entry_built_for_other_versions_is_never_loaded(tmp_path):
-    cache = EngineCache(tmp_path)
-    entry = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    spec = EngineSpec(WEIGHTS, "onnxruntime", "fp32", cache=tmp_path)
+    entry = export_engine(spec)
     meta = json.loads((entry.folder / "meta.json").read_text())
     meta["key"]["versions"]["onnxruntime"] = "0.0.1"  # as if built by another install
     (entry.folder / "meta.json").write_text(json.dumps(meta))
-    rebuilt = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
+    rebuilt = export_engine(spec)
     assert rebuilt.meta["key"]["versions"]["onnxruntime"] != "0.0.1"
 
 
 def test_the_key_separates_sizes_precisions_and_weights(tmp_path):
-    cache = EngineCache(tmp_path)
-    a = export_engine(WEIGHTS, "onnxruntime", "fp32", cache=cache)
-    b = export_engine(WEIGHTS, "onnxruntime", "fp32", size=(128, 160), cache=cache)
-    c = export_engine(ckpt.shipped("binary"), "onnxruntime", "fp32", cache=cache)
+    spec = EngineSpec(WEIGHTS, "onnxruntime", "fp32", cache=tmp_path)
+    a = export_engine(spec)
+    b = export_engine(replace(spec, size=(128, 160)))
+    c = export_engine(replace(spec, weights=ckpt.shipped("binary")))
     assert len({a.folder, b.folder, c.folder}) == 3
-    assert load_engine(WEIGHTS, "onnxruntime", "fp32", size=(128, 160),
-                       cache=cache).input_size == (128, 160)
+    assert open_engine(replace(spec, size=(128, 160))).input_size == (128, 160)
 
 
 AVX2_ONLY = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
@@ -209,46 +216,72 @@ def test_a_cached_engine_starts_without_importing_torch():
     assert done.stdout.split()[0] == backend and "(256, 320)" in done.stdout
 
 
-def test_unservable_requests_name_what_the_machine_can_do():
+def test_unservable_requests_name_what_the_machine_can_do(tmp_path):
+    def export(backend, precision, **kw):
+        return export_engine(EngineSpec(WEIGHTS, backend, precision, cache=tmp_path, **kw))
+
     with pytest.raises(BackendError, match="bf16 is not served by the onnxruntime.*fp32"):
-        export_engine(WEIGHTS, "onnxruntime", "bf16")
-    with pytest.raises(BackendError, match="multiples of 32"):
-        export_engine(WEIGHTS, "openvino", "fp32", size=(250, 320))
+        export("onnxruntime", "bf16")
+    with pytest.raises(OrstreamError, match="multiples of 32.*nearest is 320x256"):
+        export("openvino", "fp32", size=(250, 320))
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="no CUDA device"):
-            export_engine(WEIGHTS, "compile", "fp16", device="cuda")
+            export("compile", "fp16", device="cuda")
     with pytest.raises(BackendError, match="tensorrt runs on cuda only"):
-        export_engine(WEIGHTS, "tensorrt", "fp16")
+        export("tensorrt", "fp16")
+    with pytest.raises(BackendError, match="unknown backend 'openvin'.*openvino"):
+        export("openvin", "fp32")
     if not cpu_bf16_supported():
         with pytest.raises(BackendError, match="no native bf16"):
-            export_engine(WEIGHTS, "compile", "bf16")
+            export("compile", "bf16")
+    assert issubclass(BackendError, OrstreamError) and BackendError.exit_code == 2
 
 
-def test_auto_picks_a_servable_backend_and_says_why():
-    chosen = resolve("auto", "auto", "cpu")
+def test_auto_picks_a_servable_backend_and_says_why(tmp_path):
+    chosen = resolve(EngineSpec(WEIGHTS, cache=tmp_path))
     assert chosen.backend == "openvino"  # installed with orstream; fastest measured on CPUs
     assert chosen.precision == ("bf16" if "bf16" in BACKENDS["openvino"].native_precisions(
         "cpu") else "fp32")
-    assert "auto" in chosen.why
+    assert "auto" in chosen.why and chosen.size == (256, 320)
     # A preference list whose first entry cannot run on the device moves on, and says so.
-    chosen = resolve("auto", "fp32", "cpu", ["tensorrt", "onnxruntime"])
+    chosen = resolve(EngineSpec(WEIGHTS, "auto", "fp32", cache=tmp_path,
+                                auto_backends=("tensorrt", "onnxruntime")))
     assert chosen.backend == "onnxruntime" and "tensorrt" in chosen.why
-    with pytest.raises(BackendError):
-        resolve("onnxruntime", "bf16", "cpu")  # named: an error, never a fallback
+    with pytest.raises(BackendError):  # named: an error, never a fallback
+        resolve(EngineSpec(WEIGHTS, "onnxruntime", "bf16", cache=tmp_path))
+
+
+def test_backend_names_come_from_the_registry():
+    """The config, the CLI and `auto` all take their backend names from one registry."""
+    from orstream.engines.backends import AUTO_ORDER, INT8_DEVICE
+    from orstream.pipeline.cli import build_parser
+    from orstream.pipeline.config import ConfigError
+
+    assert load_config(None, []).segment.auto_backends == {d: list(n) for d, n in
+                                                          AUTO_ORDER.items()}
+    with pytest.raises(ConfigError, match="openvin.*choose auto or one of torch, compile"):
+        load_config(None, ["segment.backend=openvin"])
+    parser = build_parser()
+    for argv in (["export", "--backend", "nope"],
+                 ["calibrate", "build", "--backend", "torch", "--weights", "w", "--calib", "c"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert parser.parse_args(["export", "--backend", NAMES[-1]]).backend == NAMES[-1]
+    assert set(INT8_DEVICE) <= set(NAMES)
 
 
 def test_export_command_builds_lists_and_refuses(tmp_path, capsys):
     args = ["export", "--weights", str(WEIGHTS), "--backend", "openvino", "--precision",
-            "fp32", "--size", "128x160", "--cache", str(tmp_path)]
+            "fp32", "--size", "160x128", "--cache", str(tmp_path)]  # WxH
     assert main(args) == 0
     folder = Path(capsys.readouterr().out.strip())
     assert (folder / "model.blob").is_file()
     assert main(["export", "--list", "--json", "--cache", str(tmp_path)]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert [(e["backend"], e["input"], e["status"]) for e in listing["entries"]] == [
-        ("openvino", "128x160", "ok")]
+        ("openvino", "160x128", "ok")]
     assert main(args[:-4] + ["--precision", "fp16", "--backend", "onnxruntime",
-                             "--cache", str(tmp_path)]) == 1
+                             "--cache", str(tmp_path)]) == 2
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -269,7 +302,7 @@ def test_pipeline_runs_on_each_cpu_backend(backend):
 def test_cuda_backend_segments_like_cpu_fp32(backend, precision, frames, reference):
     if backend == "tensorrt" and not _installed("torch_tensorrt"):
         pytest.skip("torch_tensorrt is not installed: pip install 'orstream[tensorrt]'")
-    engine = load_engine(WEIGHTS, backend, precision, device="cuda")
+    engine = open_engine(EngineSpec(WEIGHTS, backend, precision, device="cuda"))
     labels = np.stack([engine(f) for f in frames])
     agreement, dice = _agreement(reference, labels)
     assert agreement >= 0.995 and dice >= 0.99, (backend, precision, agreement, dice)

@@ -4,11 +4,11 @@ of a synthetic procedure they were never trained on."""
 from __future__ import annotations
 
 import numpy as np
+from orstream.common.classes import CLASSES
+from orstream.common.crop import endovis_region
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.predict import predict_labels
 from orstream.engines.preprocess import resize_image, resize_labels
-from orstream.pipeline.stages import endovis_region
-from orstream.training.classes import CLASSES
 from orstream.training.metrics import SegmentationMetrics
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 

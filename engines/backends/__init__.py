@@ -1,5 +1,8 @@
 """Inference backends behind one interface (engines/backends/base.py), chosen by name.
 
+This registry is the one list of backend names: the config's `segment.backend`, the CLI's
+`--backend` choices and the `auto` order all read it.
+
 Each backend's module is imported when the backend is first asked for: the torch-based ones
 import torch, which costs seconds, and a pipeline running a cached OpenVINO engine never needs
 it."""
@@ -18,6 +21,19 @@ _MODULES = {
     "openvino": ("orstream.engines.backends.openvino_backend", "OpenVinoEngine"),
     "tensorrt": ("orstream.engines.backends.tensorrt_backend", "TensorRtEngine"),
 }
+
+
+# Fastest first, as benchmarks/engines.py measured them (reports in benchmarks/reports/):
+# what `backend: auto` walks when the config gives no list of its own.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("openvino", "onnxruntime", "compile", "torch"),
+    "cuda": ("tensorrt", "compile", "torch"),
+}
+# The backends `orstream calibrate build` makes gated INT8 engines for, and the device each
+# quantises for.
+INT8_DEVICE: dict[str, str] = {"onnxruntime": "cpu", "openvino": "cpu", "tensorrt": "cuda"}
+assert set(INT8_DEVICE) <= set(_MODULES), INT8_DEVICE
+assert all(n in _MODULES for names in AUTO_ORDER.values() for n in names), AUTO_ORDER
 
 
 class _Registry(Mapping[str, type[Engine]]):
@@ -41,10 +57,13 @@ class _Registry(Mapping[str, type[Engine]]):
 
 BACKENDS: Mapping[str, type[Engine]] = _Registry()
 
-__all__ = ["BACKENDS", "BackendError", "Engine", "backend_class"]
+NAMES: tuple[str, ...] = tuple(_MODULES)  # every backend, for choices and validation
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "INT8_DEVICE", "NAMES", "BackendError", "Engine",
+           "backend_class"]
 
 
 def backend_class(name: str) -> type[Engine]:
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(NAMES)}")
     return BACKENDS[name]

@@ -3,6 +3,9 @@
 A backend class declares what it can serve (`check`), which library versions its engines
 depend on (`versions`), how it builds an engine file from a checkpoint (`build`, for the
 backends that compile ahead of time), and how a built engine runs (`__init__` + `run`).
+Every backend is constructed the same way, `cls(artifact, size, precision, device, threads)`,
+where the artifact is its cached engine file (the weights themselves for eager torch):
+engines/export.py's open_engine is the one place that does it.
 Asking for a device, precision or library the machine does not have raises BackendError
 naming what it can do: a faster engine that silently computes in another precision, or on
 another device, is worse than no engine.
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from orstream.common.errors import OrstreamError
 
 if TYPE_CHECKING:
     from orstream.engines.checkpoint import Checkpoint
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
-class BackendError(RuntimeError):
+class BackendError(OrstreamError, RuntimeError):
     """A backend, device or precision this machine cannot serve; says what it can do."""
 
 
@@ -131,6 +135,16 @@ class Engine:
     input_size: tuple[int, int]
     precision: str
     device: str
+    origin: Any = None  # set by engines.export.open_engine: how it was chosen, where from
+
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        """Load `artifact` (the engine file, or the weights for eager torch) to run (H, W)
+        `size` frames in `precision` on `device` with `threads` inference threads (None:
+        the backend's default). Subclasses load, then call this."""
+        self.input_size = (int(size[0]), int(size[1]))
+        self.precision = precision
+        self.device = device
 
     # ------------------------------------------------------------ what the machine serves
     @classmethod

@@ -42,17 +42,14 @@ class CompiledEngine(TorchPrecisions):
             program = torch.export.export(model, example)
             torch._inductor.aoti_compile_and_package(program, package_path=str(out))
 
-    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
-                 device: str = "cpu", threads: int | None = None,
-                 cuda_graphs: bool = True) -> None:
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(artifact, size, precision, device, threads)
         if threads is not None:
             torch.set_num_threads(threads)
-        self.runner = torch._inductor.aoti_load_package(str(engine_file))
-        self.input_size = tuple(size)
-        self.precision = precision
-        self.device = device
+        self.runner = torch._inductor.aoti_load_package(str(artifact))
         self._graph: torch.cuda.CUDAGraph | None = None
-        if device == "cuda" and cuda_graphs:
+        if device == "cuda":
             self._capture()
 
     def _capture(self) -> None:
@@ -69,8 +66,9 @@ class CompiledEngine(TorchPrecisions):
             with torch.cuda.graph(graph), torch.inference_mode():
                 self._static_out = self.runner(self._static_in)
         except RuntimeError as exc:
-            raise BackendError(f"CUDA graph capture of the compiled engine failed ({exc}): "
-                               f"set cuda_graphs false for the compile backend") from exc
+            raise BackendError(f"CUDA graph capture of the compiled engine failed "
+                               f"({str(exc).splitlines()[0][:200]}): use backend tensorrt or "
+                               f"torch on cuda") from exc
         self._graph = graph
 
     @torch.inference_mode()

@@ -58,8 +58,9 @@ class OnnxRuntimeEngine(Engine):
         """The engine is the ONNX model itself (float, or INT8 QDQ from calibration)."""
         out.write_bytes(Path(onnx_file).read_bytes())
 
-    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str,
                  device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(artifact, size, precision, device, threads)
         ort = _ort()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,11 +70,8 @@ class OnnxRuntimeEngine(Engine):
         # Idle intra-op threads would otherwise spin for the next call, stealing the cores
         # that capture, render and the encoder share with the model in the pipeline.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(engine_file), options,
+        self.session = ort.InferenceSession(str(artifact), options,
                                             providers=["CPUExecutionProvider"])
-        self.input_size = tuple(size)
-        self.precision = precision
-        self.device = device
         self._input = self.session.get_inputs()[0].name
 
     def run(self, frames: np.ndarray) -> np.ndarray:

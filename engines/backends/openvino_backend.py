@@ -104,11 +104,12 @@ class OpenVinoEngine(Engine):
         blob = compiled.export_model()  # a BytesIO in recent OpenVINO, bytes in older ones
         out.write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else blob)
 
-    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str,
                  device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(artifact, size, precision, device, threads)
         ov = _ov()
         core = ov.Core()
-        self.compiled = core.import_model(Path(engine_file).read_bytes(), "CPU",
+        self.compiled = core.import_model(Path(artifact).read_bytes(), "CPU",
                                           _config(precision, threads))
         running = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         expected = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
@@ -117,9 +118,6 @@ class OpenVinoEngine(Engine):
             raise BackendError(f"openvino runs this engine in {running}, not the {precision} "
                                f"asked for")
         self.request = self.compiled.create_infer_request()
-        self.input_size = tuple(size)
-        self.precision = precision
-        self.device = device
 
     def run(self, frames: np.ndarray) -> np.ndarray:
         return self.request.infer({0: frames}, share_inputs=True)[0]

@@ -94,13 +94,11 @@ class TensorRtEngine(Engine):
                                           enabled_precisions={torch.int8}, min_block_size=1)
             trt.save(compiled, str(out), inputs=[example])
 
-    def __init__(self, engine_file: Path, size: tuple[int, int], precision: str,
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str,
                  device: str = "cuda", threads: int | None = None) -> None:
+        super().__init__(artifact, size, precision, device, threads)
         _trt()  # registers TensorRT's ops before the program is deserialised
-        self.module = torch.export.load(str(engine_file)).module()
-        self.input_size = tuple(size)
-        self.precision = precision
-        self.device = device
+        self.module = torch.export.load(str(artifact)).module()
         self._pinned = torch.empty((1, *self.input_size, 3), dtype=torch.uint8).pin_memory()
 
     @torch.inference_mode()

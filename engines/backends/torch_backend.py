@@ -4,10 +4,12 @@ is the reference every other backend is checked against."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
-from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.checkpoint import load as load_checkpoint
 from orstream.engines.preprocess import normalize
 
 __all__ = ["BackendError", "TorchSegmenter", "cpu_bf16_supported"]
@@ -52,15 +54,15 @@ class TorchSegmenter(TorchPrecisions):
     def versions(cls) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def __init__(self, checkpoint: Checkpoint, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, artifact: Path, size: tuple[int, int], precision: str = "fp32",
+                 device: str = "cpu", threads: int | None = None) -> None:
+        """`artifact`: the weights (a checkpoint file); eager torch compiles nothing."""
         self.check(precision, device)
+        super().__init__(artifact, size, precision, device, threads)
         if threads is not None:
             torch.set_num_threads(threads)
+        checkpoint = load_checkpoint(artifact)
         self.checkpoint = checkpoint
-        self.device = device
-        self.precision = precision
-        self.input_size = tuple(size or checkpoint.input_size)
         self._device = torch.device(device)
         self.model = checkpoint.build().to(self._device, memory_format=torch.channels_last)
         self._mean, self._std = checkpoint.mean, checkpoint.std
