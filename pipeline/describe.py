@@ -34,9 +34,11 @@ from typing import Protocol
 import numpy as np
 import zmq
 from loguru import logger
+from orstream.common.errors import UsageError
 from orstream.pipeline.config import DescribeConfig
 from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.leftovers import sweep_dead
+from orstream.pipeline.ports import endpoint_in_use, in_use
 from orstream.pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
@@ -180,8 +182,8 @@ class DescribeWorker:
         self._latest: Caption | None = None
         self._questions: list[_Question] = []
         self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
+        self.ready = threading.Event()  # the model answered its hello, or failed to
+        self.failed: BaseException | None = None  # why the model could not load or went on
         self._threads: list[threading.Thread] = []
         self._socket: zmq.Socket | None = None
         if cfg.ask_endpoint:
@@ -196,8 +198,10 @@ class DescribeWorker:
                 socket.bind(endpoint)
             except zmq.ZMQError as exc:
                 socket.close(0)
-                raise OSError(f"describe.ask_endpoint: cannot bind {endpoint} ({exc}); set "
-                              f"another port, or null for no questions") from None
+                if in_use(exc):
+                    raise endpoint_in_use("describe.ask_endpoint", endpoint) from None
+                raise UsageError(f"describe.ask_endpoint: cannot bind {endpoint} ({exc}); "
+                                 f"set another port, or null for no questions") from None
             self._socket = socket
             self.endpoint = endpoint
 
@@ -224,6 +228,11 @@ class DescribeWorker:
                                                   daemon=True))
         for t in self._threads:
             t.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the describe or ask thread is still alive."""
+        return any(t.is_alive() for t in self._threads)
 
     def stop(self) -> None:
         """Begin stopping, without waiting: the model's process winds down while the frame
@@ -254,12 +263,12 @@ class DescribeWorker:
         try:
             describer = self._load()
         except DescribeStopped:
-            self._ready.set()
+            self.ready.set()
             return
         except Exception as exc:  # noqa: BLE001 - reported; the frame path runs on
-            self._failed = exc
+            self.failed = exc
             logger.error("describe: cannot load the VLM ({}); no captions this run", exc)
-            self._ready.set()
+            self.ready.set()
             return
         name = self.cfg.weights.name if self.cfg.weights else "the shipped VLM"
         logger.info("describe: {} in its own process ({} priority, {} thread(s)), {}", name,
@@ -270,7 +279,7 @@ class DescribeWorker:
         except DescribeStopped:
             pass
         except Exception as exc:  # noqa: BLE001 - captions stop; frames never did
-            self._failed = exc
+            self.failed = exc
             logger.error("describe: stopped ({}); the frame path goes on without captions",
                          exc)
         finally:
@@ -279,7 +288,7 @@ class DescribeWorker:
                 close()
 
     def _loop(self, describer: Describes) -> None:
-        self._ready.set()
+        self.ready.set()
         next_due = time.monotonic()
         last_seq: tuple[str, int] | None = None
         while not self._stop.is_set():
@@ -373,15 +382,17 @@ class DescribeWorker:
         try:
             request = json.loads(raw)
             text = request["question"]
-            if type(text) is not str or not text.strip():
+            if type(text) is not str:
                 raise TypeError
         except (ValueError, TypeError, KeyError, RecursionError):
             return {"error": 'expected JSON {"question": "..."}'}
-        if not self._ready.is_set():  # say so now: the asker's timeout is about as long
+        if not text.strip():
+            return {"error": EMPTY_QUESTION}
+        if not self.ready.is_set():  # say so now: the asker's timeout is about as long
             return {"error": "the describe model is still loading (seconds after start); "
                              "ask again"}
-        if self._failed is not None:
-            return {"error": f"the describe model failed to load: {self._failed}"}
+        if self.failed is not None:
+            return {"error": f"the describe model failed to load: {self.failed}"}
         question = _Question(text, threading.Event())
         with self._cond:
             self._questions.append(question)
@@ -392,8 +403,14 @@ class DescribeWorker:
         return question.reply
 
 
+EMPTY_QUESTION = 'the question is empty: ask about the scene, e.g. "is there smoke?"'
+
+
 def ask(endpoint: str, question: str, timeout_s: float = 5.0) -> dict:
-    """Send one question to a running pipeline; its JSON reply (see module docstring)."""
+    """Send one question to a running pipeline; its JSON reply (see module docstring).
+    UsageError for a blank question, before anything is sent."""
+    if not question.strip():
+        raise UsageError(EMPTY_QUESTION)
     socket = context().socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))

@@ -15,22 +15,23 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 from loguru import logger
+from orstream.common.classes import palette
+from orstream.common.crop import Region, crop_region
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.backends import Engine
 from orstream.engines.cache import EngineCache
-from orstream.engines.export import load_engine, resolve
+from orstream.engines.export import EngineSpec, Resolved, needs_build, open_engine, resolve
 from orstream.engines.postprocess import instance_vote
 from orstream.pipeline import masks
-from orstream.pipeline.config import PipelineConfig
+from orstream.pipeline.config import PipelineConfig, SegmentConfig
 from orstream.pipeline.describe import DescribeWorker
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle
+from orstream.pipeline.ports import bind_as
 from orstream.pipeline.recorder import Recorder
 from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import Sender
-from orstream.training.classes import palette
 
-Region = tuple[int, int, int, int]
 STATUS_REFRESH_NS = 100_000_000  # the status line's figures are recomputed this often
 
 
@@ -39,6 +40,9 @@ class Stage:
     # Set by the runner: True once the pipeline is stopping, so a stage that waits on a
     # peer (a lossless display that went away) gives up instead of blocking shutdown.
     stopping: Callable[[], bool] = staticmethod(lambda: False)
+    # What open() is doing, for the status line while it runs ("building the openvino
+    # bf16 engine"): seconds to minutes in which no frame flows.
+    activity: str | None = None
 
     def open(self) -> None:
         """Acquire resources (models, files, sockets). Called on the stage's own thread."""
@@ -50,14 +54,11 @@ class Stage:
         """Release resources; called once, also after an error."""
 
 
-def endovis_region(height: int, width: int) -> Region:
-    """The EndoVis crop (rows 28..1052, cols 320..1600 of 1080x1920), scaled to the frame.
-
-    The shipped models were trained on exactly this crop of the field of view, so the live
-    path crops the same way.
-    """
-    y, x = round(28 * height / 1080), round(320 * width / 1920)
-    return (y, x, round(1024 * height / 1080), round(1280 * width / 1920))
+def segment_engine_spec(cfg: SegmentConfig) -> EngineSpec:
+    """The engine the config's segment section asks for (the stage and benchmarks open it)."""
+    auto = cfg.auto_backends.get(cfg.device)
+    return EngineSpec(cfg.weights, cfg.backend, cfg.precision, cfg.size, cfg.device,
+                      cfg.threads, cfg.engine_cache, tuple(auto) if auto else None)
 
 
 class SegmentStage(Stage):
@@ -87,13 +88,9 @@ class SegmentStage(Stage):
 
     def open(self) -> None:
         checkpoint = self.checkpoint
-        chosen = resolve(self.cfg.backend, self.cfg.precision, self.cfg.device,
-                         self.cfg.auto_backends.get(self.cfg.device))
-        logger.info("segment: backend {} precision {} ({})", chosen.backend, chosen.precision,
-                    chosen.why)
-        self.engine = load_engine(self.cfg.weights, chosen.backend, chosen.precision,
-                                  self.cfg.size, self.cfg.device, self.cfg.threads,
-                                  EngineCache(self.cfg.engine_cache), checkpoint)
+        chosen = resolve(segment_engine_spec(self.cfg))
+        self.activity = self._engine_activity(chosen)
+        self.engine = open_engine(chosen)
         h, w = self.engine.input_size
         if self.cfg.device == "cuda":
             from orstream.engines.preprocess import CudaFramePrep
@@ -105,6 +102,12 @@ class SegmentStage(Stage):
         logger.info("segment: {} ({}) on {}", self.cfg.weights.name, checkpoint.task,
                     self.engine.describe())
 
+    @staticmethod
+    def _engine_activity(chosen: Resolved) -> str:
+        """Whether open() builds the engine (seconds to minutes) or loads it from the cache."""
+        doing = "building" if needs_build(chosen) else "loading"
+        return f"{doing} the {chosen.backend} {chosen.precision} engine"
+
     def _segment_on_gpu(self, image: np.ndarray, region: Region) -> np.ndarray:
         import torch
 
@@ -115,8 +118,7 @@ class SegmentStage(Stage):
     def region(self, height: int, width: int) -> Region:
         key = (height, width)
         if key not in self._regions:
-            self._regions[key] = (endovis_region(height, width) if self.cfg.crop == "endovis"
-                                  else (0, 0, height, width))
+            self._regions[key] = crop_region(self.cfg.crop, height, width)
         return self._regions[key]
 
     def process(self, frame: Frame) -> Frame:
@@ -177,7 +179,7 @@ class RenderStage(Stage):
 
     def __init__(self, cfg: PipelineConfig, task: str | None,
                  dropped: Callable[[], int], describe: DescribeWorker | None = None) -> None:
-        from orstream.training.classes import CLASSES
+        from orstream.common.classes import CLASSES
 
         self.describe = describe
         self.cfg = cfg.render
@@ -238,7 +240,7 @@ class RenderStage(Stage):
 
 def class_table(task: str | None) -> dict | None:
     """The header's class table; None without segmentation (no labels to name)."""
-    from orstream.training.classes import CLASSES
+    from orstream.common.classes import CLASSES
 
     if task is None:
         return None
@@ -250,20 +252,30 @@ class PublishStage(Stage):
     """Publishes frames to displays on the configured endpoint (PROTOCOL.md)."""
 
     name = "publish"
+    key = "publish.endpoint"
 
-    def __init__(self, cfg: PipelineConfig, task: str | None,
-                 curve: Curve | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, task: str | None, curve: Curve | None = None,
+                 on_bound: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg.publish
         self.classes = class_table(task)
         self.curve = curve
         self.sender: Sender | None = None
+        self.on_bound = on_bound  # told the endpoint once displays can connect
 
     def open(self) -> None:
-        assert self.cfg.endpoint is not None
-        self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, parts=self.cfg.parts,
-                             classes=self.classes, curve=self.curve)
+        endpoint = self.cfg.endpoint
+        assert endpoint is not None
+        self.sender = bind_as(self.key, endpoint, lambda: Sender(
+            endpoint, self.cfg.mode, hwm=4, parts=self.cfg.parts, classes=self.classes,
+            curve=self.curve))
+        self._bound()
+
+    def _bound(self) -> None:
+        assert self.sender is not None
         logger.info("publishing {} on {} ({})", self.what(), self.sender.endpoint,
                     self.cfg.mode)
+        if self.on_bound is not None:
+            self.on_bound(self.sender.endpoint)
 
     def what(self) -> str:
         return "+".join(self.cfg.parts)
@@ -288,17 +300,19 @@ class MaskPublishStage(PublishStage):
     """Publishes the mask-only stream (PROTOCOL.md): labels, outlines, classes, caption."""
 
     name = "masks"
+    key = "masks.endpoint"
 
-    def __init__(self, cfg: PipelineConfig, task: str | None,
-                 curve: Curve | None = None) -> None:
-        super().__init__(cfg, task, curve)
+    def __init__(self, cfg: PipelineConfig, task: str | None, curve: Curve | None = None,
+                 on_bound: Callable[[str], None] | None = None) -> None:
+        super().__init__(cfg, task, curve, on_bound)
         self.cfg = cfg.masks  # type: ignore[assignment]  # endpoint and mode, no parts
 
     def open(self) -> None:
-        assert self.cfg.endpoint is not None
-        self.sender = Sender(self.cfg.endpoint, self.cfg.mode, hwm=4, curve=self.curve)
-        logger.info("publishing {} on {} ({})", self.what(), self.sender.endpoint,
-                    self.cfg.mode)
+        endpoint = self.cfg.endpoint
+        assert endpoint is not None
+        self.sender = bind_as(self.key, endpoint, lambda: Sender(
+            endpoint, self.cfg.mode, hwm=4, curve=self.curve))
+        self._bound()
 
     def what(self) -> str:
         return "masks"

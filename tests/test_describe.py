@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 import zmq
-from orstream.benchmarks.common import free_port
+from orstream.common.errors import UsageError
+from orstream.common.net import free_port
 from orstream.pipeline.config import load_config
 from orstream.pipeline.describe import DescribeWorker, ask
 from orstream.pipeline.frame import Frame
@@ -69,7 +70,7 @@ def test_captions_reach_later_frames_and_the_header_with_the_frame_they_describe
         pipeline = Pipeline(cfg)
         runner = threading.Thread(target=pipeline.run, daemon=True)
         runner.start()
-        _until(lambda: pipeline._describe is not None and pipeline._describe.captions >= 3)
+        _until(lambda: pipeline.describe is not None and pipeline.describe.captions >= 3)
         pipeline.request_stop()
         runner.join(30)
         result = pipeline.result
@@ -150,7 +151,8 @@ def test_an_ask_port_in_use_fails_the_start_naming_the_key(vlm_weights):
     blocker = zmq.Context.instance().socket(zmq.REP)
     blocker.bind(f"tcp://127.0.0.1:{port}")
     try:
-        with pytest.raises(OSError, match=r"describe.ask_endpoint: cannot bind"):
+        with pytest.raises(UsageError, match=rf"describe.ask_endpoint tcp://127.0.0.1:{port}: "
+                                             rf"port {port} is in use"):
             Pipeline(_config(vlm_weights, "publish.endpoint=null", ask_port=port),
                      max_frames=1).run()
     finally:
@@ -162,7 +164,7 @@ def test_every_n_frames_captions_at_that_rate(vlm_weights):
     worker = DescribeWorker(cfg.describe)
     worker.start()
     image = np.zeros((360, 640, 3), np.uint8)
-    _until(worker._ready.is_set)
+    _until(worker.ready.is_set)
     try:
         for seq in range(40):
             worker.offer(Frame.capture("or-1", seq, image))
@@ -182,8 +184,8 @@ def test_the_exported_vlm_captions_exactly_like_eager_in_the_worker():
     worker = DescribeWorker(cfg)
     worker.start()
     try:
-        _until(worker._ready.is_set, 180)  # first use builds the two engines
-        assert worker._failed is None, worker._failed
+        _until(worker.ready.is_set, 180)  # first use builds the two engines
+        assert worker.failed is None, worker.failed
         worker.offer(Frame.capture("or-1", 0, image))
         _until(lambda: worker.latest() is not None)
     finally:
@@ -212,7 +214,7 @@ def test_stopping_never_waits_for_a_starved_describe_worker(vlm_weights):
     cfg = _config(vlm_weights, "publish.endpoint=null", "describe.every_frames=1")
     worker = DescribeWorker(cfg.describe)
     worker.start()
-    _until(worker._ready.is_set)
+    _until(worker.ready.is_set)
     (pid,) = _describe_worker_pids()
     os.kill(pid, signal.SIGSTOP)  # starved: it will not answer
     try:
@@ -226,8 +228,8 @@ def test_stopping_never_waits_for_a_starved_describe_worker(vlm_weights):
             os.kill(pid, signal.SIGCONT)
     assert took < 5.0, f"close took {took:.1f} s"
     assert _describe_worker_pids() == []  # the worker was ended, not left behind
-    assert worker._failed is None  # a stop, not a failure
-    assert not any(t.is_alive() for t in worker._threads)
+    assert worker.failed is None  # a stop, not a failure
+    assert not worker.running
 
 
 def test_a_vlm_that_cannot_load_is_reported_with_the_workers_reason(tmp_path):
@@ -238,11 +240,11 @@ def test_a_vlm_that_cannot_load_is_reported_with_the_workers_reason(tmp_path):
     worker = DescribeWorker(cfg)
     worker.start()
     try:
-        _until(worker._ready.is_set)
+        _until(worker.ready.is_set)
     finally:
         worker.close()
     # The worker's own words, not just "it exited": it sends them and exits at once.
-    assert worker._failed is not None and "not_a_vlm.pt" in str(worker._failed), worker._failed
+    assert worker.failed is not None and "not_a_vlm.pt" in str(worker.failed), worker.failed
     assert _describe_worker_pids() == []
 
 
@@ -269,9 +271,9 @@ def test_stopping_while_the_worker_still_loads_ends_it_at_once(vlm_weights):
     worker.start()
     _until(lambda: _describe_worker_pids() != [], 30)
     time.sleep(0.2)  # importing torch takes seconds: still loading
-    assert not worker._ready.is_set()
+    assert not worker.ready.is_set()
     t0 = time.monotonic()
     worker.close()
     took = time.monotonic() - t0
     assert took < 1.5, f"close took {took:.1f} s"
-    assert _describe_worker_pids() == [] and worker._failed is None
+    assert _describe_worker_pids() == [] and worker.failed is None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from orstream.benchmarks.common import free_port
+from orstream.common.net import free_port
 from orstream.pipeline.config import ConfigError, load_config
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.runner import Pipeline

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 import zmq
-from orstream.benchmarks.common import free_port
+from orstream.common.net import free_port
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline, PipelineError
 from orstream.pipeline.stages import SegmentStage
@@ -146,7 +146,7 @@ def test_invalid_messages_into_a_stage_input_are_counted_and_frames_keep_flowing
     runner.join(60)
     attacker.close(0)
     assert pipeline.result.frames_out == 60
-    rejected = pipeline._nodes["segment"].inputs[0].stats.rejected
+    rejected = pipeline.metrics.rejected()["segment"]
     assert rejected == {"bad_framing": 1, "bad_version": 1, "bad_length": 1, "oversize": 1}
 
 
