@@ -12,11 +12,13 @@ from loguru import logger
 
 
 def _size_wh(text: str) -> tuple[int, int]:
+    """--size WxH -> (W, H): every size on the command line is written WxH."""
+    from orstream.common.sizes import SizeError, parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 1920x1080, got {text!r}") from None
-    return w, h
+        return parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_synth_dataset(args: argparse.Namespace) -> int:
@@ -72,12 +74,12 @@ def _cmd_train_unet(args: argparse.Namespace) -> int:
 
 def _train_config(model: type, args: argparse.Namespace):
     """The --config YAML with the flags given on top, validated; errors name the key."""
-    import yaml
+    from orstream.common.yamlio import load_mapping
     from pydantic import ValidationError
 
     values: dict = {}
     if args.config:
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+        values.update(load_mapping(args.config))
     values.update({k: v for k, v in vars(args).items()
                    if k in model.model_fields and v is not None})
     try:
@@ -131,8 +133,7 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     gc.disable()
     from orstream.pipeline.capture import keep_frame_memory
     from orstream.pipeline.config import load_config
-    from orstream.pipeline.runner import Pipeline, PipelineError
-    from orstream.pipeline.sources import SourceError
+    from orstream.pipeline.runner import Pipeline
 
     keep_frame_memory()  # freed frames stay in the process: no page faults per frame
 
@@ -140,23 +141,18 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     if publish is not None and publish.lower() in ("null", "none"):
         overrides.append("publish.endpoint=null")  # as in the YAML: no publisher
         publish = None
-    cfg = load_config(args.config, overrides, publish__endpoint=publish,
-                      record__path=args.record, **source)
+    cfg = load_config(args.config, overrides, port_base=args.port_base,
+                      publish__endpoint=publish, record__path=args.record, **source)
     stages = args.stages.split(",") if getattr(args, "stages", None) else None
-    try:
-        pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0, stages=stages)
-    except SourceError as exc:
-        logger.error("{}", exc)
-        return 2
+
+    def publishing(endpoint: str) -> None:  # called once bound: never of a port that is taken
+        print(f"publishing on {endpoint}  (watch: orstream view {endpoint})", flush=True)
+
+    # A source that cannot open raises SourceError here: main() reports it (exit 2).
+    pipeline = Pipeline(cfg, max_frames=args.frames, status_every_s=1.0, stages=stages,
+                        on_publishing=publishing)
     _install_signal_handlers(pipeline.request_stop)
-    if cfg.publish.endpoint and "render" in pipeline.local:
-        print(f"publishing on {cfg.publish.endpoint}  (watch: orstream view "
-              f"{cfg.publish.endpoint})", flush=True)
-    try:
-        result = pipeline.run()
-    except PipelineError as exc:
-        logger.error("{}", exc)
-        return 1
+    result = pipeline.run()  # a failed stage raises PipelineError: main() reports it
     logger.info("{} frames in {:.1f} s, {} dropped, {} rejected", result.frames_out,
                 result.elapsed_s, result.dropped, result.rejected)
     return 0
@@ -176,7 +172,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
     import threading
 
     from orstream.pipeline.security import curve_from_files
-    from orstream.pipeline.view import view
+    from orstream.pipeline.view import no_frames_message, view
 
     curve = None
     if args.key or args.server_key:
@@ -190,9 +186,24 @@ def _cmd_view(args: argparse.Namespace) -> int:
     summary = view(args.endpoint, frames=args.frames, save=args.save, save_every=args.every,
                    window=False if args.headless else None, timeout_s=args.timeout,
                    stop=stop, quiet=args.json, measure=args.measure, clock=args.clock,
-                   size=args.size, curve=curve)
+                   size=args.size, curve=curve, stall_warn_s=args.stall)
     if args.json:
         print(json.dumps(summary.to_json()))
+    if summary.frames == 0:
+        logger.error("{}", no_frames_message(args.endpoint, summary.elapsed_s))
+        return 1
+    if args.frames is not None and summary.frames < args.frames:
+        logger.error("{} of the {} frames asked for came from {} in {:.0f} s", summary.frames,
+                     args.frames, args.endpoint, summary.elapsed_s)
+        return 1
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from orstream.pipeline.config import effective_yaml, load_config
+
+    cfg = load_config(args.config, args.set, port_base=args.port_base)
+    print(effective_yaml(cfg), end="")
     return 0
 
 
@@ -222,16 +233,14 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _size_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x320, got {text!r}") from None
+    """A model input, written WxH like every size (320x256) -> the (H, W) engines take."""
+    w, h = _size_wh(text)
     return h, w
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from orstream.engines.cache import EngineCache
-    from orstream.engines.export import cache_listing, export_engine
+    from orstream.engines.export import EngineSpec, cache_listing, export_engine
 
     cache = EngineCache(args.cache)
     if args.list:
@@ -248,19 +257,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.weights is None or args.backend is None:
         logger.error("export needs --weights and --backend (or --list)")
         return 2
-    entry = export_engine(args.weights, args.backend, args.precision, args.size, args.device,
-                          cache, rebuild=args.rebuild)
+    entry = export_engine(EngineSpec(args.weights, args.backend, args.precision, args.size,
+                                     args.device, cache=cache.root), rebuild=args.rebuild)
     print(entry.folder)
     return 0
 
 
 def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
     from orstream.calibration.sets import collect
+    from orstream.common.sizes import format_hw
 
     calib = collect(args.source, args.frames, args.size, args.crop, args.holdout)
     path = calib.save(args.out)
-    logger.info("calibration set: {} frames + {} held out at {}x{} from {} -> {} ({:.1f} MB)",
-                len(calib.frames), len(calib.holdout), *calib.size, ", ".join(args.source),
+    logger.info("calibration set: {} frames + {} held out at {} from {} -> {} ({:.1f} MB)",
+                len(calib.frames), len(calib.holdout), format_hw(calib.size),
+                ", ".join(args.source),
                 path, path.stat().st_size / 1e6)
     print(path)
     return 0
@@ -281,8 +292,8 @@ def _cmd_calibrate_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from orstream.benchmarks.harness import bench_command
-    from orstream.benchmarks.profiles import ProfileError
+    from orstream.pipeline.bench.harness import bench_command
+    from orstream.pipeline.bench.profiles import ProfileError
     from orstream.pipeline.capture import keep_frame_memory
 
     keep_frame_memory()  # as `run` does: the bench measures what users run
@@ -290,7 +301,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         return bench_command(args.source, args.out, args.config, args.mode, args.profile,
                              args.frames, args.warmup, args.set, args.baseline,
-                             args.regression, not args.no_peers)
+                             args.regression, not args.no_peers, args.allow_unlike)
     except ProfileError as exc:
         logger.error("{}", exc)
         return 2
@@ -299,7 +310,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline command takes (run, replay)."""
     parser.add_argument("--config", type=Path,
-                        help="pipeline YAML (default configs/pipeline.yaml)")
+                        help="pipeline YAML (default $ORSTREAM_CONFIG, else the shipped "
+                             "configs/pipeline.yaml)")
     parser.add_argument("--frames", type=int, help="stop after N rendered frames")
     parser.add_argument("--publish",
                         help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600; "
@@ -308,12 +320,64 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set render.alpha=0.6 "
                              "(repeatable)")
+    parser.add_argument("--port-base", dest="port_base", type=_port_base, metavar="N",
+                        help="a second pipeline on this host: publish on tcp://127.0.0.1:N, "
+                             "questions on N+1, the mask stream (when on) on N+2")
+
+
+def _port_base(text: str) -> int:
+    """--port-base N: three consecutive ports from N, above the privileged ones."""
+    if not text.isdigit() or not 1024 <= int(text) <= 65533:
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65533, got {text!r}")
+    return int(text)
+
+
+DESCRIPTION = ("Real-time instrument segmentation and scene captions on endoscope video, "
+               "published to ZeroMQ displays and recorded.")
+EXAMPLES = """examples:
+  orstream run                                   live pipeline on a synthetic 1080p30 feed
+  orstream run --source rtsp://cam/or1 --record out.mp4
+                                                 a network camera, recorded
+  orstream replay procedure.mp4 --mode lossless  every frame of a recording
+  orstream view tcp://127.0.0.1:5600             watch a pipeline's overlay
+  orstream ask tcp://127.0.0.1:5601 "is there smoke?"
+                                                 ask the scene-describing model
+  orstream run --port-base 5700                  a second pipeline on the same host
+  orstream config show --set render.alpha=0.6    the configuration a run would use
+  orstream bench --frames 300                    latency against the device's budgets
+  orstream export --weights W.pt --backend openvino
+                                                 build an inference engine
+  orstream synth dataset data/synth17            a synthetic EndoVis-style dataset
+  orstream train unet --config configs/train/unet_xs_types.yaml
+  orstream eval --data data/synth17 --weights W.pt
+
+`orstream COMMAND --help` lists a command's options. Expected errors print one line and
+exit 2; --debug shows their traceback too."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orstream", description=__doc__)
+    from orstream import __version__
+    from orstream.engines.backends import INT8_DEVICE, NAMES
+
+    parser = argparse.ArgumentParser(prog="orstream", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"orstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of every error, expected ones too")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="the pipeline configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective configuration as YAML "
+                                 "(the file, then ORSTREAM_SET, then --set)")
+    show.add_argument("--config", type=Path, help="pipeline YAML (default $ORSTREAM_CONFIG, "
+                      "else the shipped configs/pipeline.yaml)")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, as for run (repeatable)")
+    show.add_argument("--port-base", dest="port_base", type=_port_base, metavar="N",
+                      help="as for run")
+    show.set_defaults(func=_cmd_config_show)
 
     synth = sub.add_parser("synth", help="make synthetic endoscope videos and datasets")
     synth_sub = synth.add_subparsers(dest="what", required=True)
@@ -346,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take every Nth frame of the 30 fps video (default 30: 1 Hz)")
     vd.add_argument("--size", type=_size_wh, default=(1920, 1080), help="render WxH")
     vd.add_argument("--input-size", dest="input_size", type=_size_hw, default=(128, 160),
-                    help="stored HxW, the model's input (default 128x160)")
+                    help="stored WxH, the model's input (default 160x128)")
     vd.add_argument("--workers", type=int, default=2, help="processes")
     vd.set_defaults(func=_cmd_synth_vlm_data)
 
@@ -360,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--epochs", type=int)
     unet.add_argument("--batch", type=int)
     unet.add_argument("--lr", type=float)
-    unet.add_argument("--size", help="HxW model input, multiple of 32 (default 256x320)")
-    unet.add_argument("--crop", help="HxW training crop (default 128x160), or none: whole "
+    unet.add_argument("--size", help="WxH model input, multiples of 32 (default 320x256)")
+    unet.add_argument("--crop", help="WxH training crop (default 160x128), or none: whole "
                       "frames")
     unet.add_argument("--fold", type=int, help="TernausNet fold 0-3 held out for validation")
     unet.add_argument("--out", type=Path)
@@ -416,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--save", type=Path, help="write every Nth frame as PNG into this dir")
     vw.add_argument("--every", type=int, default=30, help="N for --save (default 30)")
     vw.add_argument("--timeout", type=float, help="exit after this many seconds without frames")
+    vw.add_argument("--stall", type=float, default=2.0, metavar="S",
+                    help="warn when no frame came for S seconds (default 2)")
     vw.add_argument("--headless", action="store_true", help="never open a window")
     vw.add_argument("--json", action="store_true", help="one summary JSON object at exit")
     vw.add_argument("--size", type=_size_wh, help="show the picture at WxH (a smaller screen)")
@@ -445,10 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="build an inference engine into the engine cache")
     ex.add_argument("--weights", type=Path, help="checkpoint (e.g. engines/weights/...pt)")
-    ex.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "openvino",
-                                          "tensorrt"])
+    ex.add_argument("--backend", choices=NAMES)
     ex.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
-    ex.add_argument("--size", type=_size_hw, help="model input HxW (default: as trained)")
+    ex.add_argument("--size", type=_size_hw, help="model input WxH, e.g. 320x256 (default: "
+                    "as trained)")
     ex.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ex.add_argument("--cache", type=Path,
                     help="engine cache (default $ORSTREAM_ENGINE_CACHE or ~/.cache/orstream)")
@@ -466,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=int, default=30, help="frames left out of the figures")
     be.add_argument("--out", type=Path, default=Path("bench-report"))
     be.add_argument("--baseline", type=Path, help="an earlier --out to compare with")
+    be.add_argument("--allow-unlike", dest="allow_unlike", action="store_true",
+                    help="compare with a baseline of another source, mode or profile "
+                         "(refused by default: its ratios mean little); warns in the report")
     be.add_argument("--regression", type=float, default=0.10,
                     help="ratio over which a figure counts as regressed (default 0.10)")
     be.add_argument("--config", type=Path, help="pipeline YAML (default configs/pipeline.yaml)")
@@ -482,16 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--frames", type=int, default=300, help="calibration frames (>= 100)")
     co.add_argument("--holdout", type=int, help="held-out frames for the gate "
                     "(default: a quarter, at least 50)")
-    co.add_argument("--size", type=_size_hw, default=(256, 320), help="model input HxW")
+    co.add_argument("--size", type=_size_hw, default=(256, 320),
+                    help="model input WxH (default 320x256)")
     co.add_argument("--crop", choices=["endovis", "none"], default="endovis")
     co.add_argument("--out", type=Path, default=Path("calib.npz"))
     co.set_defaults(func=_cmd_calibrate_collect)
     cb = cal_sub.add_parser("build", help="quantise to INT8; store only if the gate passes")
     cb.add_argument("--weights", type=Path, required=True)
-    cb.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"],
-                    required=True)
+    cb.add_argument("--backend", choices=list(INT8_DEVICE), required=True)
     cb.add_argument("--calib", type=Path, required=True, help="from `calibrate collect`")
-    cb.add_argument("--size", type=_size_hw, help="must match the calibration set's")
+    cb.add_argument("--size", type=_size_hw, help="model input WxH; must match the "
+                    "calibration set's")
     cb.add_argument("--threshold", type=float, default=1.0,
                     help="largest mean Dice drop allowed, in points (default 1.0)")
     cb.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
@@ -525,27 +595,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logger.remove()
     # Logs go to stderr so that stdout carries only results (paths, JSON) for scripts.
-    logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO")
+    # diagnose=False: a traceback never prints the values of locals (frames of patient video).
+    logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO", diagnose=False)
+    from orstream.common.errors import OrstreamError
     from orstream.engines.backends import BackendError
     from orstream.engines.checkpoint import CheckpointError
+    from orstream.pipeline.runner import PipelineError
     from orstream.training.datasets.endovis import DatasetError
+
+    def report(exc: BaseException, code: int) -> int:
+        """One line naming the input and the fix; the traceback only with --debug."""
+        logger.opt(exception=exc if args.debug else None).error("{}", exc)
+        return code
 
     try:
         return int(args.func(args) or 0)
-    # OSError covers a missing file, a port in use and an unanswered `ask` (TimeoutError).
+    except BrokenPipeError:
+        raise  # the reader of stdout went away (| head): console() leaves quietly
+    except OrstreamError as exc:
+        return report(exc, exc.exit_code)
+    except PipelineError as exc:
+        # A stage's expected error (a port taken, a backend this machine lacks) is reported
+        # as itself; any other stage failure, a lost source among them, exits 1.
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(cause, OrstreamError):
+            return report(cause, cause.exit_code)
+        return report(exc, 1)
+    # Errors not yet moved onto OrstreamError: a missing file, an unanswered `ask`
+    # (TimeoutError), a bad argument caught by a ValueError check.
     except (DatasetError, CheckpointError, ValueError, OSError) as exc:
-        logger.error("{}", exc)
-        return 2
+        return report(exc, 2)
     except BackendError as exc:  # the machine cannot serve what was asked: say what it can
-        logger.error("{}", exc)
-        return 1
+        return report(exc, 1)
 
 
 def console() -> None:
     """The `orstream` command: main(), then a quick exit (pipeline/quick_exit.py)."""
+    import os
+
     from orstream.pipeline.quick_exit import exit_now
 
-    exit_now(main())
+    try:
+        try:
+            code = main()
+        finally:
+            sys.stdout.flush()  # a reader that closed the pipe (| head) shows up here
+    except BrokenPipeError:
+        # Python's documented way (library/signal, "Note on SIGPIPE"): point stdout at
+        # /dev/null so the interpreter's own flush at exit cannot fail again, and leave.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        exit_now(1)
+    exit_now(code)
 
 
 if __name__ == "__main__":

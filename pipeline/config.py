@@ -1,21 +1,26 @@
 """Pipeline configuration: YAML validated into typed objects, with errors that name the key.
 
 `load_config(path, overrides)` reads a YAML file (the shipped default when no path is given),
-applies `--set key.sub=value` overrides (values parsed as YAML scalars), and validates. A
-mistake is a ConfigError such as:
+applies ORSTREAM_SET and `--set key.sub=value` overrides (values parsed as YAML scalars), and
+validates. A mistake is a ConfigError blamed on where the value came from, such as:
 
-    configs/pipeline.yaml: segment.alpha: unknown key (accepted: backend, crop, ...)
+    configs/pipeline.yaml: segment.alpah: unknown key (did you mean segment.alpha?)
     --set render.alpha=2: render.alpha: Input should be less than or equal to 1 (got 2)
+    ORSTREAM_SET render.alpah=0.5: render.alpah: unknown key (did you mean render.alpha?)
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from orstream.pipeline.transport import normalize_endpoint
+from orstream.common.errors import UsageError
+from orstream.common.sizes import check_unet_input, format_hw, parse_hw
+from orstream.common.yamlio import load_mapping
+from orstream.pipeline.endpoints import is_loopback, normalize_endpoint
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,11 +33,13 @@ from pydantic import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_OVERRIDES = "ORSTREAM_SET"
+ENV_CONFIG = "ORSTREAM_CONFIG"  # the YAML read when no path is given, instead of the shipped one
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "pipeline.yaml"
 
 
-class ConfigError(ValueError):
-    """A configuration value that is missing, unknown or out of range; names the key."""
+class ConfigError(UsageError):
+    """A configuration value that is missing, unknown or out of range; names the key and
+    where it was set (the file, ORSTREAM_SET or a command-line flag)."""
 
 
 class _Strict(BaseModel):
@@ -44,11 +51,16 @@ def _endpoint(value: str) -> str:
 
 
 def _message_endpoint(value: str) -> str:
-    """Endpoints of messages without pixels (mask stream, questions): no shm://."""
+    """Endpoints of messages without pixels for other processes (mask stream, `orstream ask`
+    questions): no shm://, no inproc://."""
     endpoint = normalize_endpoint(value)
-    if endpoint.startswith("shm://"):
+    scheme, _, where = endpoint.partition("://")
+    if scheme == "shm":
         raise ValueError(f"{endpoint}: shm:// moves frame pixels through shared memory; this "
-                         f"stream has none: use ipc://{endpoint[len('shm://'):]}")
+                         f"stream has none: use ipc://{where}")
+    if scheme == "inproc":
+        raise ValueError(f"{endpoint}: inproc:// stays inside this process, and this stream "
+                         f"is for other processes: use ipc:///tmp/{where} or tcp://HOST:PORT")
     return endpoint
 
 
@@ -122,13 +134,21 @@ class SourceConfig(_Strict):
         return self
 
 
+def _auto_order() -> dict[str, list[str]]:
+    """The registry's `auto` order (engines/backends/__init__.py), as the config's default."""
+    from orstream.engines.backends import AUTO_ORDER
+
+    return {device: list(names) for device, names in AUTO_ORDER.items()}
+
+
 class SegmentConfig(_Strict):
     # false: no model is loaded and frames go to render unlabelled, to record or stream a
     # feed as it is (and to measure capture without inference)
     enabled: bool = True
     weights: Path = REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt"
-    # auto: the first backend in auto_backends[device] this machine can serve
-    backend: Literal["auto", "torch", "compile", "onnxruntime", "openvino", "tensorrt"] = "auto"
+    # auto: the first backend in auto_backends[device] this machine can serve; otherwise a
+    # name from the registry in engines/backends/__init__.py
+    backend: str = "auto"
     # auto: the backend's fastest native float precision here (bf16 only where the CPU has
     # it); a named precision the machine cannot serve is an error, never a downgrade
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
@@ -137,8 +157,7 @@ class SegmentConfig(_Strict):
     size: tuple[int, int] | None = None  # model input (H, W); None = what it was trained at
     # Fastest first, as benchmarks/engines.py measured them on each device
     auto_backends: dict[Literal["cpu", "cuda"], list[str]] = Field(
-        default_factory=lambda: {"cpu": ["openvino", "onnxruntime", "compile", "torch"],
-                                 "cuda": ["tensorrt", "compile", "torch"]})
+        default_factory=lambda: _auto_order())
     engine_cache: Path | None = None  # None: $ORSTREAM_ENGINE_CACHE or ~/.cache/orstream/engines
     crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
     postprocess: Literal["vote", "none"] = "vote"  # types: one type per connected instrument
@@ -158,31 +177,33 @@ class SegmentConfig(_Strict):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
-        if isinstance(value, str):  # --set segment.size=512x640
-            h, sep, w = value.lower().partition("x")
-            if not sep or not h.strip().isdigit() or not w.strip().isdigit():
-                raise ValueError(f"size {value!r} is not HxW, e.g. 256x320")
-            return int(h), int(w)
-        return value
+        # --set segment.size=320x256: written WxH like every size; held as (H, W)
+        return parse_hw(value) if isinstance(value, str) else value
 
     @field_validator("size")
     @classmethod
     def _multiple(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and (value[0] % 32 or value[1] % 32 or min(value) <= 0):
-            raise ValueError(f"size {value[0]}x{value[1]} must be positive multiples of 32 "
-                             f"(the U-Net downsamples 5 times)")
+        return None if value is None else check_unet_input(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from orstream.engines.backends import NAMES
+
+        if value != "auto" and value not in NAMES:
+            raise ValueError(f"backend {value!r}: choose auto or one of {', '.join(NAMES)}")
         return value
 
     @field_validator("auto_backends")
     @classmethod
     def _known_backends(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        from orstream.engines.backends import BACKENDS
+        from orstream.engines.backends import NAMES
 
         for device, names in value.items():
-            unknown = [n for n in names if n not in BACKENDS]
+            unknown = [n for n in names if n not in NAMES]
             if unknown or not names:
                 raise ValueError(f"{device}: {unknown or 'empty list'}: backends are "
-                                 f"{', '.join(BACKENDS)}")
+                                 f"{', '.join(NAMES)}")
         return value
 
 
@@ -303,6 +324,12 @@ def _default_edges() -> dict[str, EdgeConfig]:
     }
 
 
+class StatusConfig(_Strict):
+    # Long enough that a paced source's jitter or a GC pause never trips it; short enough
+    # that an operator sees a silent upstream before wondering why the picture froze.
+    stall_warn_s: float = Field(2.0, gt=0, le=3600)  # warn when no frame came for this long
+
+
 class PipelineConfig(_Strict):
     stream: str = Field("or-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # stream id in the topic
     source: SourceConfig = SourceConfig()
@@ -312,6 +339,7 @@ class PipelineConfig(_Strict):
     publish: PublishConfig = PublishConfig()
     record: RecordConfig = RecordConfig()
     masks: MasksConfig = MasksConfig()
+    status: StatusConfig = StatusConfig()
     security: SecurityConfig = SecurityConfig()
     edges: dict[str, EdgeConfig] = Field(default_factory=_default_edges)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # receivers reject larger
@@ -374,13 +402,12 @@ class PipelineConfig(_Strict):
         merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_edges().items()}
         unknown = set(value) - set(merged)
         if unknown:
-            raise ValueError(f"unknown edges {sorted(unknown)}: accepted {sorted(merged)}")
+            close = difflib.get_close_matches(min(unknown), list(merged), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown edges {sorted(unknown)}{hint}: accepted {sorted(merged)}")
         for key, edge in value.items():
             merged[key] = {**merged[key], **(edge or {})}
         return merged
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]")
 
 
 def exposed_endpoints(cfg: PipelineConfig) -> list[tuple[str, str]]:
@@ -390,14 +417,15 @@ def exposed_endpoints(cfg: PipelineConfig) -> list[tuple[str, str]]:
     named += [(f"edges.{k}.endpoint", e.endpoint) for k, e in cfg.edges.items()]
     out = []
     for key, endpoint in named:
-        if endpoint and endpoint.startswith("tcp://"):
-            host = endpoint[len("tcp://"):].rpartition(":")[0]
-            if host not in LOOPBACK_HOSTS:
-                out.append((key, endpoint))
+        if endpoint and not is_loopback(endpoint):
+            out.append((key, endpoint))
     return out
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+PORT_BASE_KEYS = (("publish.endpoint", 0), ("describe.ask_endpoint", 1), ("masks.endpoint", 2))
+
+
+def _set_path(tree: dict, dotted: str, value: Any, origin: str) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -405,53 +433,132 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key} is not a section")
+            raise ConfigError(f"{origin}: {key} is not a section")
         node = child
     node[keys[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
+    """'key.sub=value' -> (key, YAML scalar); `origin` (--set, ORSTREAM_SET) names the
+    source of the text in the error."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. render.alpha=0.6")
+    if not sep or not key.strip():
+        raise ConfigError(f"{origin} {text!r}: expected KEY=VALUE, e.g. render.alpha=0.6")
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model whose fields the key at `loc` belongs to (edges' entries: EdgeConfig)."""
+    model: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        if model is PipelineConfig and part == "edges":
+            model = EdgeConfig
+            continue
+        if model is EdgeConfig and part not in EdgeConfig.model_fields:
+            continue  # the edge's name: `edges.capture->segment.mode`
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _did_you_mean(loc: tuple) -> str:
+    model = _model_at(loc)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+
+
 def _format(err: dict) -> str:
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        return f"{'.'.join(str(p) for p in err['loc'])}: unknown key{_did_you_mean(err['loc'])}"
     if not err["loc"]:
         # A check across sections: its message names the keys, and the input is the whole
         # configuration, too long to be of use.
-        return msg.removeprefix("Value error, ")
+        return msg
     key = ".".join(str(p) for p in err["loc"])
     return f"{key}: {msg} (got {err.get('input')!r})"
 
 
+def _blame(err: dict, message: str, origins: dict[str, str], source: Path) -> str:
+    """Where the faulty value came from: the override that set the key (or a section above
+    it), the overrides a cross-section message names, else the file."""
+    key = ".".join(str(p) for p in err["loc"])
+    if key:
+        setters = [k for k in origins if key == k or key.startswith(k + ".")
+                   or k.startswith(key + ".")]
+    else:
+        setters = [k for k in origins if k in message]
+    return ", ".join(dict.fromkeys(origins[k] for k in setters)) or str(source)
+
+
+def _default_of(dotted: str) -> Any:
+    """The model's default for a dotted key (the value when neither file nor flag sets it)."""
+    node: Any = PipelineConfig()
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _value_in(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _default_of(dotted)
+        node = node[part]
+    return node
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
-                **direct: Any) -> PipelineConfig:
-    """Load YAML (default configs/pipeline.yaml), apply --set overrides and `direct`
-    dotted-key values, and validate."""
-    source = Path(path) if path else DEFAULT_CONFIG
-    if not source.is_file():
-        raise ConfigError(f"config file {source} does not exist")
-    try:
-        tree = yaml.safe_load(source.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+                port_base: int | None = None, **direct: Any) -> PipelineConfig:
+    """Load YAML (default $ORSTREAM_CONFIG, else the shipped configs/pipeline.yaml), apply
+    ORSTREAM_SET, then --set overrides, then `port_base` and `direct` dotted-key values
+    (`publish__endpoint`), and validate.
+
+    port_base N moves the pipeline's own tcp ports, those that are on, to 127.0.0.1: publish
+    N, describe.ask_endpoint N+1, masks.endpoint N+2 (a second pipeline on the same host).
+    """
+    source = Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    tree = load_mapping(source, ConfigError)
+    origins: dict[str, str] = {}  # dotted key -> what set it, for the error messages
+
+    def put(dotted: str, value: Any, origin: str) -> None:
+        _set_path(tree, dotted, value, origin)
+        origins[dotted] = origin
+
     # ORSTREAM_SET="key=value;key=value" applies before --set (which wins): a deployment
     # (a container, a test session) sets its site's values once for every command.
     environment = [t.strip() for t in os.environ.get(ENV_OVERRIDES, "").split(";") if t.strip()]
-    for text in [*environment, *(overrides or [])]:
-        _set_path(tree, *parse_override(text))
+    for text in environment:
+        put(*parse_override(text, ENV_OVERRIDES), f"{ENV_OVERRIDES} {text}")
+    for text in overrides or []:
+        put(*parse_override(text), f"--set {text}")
+    if port_base is not None:
+        for dotted, offset in PORT_BASE_KEYS:
+            if _value_in(tree, dotted) is not None:
+                put(dotted, f"tcp://127.0.0.1:{port_base + offset}", f"--port-base {port_base}")
     for dotted, value in direct.items():
         if value is not None:
-            _set_path(tree, dotted.replace("__", "."), value)
+            key = dotted.replace("__", ".")
+            put(key, value, f"{key}={value} (command line)")
     try:
         return PipelineConfig(**tree)
     except ValidationError as exc:
-        lines = [_format(e) for e in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+        lines = []
+        for err in exc.errors():
+            message = _format(err)
+            lines.append(f"{_blame(err, message, origins, source)}: {message}")
+        raise ConfigError("; ".join(dict.fromkeys(lines))) from None
+
+
+def effective_yaml(cfg: PipelineConfig) -> str:
+    """The configuration a run would use, as YAML that `--config` reads back the same."""
+    tree = cfg.model_dump(mode="json")
+    size = cfg.segment.size
+    # Held as (H, W) for the engines; written WxH like every size in a YAML or on a flag.
+    tree["segment"]["size"] = None if size is None else format_hw(size)
+    return yaml.safe_dump(tree, sort_keys=False, width=100)

@@ -3,7 +3,10 @@
 Subscribes to a publisher (latest mode: a display wants the newest frame), shows the
 overlay in a window when OpenCV has GUI support and a display exists, and otherwise runs
 headless: a line per second of fps, latency (capture to receipt) and drops, `--save DIR` to
-keep every Nth frame as PNG, and `--json` for a summary at exit.
+keep every Nth frame as PNG, and `--json` for a summary at exit. A publisher that sends
+nothing (not running, or secured and this viewer without the key: a CurveZMQ handshake that
+fails is silent) or stops mid-stream is warned about after `stall_warn_s`; figures of no
+frames are None (JSON null), never 0.
 
 `--measure` reads the timecode burnt into the picture (pipeline/timecode.py) back from the
 pixels about to be shown, after the viewer's resize and colour conversion, and reports
@@ -47,8 +50,19 @@ def has_gui() -> bool:
     return "NONE" not in gui_line.upper()
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    lat = np.asarray(values) if values else np.zeros(1)
+STALL_WARN_S = 2.0  # as the pipeline's status.stall_warn_s: longer than any jitter or GC pause
+
+
+def no_frames_message(endpoint: str, waited_s: float) -> str:
+    return (f"no frames received from {endpoint} in {waited_s:.0f} s (is the publisher "
+            f"running? does it need --key?)")
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p99 and max; None for each when there was nothing to measure."""
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    lat = np.asarray(values)
     return {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
             "max": float(lat.max())}
 
@@ -94,12 +108,12 @@ class GlassMeter:
         return latency
 
     def to_json(self) -> dict:
-        diff = np.asarray(self.capture_diff_ms) if self.capture_diff_ms else np.zeros(1)
+        diff = np.asarray(self.capture_diff_ms)
         return {**_percentiles(self.latencies_ms), "frames": len(self.latencies_ms),
                 "unreadable": self.unreadable, "seq_mismatch": self.seq_mismatch,
                 "clock": self.clock, "header": _percentiles(self.header_ms),
-                "capture_diff_ms": {"mean_abs": float(diff.mean()),
-                                    "max_abs": float(diff.max())}}
+                "capture_diff_ms": {"mean_abs": float(diff.mean()) if diff.size else None,
+                                    "max_abs": float(diff.max()) if diff.size else None}}
 
 
 @dataclass
@@ -113,10 +127,12 @@ class ViewSummary:
     latencies_ms: list[float] = field(default_factory=list)  # capture to receipt, header
     saved: int = 0
     glass: GlassMeter | None = None  # --measure
+    elapsed_s: float = 0.0  # from subscribing to the end of viewing
 
     def to_json(self) -> dict:
         out = {
             "frames": self.frames,
+            "elapsed_s": round(self.elapsed_s, 3),
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "seq_strictly_increasing": self.increasing,
@@ -140,15 +156,18 @@ class _Window:
         self.glass: list[float] = []
         self.unreadable = 0
 
-    def line(self, now: float, receiver: Receiver, measure: bool) -> str:
+    def line(self, now: float, receiver: Receiver, measure: bool, silent_s: float) -> str:
         def p(values: list[float], q: float) -> float:
-            return float(np.percentile(values, q)) if values else 0.0
+            return float(np.percentile(values, q))
 
+        if not self.count:  # the real rate, not the last one seen: nothing came
+            return f"0.0 fps | no frames for {silent_s:.0f} s | dropped {receiver.dropped}"
         text = (f"{self.count / (now - self.start):.1f} fps | latency p50 "
                 f"{p(self.latency, 50):.1f} ms p99 {p(self.latency, 99):.1f} ms")
         if measure:
-            text += (f" | glass p50 {p(self.glass, 50):.1f} ms p99 {p(self.glass, 99):.1f} ms"
-                     f" unreadable {self.unreadable}")
+            glass = (f"p50 {p(self.glass, 50):.1f} ms p99 {p(self.glass, 99):.1f} ms"
+                     if self.glass else "none readable")
+            text += f" | glass {glass} unreadable {self.unreadable}"
         return (f"{text} | dropped {receiver.dropped} | rejected "
                 f"{sum(receiver.stats.rejected.values())}")
 
@@ -194,12 +213,14 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
          save_every: int = 30, window: bool | None = None, timeout_s: float | None = None,
          stop: threading.Event | None = None, quiet: bool = False, measure: bool = False,
          clock: Clock = "monotonic", size: tuple[int, int] | None = None,
-         curve: Curve | None = None) -> ViewSummary:
+         curve: Curve | None = None, stall_warn_s: float = STALL_WARN_S) -> ViewSummary:
     """Receive until `frames` frames arrived, `timeout_s` passed without any, or `stop`.
 
     measure: read the timecode from each picture as displayed (after resizing to `size`,
     (W, H), and converting to the window's BGR) and report capture to display from it, on
     `clock` (monotonic: same host; wall: across hosts, as good as the clocks' agreement).
+    stall_warn_s: warn once when no frame came for this long (none yet, or none since the
+    last), and say when frames come again.
     """
     stop = stop or threading.Event()
     show = has_gui() if window is None else window
@@ -208,7 +229,8 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
     summary = ViewSummary(glass=GlassMeter(clock) if measure else None)
     display = _Display(f"orstream {endpoint}", show, save, save_every, size)
     second = _Window()
-    last_frame_at = time.monotonic()
+    started = last_frame_at = time.monotonic()
+    stalled = False  # warned about the current silence
     with Receiver(endpoint, "latest", name="view", curve=curve) as receiver:
         logger.info("viewing {} ({}{})", receiver.endpoint, "window" if show else "headless",
                     ", measuring capture to display from the picture" if measure else "")
@@ -216,9 +238,20 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
             frame = receiver.recv(timeout_ms=200)
             now = time.monotonic()
             if frame is None:
-                if timeout_s is not None and now - last_frame_at > timeout_s:
+                silent_s = now - last_frame_at
+                if timeout_s is not None and silent_s > timeout_s:
                     break
+                if not stalled and silent_s >= stall_warn_s:
+                    stalled = True
+                    logger.warning("{}", no_frames_message(endpoint, silent_s)
+                                   if summary.frames == 0 else
+                                   f"no frames for {silent_s:.0f} s from {endpoint} (the "
+                                   f"publisher stopped or stalls)")
             else:
+                if stalled:
+                    stalled = False
+                    logger.info("frames again from {} after {:.1f} s", endpoint,
+                                now - last_frame_at)
                 last_frame_at = now
                 # Capture to receipt, on the monotonic clock: meaningful on one host.
                 latency = (time.monotonic_ns() - frame.t_capture_ns) / 1e6
@@ -236,10 +269,11 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                     break  # q or Esc in the window
             if now - second.start >= 1.0:
                 if not quiet:
-                    logger.info("{}", second.line(now, receiver, measure))
+                    logger.info("{}", second.line(now, receiver, measure, now - last_frame_at))
                 second = _Window()
         summary.dropped = receiver.dropped
         summary.rejected = sum(receiver.stats.rejected.values())
+        summary.elapsed_s = time.monotonic() - started
     if show:
         cv2.destroyAllWindows()
     return summary

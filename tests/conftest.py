@@ -4,6 +4,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
+from orstream.common.net import free_port
+from orstream.pipeline.config import DEFAULT_CONFIG
 from orstream.training.synth.writers import write_endovis2017
 
 
@@ -35,15 +38,27 @@ def synth_cache(tmp_path_factory) -> Path:
     patch.undo()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_default_ask_port():
-    """Pipelines in tests (and the processes they start) leave the default `orstream ask`
-    port alone, so a developer's running `orstream run` does not fail the suite; the
-    describe tests ask on ports of their own."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("ORSTREAM_SET", "describe.ask_endpoint=null")
-    yield
-    patch.undo()
+@pytest.fixture(scope="session")
+def _port_configs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("port-configs")
+
+
+@pytest.fixture(autouse=True)
+def no_default_ports(monkeypatch, _port_configs):
+    """Every pipeline a test starts, in this process or in one it spawns (the environment
+    is inherited), publishes and answers questions on free ports, never on the live
+    defaults 5600/5601: a developer's running `orstream run` and the suite, or two suites,
+    share a host. The shipped config with its ports moved is the default config
+    (ORSTREAM_CONFIG), so that a config file a test writes keeps its own publish endpoint;
+    the ask port is moved by ORSTREAM_SET, since no test file names one and the model's
+    default is 5601. A test that sets either variable itself replaces this."""
+    publish, ask = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    tree = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    tree["publish"]["endpoint"], tree["describe"]["ask_endpoint"] = publish, ask
+    path = _port_configs / f"pipeline-{publish.rpartition(':')[2]}.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    monkeypatch.setenv("ORSTREAM_CONFIG", str(path))
+    monkeypatch.setenv("ORSTREAM_SET", f"describe.ask_endpoint={ask}")
 
 
 def _collect_frames(receiver, until: threading.Event, out: list) -> threading.Thread:

@@ -1,10 +1,25 @@
 from __future__ import annotations
 
+import re
+import typing
+from pathlib import Path
+
 import pytest
-from orstream.pipeline.config import ConfigError, load_config
+import yaml
+from orstream.pipeline.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    EdgeConfig,
+    PipelineConfig,
+    effective_yaml,
+    load_config,
+)
+from pydantic import BaseModel
 
 
-def test_default_config_loads_with_the_shipped_weights():
+def test_default_config_loads_with_the_shipped_weights(monkeypatch):
+    monkeypatch.delenv("ORSTREAM_SET")  # the shipped file alone, not the tests' ports
+    monkeypatch.delenv("ORSTREAM_CONFIG")
     cfg = load_config()
     assert cfg.source.spec == "synthetic" and cfg.source.fps == 30
     assert cfg.segment.weights.is_file()
@@ -77,3 +92,129 @@ def test_two_sockets_on_one_address_are_refused_before_anything_binds():
     assert "another port" in message and "segment" not in message
     assert load_config(None, ["describe.ask_endpoint=tcp://127.0.0.1:5602"],
                        publish__endpoint="tcp://127.0.0.1:5601").publish.endpoint
+
+
+def test_orstream_set_errors_are_blamed_on_orstream_set(monkeypatch):
+    monkeypatch.setenv("ORSTREAM_SET", "render.alpha=2")
+    with pytest.raises(ConfigError, match=r"^ORSTREAM_SET render\.alpha=2: render\.alpha: "):
+        load_config(None)
+    monkeypatch.setenv("ORSTREAM_SET", "render.alpha")
+    with pytest.raises(ConfigError) as err:
+        load_config(None)
+    assert str(err.value).startswith("ORSTREAM_SET 'render.alpha': expected KEY=VALUE")
+    assert "--set" not in str(err.value)
+
+
+def test_a_set_typo_is_blamed_on_the_set_with_the_key_it_meant(monkeypatch):
+    monkeypatch.delenv("ORSTREAM_SET")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["render.alpah=0.5"])
+    assert str(err.value) == ("--set render.alpah=0.5: render.alpah: unknown key "
+                              "(did you mean render.alpha?)")
+    assert "pipeline.yaml" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"rendr: unknown key \(did you mean render\?\)"):
+        load_config(None, ["rendr.alpha=0.5"])
+    with pytest.raises(ConfigError, match=r"did you mean edges\.capture->segment\.mode\?"):
+        load_config(None, ["edges.capture->segment.mdoe=lossless"])
+    with pytest.raises(ConfigError, match=r"did you mean capture->segment\?"):
+        load_config(None, ["edges.capture->segmnt.mode=lossless"])
+
+
+def test_a_typo_in_the_file_is_blamed_on_the_file(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("render:\n  aplha: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["render.alpha=0.6"])
+    assert str(err.value) == (f"{path}: render.aplha: unknown key (did you mean "
+                              f"render.alpha?)")
+
+
+def test_port_base_moves_the_ports_that_are_on():
+    cfg = load_config(None, ["masks.endpoint=tcp://127.0.0.1:1"], port_base=7100)
+    assert cfg.publish.endpoint == "tcp://127.0.0.1:7100"
+    assert cfg.describe.ask_endpoint == "tcp://127.0.0.1:7101"
+    assert cfg.masks.endpoint == "tcp://127.0.0.1:7102"
+    # A stream that is off stays off; --publish names its own endpoint over the base.
+    cfg = load_config(None, ["describe.ask_endpoint=null"], port_base=7100,
+                      publish__endpoint="tcp://127.0.0.1:7200")
+    assert cfg.publish.endpoint == "tcp://127.0.0.1:7200"
+    assert cfg.describe.ask_endpoint is None and cfg.masks.endpoint is None
+
+
+def test_the_effective_yaml_reads_back_as_the_same_config(tmp_path):
+    cfg = load_config(None, ["segment.size=320x256", "render.alpha=0.3",
+                             "edges.capture->segment.hwm=1"])
+    text = effective_yaml(cfg)
+    assert "size: 320x256" in text  # written WxH, as a user writes it
+    path = tmp_path / "effective.yaml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+
+
+def test_tests_never_get_the_live_default_ports(tmp_path):
+    """conftest moves every pipeline a test starts (ORSTREAM_CONFIG and ORSTREAM_SET,
+    inherited by the processes it spawns) off 5600/5601, where a developer's own
+    `orstream run` may be listening; a config file a test writes keeps its publish port."""
+    own = tmp_path / "own.yaml"
+    own.write_text("publish: {endpoint: 'tcp://127.0.0.1:7400'}\n")
+    for cfg in (load_config(), load_config(own)):
+        for endpoint in (cfg.publish.endpoint, cfg.describe.ask_endpoint):
+            assert endpoint.rsplit(":", 1)[1] not in ("5600", "5601")
+    assert load_config(own).publish.endpoint == "tcp://127.0.0.1:7400"
+
+
+def test_orstream_config_names_the_default_file(tmp_path, monkeypatch):
+    site = tmp_path / "site.yaml"
+    site.write_text("render: {alpha: 0.25}\n")
+    monkeypatch.setenv("ORSTREAM_CONFIG", str(site))
+    assert load_config().render.alpha == 0.25
+    assert load_config(DEFAULT_CONFIG).render.alpha == 0.45  # a path given wins
+
+
+def _sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """(prefix, model) of the config and of each section in it, edges' EdgeConfig included."""
+    out = [(prefix, model)]
+    for name, field in model.model_fields.items():
+        inner = field.annotation
+        if typing.get_origin(inner) is dict and typing.get_args(inner)[1] is EdgeConfig:
+            inner = EdgeConfig
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            out += _sections(inner, f"{prefix}{name}.")
+    return out
+
+
+def _line_of(text: str, section: str, name: str) -> str | None:
+    """The line of `name` at the top level (section "") or inside `section:`."""
+    if not section:
+        found = re.search(rf"^{re.escape(name)}:.*$", text, re.M)
+        return found.group(0) if found else None
+    body = re.search(rf"^{re.escape(section)}:\n((?:[ #].*\n|\n)*)", text, re.M)
+    found = body and re.search(rf"^  {re.escape(name)}:.*$", body.group(1), re.M)
+    return found.group(0) if found else None
+
+
+def test_the_shipped_yaml_shows_every_key_with_a_comment(monkeypatch):
+    """configs/pipeline.yaml is where users learn the keys: each field of the models is
+    written there with its comment, and the file's values are the models' defaults."""
+    text = DEFAULT_CONFIG.read_text()
+    edges = yaml.safe_load(text)["edges"]
+    sections = _sections(PipelineConfig)
+    for prefix, model in sections:
+        for name in model.model_fields:
+            key = f"{prefix}{name}"
+            if any(key + "." == p for p, _ in sections) or key == "edges":
+                continue  # a section: its keys are checked one by one
+            if prefix == "edges.":  # one line per edge, whose keys are explained above them
+                assert all(name in edge for edge in edges.values()), key
+                assert re.search(rf"^#.*\b{name} \(", text, re.M), f"{key} is not explained"
+                continue
+            line = _line_of(text, prefix.rstrip("."), name)
+            assert line is not None, f"{key} is missing from {DEFAULT_CONFIG}"
+            assert "  # " in line, f"{key} has no comment in {DEFAULT_CONFIG}"
+    assert all("  # " in _line_of(text, "edges", edge) for edge in edges)
+    monkeypatch.delenv("ORSTREAM_SET")
+    shipped = load_config(DEFAULT_CONFIG)
+    assert shipped.model_dump(exclude={"segment": {"weights"}}) == \
+        PipelineConfig(segment={"weights": shipped.segment.weights}).model_dump(
+            exclude={"segment": {"weights"}})
+    assert Path(shipped.segment.weights).is_file()

@@ -12,15 +12,15 @@ import av
 import cv2
 import numpy as np
 import pytest
-from orstream.benchmarks.common import free_port
+from orstream.common.classes import CLASSES, palette
+from orstream.common.crop import endovis_region
+from orstream.common.net import free_port
 from orstream.pipeline import timecode
 from orstream.pipeline.config import ConfigError, load_config
 from orstream.pipeline.overlay import OverlayRenderer
 from orstream.pipeline.recorder import Recorder
 from orstream.pipeline.runner import Pipeline
-from orstream.pipeline.stages import endovis_region
 from orstream.pipeline.view import view
-from orstream.training.classes import CLASSES, palette
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 
 # Values with every byte in use, so a swapped or shifted field cannot pass by chance.
