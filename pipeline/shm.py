@@ -375,6 +375,11 @@ class SlotReader:
         self.copied = 0  # frames copied out because all of a slot's leases were taken
         _warm_atomics()
 
+    @property
+    def rings_mapped(self) -> int:
+        """How many senders' rings this receiver holds mapped (closed senders' are let go)."""
+        return len(self._maps)
+
     def _mapping(self, path: str) -> _Mapping:
         found = self._maps.get(path)
         if found is not None:

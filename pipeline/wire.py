@@ -88,7 +88,7 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
         "media_s": frame.media_s,
         "prev_seq": frame.prev_seq,
         # Lets a receiver on another host bring the monotonic times into its own clock.
-        "wall_minus_mono_ns": _clock_offset_ns(),
+        "wall_minus_mono_ns": clock_offset_ns(),
         "caption": None if frame.caption is None else {
             "text": frame.caption.text, "seq": frame.caption.seq,
             "t_capture_ns": frame.caption.t_capture_ns},
@@ -104,7 +104,7 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
     return [topic(frame.stream), _ENCODER.encode(header).encode(), *arrays]
 
 
-def _clock_offset_ns() -> int:
+def clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC here, now: the same for every process on a host."""
     return time.time_ns() - time.monotonic_ns()
 
@@ -118,7 +118,7 @@ SAME_HOST_NS = 50_000_000
 def _rebase(frame: Frame, remote_offset: int) -> None:
     """Move the frame's monotonic times from the sender's clock into this host's, through
     the wall clock: exact on one host, as good as the hosts' clock sync across hosts."""
-    shift = remote_offset - _clock_offset_ns()
+    shift = remote_offset - clock_offset_ns()
     if abs(shift) < SAME_HOST_NS:
         return
     frame.t_capture_ns += shift

@@ -95,7 +95,7 @@ def test_the_live_source_reads_and_writes_the_configured_cache(synth_cache, monk
     monkeypatch.setattr(generator, "tissue_texture", None)  # the next start must not build
     again = SyntheticSource(config)
     again.prepare()
-    assert np.array_equal(first._synth.render_image(45), again._synth.render_image(45))
+    assert np.array_equal(first.render(45), again.render(45))
 
 
 def test_a_read_only_cache_is_read(tmp_path, monkeypatch):

@@ -110,8 +110,8 @@ def test_times_from_another_host_are_moved_into_this_hosts_clock(monkeypatch):
     same = w.decode(as_bytes(w.encode(frame, ("image",))))
     assert same.t_capture_ns == frame.t_capture_ns and same.clock_shift_ns == 0
     # The sender booted an hour later than us: its monotonic clock reads an hour less.
-    here = w._clock_offset_ns()
-    monkeypatch.setattr(w, "_clock_offset_ns", lambda: here + 3600 * 10**9)
+    here = w.clock_offset_ns()
+    monkeypatch.setattr(w, "clock_offset_ns", lambda: here + 3600 * 10**9)
     message = as_bytes(w.encode(frame, ("image",)))
     monkeypatch.undo()
     moved = w.decode(message)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import Captured, Source, SourceInfo
 
@@ -32,6 +33,11 @@ class SyntheticSource(Source):
             from orstream.training.synth.generator import SyntheticEndoscope
 
             self._synth = SyntheticEndoscope(self._config, cache=BackgroundCache())
+
+    def render(self, index: int) -> np.ndarray:
+        """The picture at moment `index` of the procedure, as frames() would capture it."""
+        self.prepare()
+        return self._synth.render_image(index)
 
     def frames(self, stop: threading.Event) -> Iterator[Captured]:
         self.prepare()
