@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from orstream.benchmarks.common import machine, stats, table, write_json
 from orstream.common.crop import endovis_region
 from orstream.pipeline import masks, timecode

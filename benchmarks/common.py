@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+
 from orstream.common.timing import stats, time_calls
 
 __all__ = ["cpu_model", "machine", "stats", "table", "time_calls", "write_json"]
@@ -22,6 +23,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     import cv2
     import torch
+
     from orstream.engines.backends.base import cpu_isa
 
     return {

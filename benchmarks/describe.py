@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from orstream.benchmarks.common import machine, stats, table, write_json
 from orstream.common.net import free_port
 from orstream.pipeline.capture import keep_frame_memory

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.common.classes import CLASSES
 from orstream.common.sizes import format_hw, parse_hw

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.calibration.build import GateRefused, build_int8
 from orstream.calibration.gate import judge

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from orstream.benchmarks.common import machine, table, write_json
 from orstream.common.net import free_port
 

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import numpy as np  # noqa: E402
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json  # noqa: E402
 from orstream.engines.export import open_engine  # noqa: E402
 from orstream.pipeline.bench.floors import NOISY_HOST_RATIO, jitter_floor  # noqa: E402

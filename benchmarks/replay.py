@@ -45,6 +45,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 from loguru import logger  # noqa: E402
+
 from orstream.benchmarks.common import machine, stats, table, write_json  # noqa: E402
 from orstream.pipeline.capture import CaptureThread, keep_frame_memory  # noqa: E402
 from orstream.pipeline.config import SourceConfig, load_config  # noqa: E402

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
 from orstream.benchmarks.common import machine, table, write_json
 from orstream.common.sizes import parse_size
 from orstream.pipeline.config import load_config
@@ -107,6 +108,7 @@ def _throughput(config: Path, workers: int, threads: int, seconds: float,
 def _bytes_per_frame(frames: int) -> dict:
     """Both streams of one pipeline on the synthetic 1080p feed with the shipped model."""
     import zmq
+
     from orstream.pipeline import masks
 
     folder = Path(tempfile.mkdtemp(prefix="orstream-bytes-"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.common.sizes import parse_size
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.common.net import free_port
 from orstream.pipeline.bench.hop import (

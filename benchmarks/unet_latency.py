@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import torch
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.common.sizes import format_hw, parse_hw
 from orstream.engines.backends.torch_backend import cpu_bf16_supported

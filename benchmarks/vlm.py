@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.benchmarks.common import machine, stats, table, time_calls, write_json
 from orstream.engines.backends import backend_class
 from orstream.engines.vlm import checkpoint as vlm_ckpt

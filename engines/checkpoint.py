@@ -21,6 +21,7 @@ from orstream.engines.unet_config import UNetConfig
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled: it costs seconds at start-up
     import torch
+
     from orstream.engines.unet import UNet
 
 FORMAT = "orstream.unet/1"

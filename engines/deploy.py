@@ -10,8 +10,9 @@ only one byte per pixel comes back. The eager torch backend computes the same th
 from __future__ import annotations
 
 import torch
-from orstream.engines.checkpoint import Checkpoint
 from torch import nn
+
+from orstream.engines.checkpoint import Checkpoint
 
 
 class Normalize(nn.Module):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
+
 from orstream.common.errors import OrstreamError
 from orstream.common.sizes import check_unet_input, format_hw
 from orstream.engines import checkpoint as ckpt

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from orstream.engines.unet_config import UNetConfig
 from torch import nn
+
+from orstream.engines.unet_config import UNetConfig
 
 __all__ = ["UNet", "UNetConfig"]
 

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from loguru import logger
+
 from orstream.pipeline.sources import Captured, Source
 
 LOSSLESS_DEPTH = 4  # frames decoded ahead in lossless mode: enough to hide decode jitter

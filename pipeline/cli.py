@@ -74,8 +74,9 @@ def _cmd_train_unet(args: argparse.Namespace) -> int:
 
 def _train_config(model: type, args: argparse.Namespace):
     """The --config YAML with the flags given on top, validated; errors name the key."""
-    from orstream.common.yamlio import load_mapping
     from pydantic import ValidationError
+
+    from orstream.common.yamlio import load_mapping
 
     values: dict = {}
     if args.config:
@@ -598,10 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # diagnose=False: a traceback never prints the values of locals (frames of patient video).
     logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO", diagnose=False)
     from orstream.common.errors import OrstreamError
-    from orstream.engines.backends import BackendError
-    from orstream.engines.checkpoint import CheckpointError
     from orstream.pipeline.runner import PipelineError
-    from orstream.training.datasets.endovis import DatasetError
 
     def report(exc: BaseException, code: int) -> int:
         """One line naming the input and the fix; the traceback only with --debug."""
@@ -621,12 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(cause, OrstreamError):
             return report(cause, cause.exit_code)
         return report(exc, 1)
-    # Errors not yet moved onto OrstreamError: a missing file, an unanswered `ask`
-    # (TimeoutError), a bad argument caught by a ValueError check.
-    except (DatasetError, CheckpointError, ValueError, OSError) as exc:
+    # Errors raised by libraries on the user's input rather than by orstream: a missing or
+    # unreadable file, an unanswered `ask` (TimeoutError), a value a library refused.
+    except (ValueError, OSError) as exc:
         return report(exc, 2)
-    except BackendError as exc:  # the machine cannot serve what was asked: say what it can
-        return report(exc, 1)
 
 
 def console() -> None:

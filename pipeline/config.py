@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from orstream.common.errors import UsageError
-from orstream.common.sizes import check_unet_input, format_hw, parse_hw
-from orstream.common.yamlio import load_mapping
-from orstream.pipeline.endpoints import is_loopback, normalize_endpoint
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +26,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from orstream.common.errors import UsageError
+from orstream.common.sizes import check_unet_input, format_hw, parse_hw
+from orstream.common.yamlio import load_mapping
+from orstream.pipeline.endpoints import is_loopback, normalize_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_OVERRIDES = "ORSTREAM_SET"

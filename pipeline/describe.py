@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import zmq
 from loguru import logger
+
 from orstream.common.errors import UsageError
 from orstream.pipeline.config import DescribeConfig
 from orstream.pipeline.frame import Caption, Frame

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loguru import logger
+
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.graph import Edge, Graph
 from orstream.pipeline.ports import bind_as

@@ -18,6 +18,7 @@ from errno import EADDRINUSE
 from typing import Literal
 
 from loguru import logger
+
 from orstream.common.errors import UsageError
 
 # latest: PUB/SUB or a one-frame mailbox, the newest frame wins; lossless: PUSH/PULL or a

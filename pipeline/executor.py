@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from loguru import logger
+
 from orstream.common.errors import OrstreamError
 from orstream.pipeline.edges import EdgeSockets, Input, Output
 from orstream.pipeline.frame import Frame

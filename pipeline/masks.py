@@ -25,6 +25,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.wire import TOPIC_PREFIX, VERSION, WireError, topic
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loguru import logger
+
 from orstream.pipeline.executor import Executor
 from orstream.pipeline.stages import LatencyWindow
 

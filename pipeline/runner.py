@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection
 
 from loguru import logger
+
 from orstream.pipeline.config import PipelineConfig, exposed_endpoints
 from orstream.pipeline.describe import DescribeWorker
 from orstream.pipeline.edges import EdgeSockets, open_edges

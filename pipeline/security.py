@@ -16,8 +16,9 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from loguru import logger
-from orstream.common.errors import UsageError
 from zmq.auth.thread import ThreadAuthenticator
+
+from orstream.common.errors import UsageError
 
 
 class SecurityError(UsageError):

@@ -48,6 +48,7 @@ from loguru import logger
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
 from orstream.pipeline.leftovers import pid_alive, sweep_dead
 
 SLOT_HEADER = 64  # bytes before a slot's first part

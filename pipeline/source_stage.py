@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 
 from loguru import logger
+
 from orstream.pipeline import timecode
 from orstream.pipeline.capture import CaptureThread
 from orstream.pipeline.config import ConfigError, PipelineConfig

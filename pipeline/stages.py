@@ -15,6 +15,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 from loguru import logger
+
 from orstream.common.classes import palette
 from orstream.common.crop import Region, crop_region
 from orstream.engines import checkpoint as ckpt

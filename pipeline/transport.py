@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import zmq
 from loguru import logger
+
 from orstream.pipeline import inproc, wire
 from orstream.pipeline.endpoints import (
     EndpointInUseError,

@@ -33,6 +33,7 @@ from typing import Literal
 import cv2
 import numpy as np
 from loguru import logger
+
 from orstream.pipeline import timecode
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.security import Curve

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from orstream.pipeline.frame import Caption, Frame
 
 if TYPE_CHECKING:  # pipeline.shm imports numba: only shm:// endpoints pay for it

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from orstream.common.net import free_port
 from orstream.pipeline.config import DEFAULT_CONFIG
 from orstream.training.synth.writers import write_endovis2017

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.backends.torch_backend import BackendError, TorchSegmenter, cpu_bf16_supported

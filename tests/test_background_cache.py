@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import orstream.training.synth.generator as generator
 from loguru import logger
+
+import orstream.training.synth.generator as generator
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources import SyntheticSource
 from orstream.training.synth.background_cache import BackgroundCache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from orstream.engines.backends.base import cpu_isa
 from orstream.pipeline.bench.harness import noisy_host_note, plan, unlike
 from orstream.pipeline.bench.profiles import ProfileError, available, load_profile

@@ -16,6 +16,7 @@ import pytest
 import yaml
 import zmq
 from loguru import logger
+
 from orstream import __version__
 from orstream.common.net import free_port
 from orstream.pipeline.config import DescribeConfig

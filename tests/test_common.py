@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from orstream.common.crop import STANDARD_CROP, crop_region, endovis_region
 from orstream.common.errors import OrstreamError
 from orstream.common.sizes import SizeError, check_unet_input, format_hw, parse_hw, parse_size

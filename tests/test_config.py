@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
+
 from orstream.pipeline.config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -14,7 +16,6 @@ from orstream.pipeline.config import (
     effective_yaml,
     load_config,
 )
-from pydantic import BaseModel
 
 
 def test_default_config_loads_with_the_shipped_weights(monkeypatch):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import zmq
+
 from orstream.common.errors import UsageError
 from orstream.common.net import free_port
 from orstream.pipeline.config import load_config

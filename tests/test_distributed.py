@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from orstream.common.net import free_port
 from orstream.pipeline.config import ConfigError, load_config
 from orstream.pipeline.frame import Frame

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from orstream.training.datasets import endovis
 from orstream.training.datasets.endovis import (
     STANDARD_CROP,

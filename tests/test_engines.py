@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from orstream.common.crop import endovis_region
 from orstream.common.errors import OrstreamError
 from orstream.engines import checkpoint as ckpt

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from orstream.common.errors import UsageError
 from orstream.pipeline import inproc
 from orstream.pipeline.frame import Frame

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from loguru import logger
+
 from orstream.pipeline.capture import CaptureThread
 from orstream.pipeline.cli import main
 from orstream.pipeline.config import ConfigError, SourceConfig, load_config

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+
 from orstream.common.classes import CLASSES
 from orstream.pipeline import masks, wire
 from orstream.pipeline.frame import Caption, Frame

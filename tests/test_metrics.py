@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from orstream.training.metrics import SegmentationMetrics, binary_dice, binary_iou, ternausnet_iou
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from orstream.common.classes import CLASSES, palette
 from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle, blend_labels, outlines
 

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 import zmq
+
 from orstream.common.net import free_port
 from orstream.pipeline.config import load_config
 from orstream.pipeline.runner import Pipeline, PipelineError

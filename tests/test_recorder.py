@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from orstream.pipeline.recorder import Recorder, RecorderError
 
 W, H, FPS = 320, 256, 30

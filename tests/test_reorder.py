@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.reorder import Reorder
 

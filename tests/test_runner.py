@@ -13,6 +13,7 @@ import time
 
 import pytest
 from loguru import logger
+
 from orstream.common.errors import UsageError
 from orstream.common.net import free_port
 from orstream.pipeline.config import load_config

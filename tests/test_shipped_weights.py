@@ -4,6 +4,7 @@ of a synthetic procedure they were never trained on."""
 from __future__ import annotations
 
 import numpy as np
+
 from orstream.common.classes import CLASSES
 from orstream.common.crop import endovis_region
 from orstream.engines import checkpoint as ckpt

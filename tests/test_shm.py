@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from numba import njit
+
 from orstream.pipeline import shm, wire
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.transport import Receiver, Sender

@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 from loguru import logger
+
 from orstream.common.errors import OrstreamError
 from orstream.engines.checkpoint import shipped
 from orstream.pipeline.capture import CaptureThread

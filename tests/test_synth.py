@@ -3,6 +3,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+
 from orstream.common.classes import TYPE_CLASSES
 from orstream.training.datasets.endovis import discover, load_sample
 from orstream.training.synth.captions import TYPE_PHRASES

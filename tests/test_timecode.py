@@ -12,6 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from orstream.common.classes import CLASSES, palette
 from orstream.common.crop import endovis_region
 from orstream.common.net import free_port

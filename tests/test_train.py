@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from orstream.engines import checkpoint as ckpt
 from orstream.pipeline.cli import main
 from orstream.training.evaluate import evaluate

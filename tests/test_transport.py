@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from orstream.common.errors import OrstreamError, UsageError
 from orstream.common.net import free_port
 from orstream.pipeline import endpoints, transport

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.registry import VARIANTS, build_model, model_config

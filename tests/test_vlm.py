@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from orstream.engines.checkpoint import CheckpointError
 from orstream.engines.vlm import checkpoint as vlm_ckpt
 from orstream.engines.vlm.decoder import CausalSelfAttention, DecoderConfig

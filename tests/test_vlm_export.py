@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from orstream.engines.backends import BackendError
 from orstream.engines.vlm import export as vlm_export
 from orstream.engines.vlm.export import GRAPHS, PROMPT_LEN, export_vlm, kv_shape

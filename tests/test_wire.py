@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from orstream.pipeline import wire
 from orstream.pipeline.frame import Caption, Frame
 

@@ -11,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from orstream.common.classes import Task
 from orstream.engines.preprocess import resize_image, resize_labels
 from orstream.training.augment import AugmentConfig, augment
 from orstream.training.datasets.endovis import Sample, load_sample
-from tqdm import tqdm
 
 
 def load_arrays(samples: list[Sample], task: Task, size: tuple[int, int], workers: int = 2,

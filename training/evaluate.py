@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.postprocess import instance_vote

@@ -16,6 +16,9 @@ from typing import Literal
 import numpy as np
 import torch
 from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm import tqdm
+
 from orstream.common.classes import CLASSES, palette
 from orstream.common.sizes import check_unet_input, parse_hw
 from orstream.engines import checkpoint as ckpt
@@ -29,8 +32,6 @@ from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.losses import dice_ce_loss
 from orstream.training.metrics import SegmentationMetrics
 from orstream.training.plots import plot_curves, plot_predictions
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm import tqdm
 
 PRIMARY_METRIC = {"binary": "dice", "parts": "mc_iou", "types": "mc_iou"}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
 from orstream.common.errors import OrstreamError
 
 if TYPE_CHECKING:

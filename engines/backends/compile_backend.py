@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.engines.backends.base import BackendError
 from orstream.engines.backends.torch_backend import TorchPrecisions
 from orstream.engines.checkpoint import Checkpoint

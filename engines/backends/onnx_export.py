@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from orstream.engines.checkpoint import Checkpoint
 from orstream.engines.deploy import LabelNet, example_input
-from torch import nn
 
 OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime 1.17+ and OpenVINO read it
 

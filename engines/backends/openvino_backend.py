@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from orstream.engines.backends.base import (
     BackendError,
     Engine,

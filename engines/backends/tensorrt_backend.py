@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
 from orstream.engines.checkpoint import Checkpoint
 from orstream.engines.deploy import LabelNet, example_input

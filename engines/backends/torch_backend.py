@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
 from orstream.engines.checkpoint import load as load_checkpoint
 from orstream.engines.preprocess import normalize

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from orstream.engines.checkpoint import (
     DEFAULT_MEAN,
     DEFAULT_STD,

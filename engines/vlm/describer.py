@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from orstream.engines.preprocess import normalize
 from orstream.engines.vlm import checkpoint as vlm_ckpt
 from orstream.engines.vlm.model import CAPTION_PROMPT

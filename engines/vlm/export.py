@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from loguru import logger
+from torch import nn
+
 from orstream.engines.backends import BackendError, backend_class
 from orstream.engines.backends.base import device_name
 from orstream.engines.backends.onnx_export import export_module
@@ -51,7 +53,6 @@ from orstream.engines.deploy import Normalize
 from orstream.engines.export import _heartbeat
 from orstream.engines.vlm import checkpoint as vlm_ckpt
 from orstream.engines.vlm.model import VLMConfig
-from torch import nn
 
 GRAPHS = ("encoder", "step")
 INPUTS = {"encoder": ("image", "prompt"), "step": ("token", "position", "k_cache", "v_cache")}

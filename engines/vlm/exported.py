@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from orstream.engines.backends import backend_class
 from orstream.engines.cache import EngineCache
 from orstream.engines.vlm import checkpoint as vlm_ckpt

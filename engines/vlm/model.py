@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from orstream.engines.vlm.decoder import Decoder, DecoderConfig
 from orstream.engines.vlm.projector import Projector, ProjectorConfig
 from orstream.engines.vlm.vit import ViT, ViTConfig
-from torch import nn
 
 CAPTION_PROMPT = "describe the scene."  # the prompt that asks for the caption
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from orstream.common.timing import stats, time_calls
 
 

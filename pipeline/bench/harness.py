@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from loguru import logger
+
 from orstream.common.errors import UsageError
 from orstream.common.net import free_port
 from orstream.common.sizes import format_hw

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from orstream.common.timing import stats
 
 PRIME = "prime"  # small frames sent until the receiver sees one; not measured

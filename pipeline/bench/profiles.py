@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from orstream.common.errors import UsageError
 from orstream.common.yamlio import load_mapping
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "devices"
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 from loguru import logger
+
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import SourceInfo
 from orstream.pipeline.sources.reconnecting import ReconnectingSource

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from loguru import logger
+
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import Captured, Source, SourceError, SourceInfo
 from orstream.pipeline.transport import RateLimitedLog

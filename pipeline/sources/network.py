@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from loguru import logger
+
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import SourceError, SourceInfo
 from orstream.pipeline.sources.files import DECODER_DEFAULTS, Decoder, DecodeStats

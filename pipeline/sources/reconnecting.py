@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from loguru import logger
+
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import (
     Captured,

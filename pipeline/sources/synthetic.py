@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+
 from orstream.pipeline.config import SourceConfig
 from orstream.pipeline.sources.base import Captured, Source, SourceInfo
 

@@ -33,8 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
+
 from orstream.common.classes import ENDOVIS17_PART_VALUES, Task, check_task, type_id_for_folder
 from orstream.common.crop import FULL_HD, STANDARD_CROP
+from orstream.common.errors import UsageError
 
 __all__ = [
     "DEFAULT_CLASS_TABLE_2018",
@@ -97,7 +99,7 @@ _MASK_VALUES_2017 = (0, *sorted(ENDOVIS17_PART_VALUES))
 _IMAGE_SUFFIXES = (".png",)
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """The dataset on disk is missing, malformed or inconsistent; the message names the path."""
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
+
 from orstream.engines.cache import user_cache_dir
 from orstream.training.synth import tissue
 

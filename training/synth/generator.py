@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from orstream.common.classes import TYPE_CLASSES, Task
 from orstream.training.synth.background_cache import BackgroundCache, Backgrounds
 from orstream.training.synth.captions import InstrumentState, caption, region_name, side_name

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from orstream.training.synth.instruments import InstrumentPose
 
 ENTRY_SECONDS = 1.2  # insertion and withdrawal take about a second on real footage

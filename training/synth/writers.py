@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
+from tqdm import tqdm
+
 from orstream.common.classes import PART_PIXEL_VALUE, TYPE_FOLDER_NAMES
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
-from tqdm import tqdm
 
 # Fast PNG: the files are an intermediate, and level 1 is ~4x faster than the default 3.
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]

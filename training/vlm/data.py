@@ -26,11 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 from loguru import logger
+from tqdm import tqdm
+
 from orstream.engines.vlm.preprocess import prepare_image
 from orstream.training.synth.generator import SynthConfig, SyntheticEndoscope
 from orstream.training.synth.writers import video_seed
 from orstream.training.vlm.tasks import Scene
-from tqdm import tqdm
 
 FORMAT = "orstream.vlm-data/1"
 SMOKE_VISIBLE = 0.2  # density from which the generator's caption mentions smoke

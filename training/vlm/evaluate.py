@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from loguru import logger
+from tqdm import tqdm
+
 from orstream.engines.preprocess import normalize
 from orstream.engines.vlm import checkpoint as vlm_ckpt
 from orstream.engines.vlm.model import CAPTION_PROMPT, VLM
@@ -22,7 +24,6 @@ from orstream.engines.vlm.tokenizer import normalize as normalize_text
 from orstream.training.vlm.data import VLMData, load_vlm_data
 from orstream.training.vlm.metrics import corpus_bleu, mention_scores, vqa_scores
 from orstream.training.vlm.tasks import QUESTION_TYPES, eval_questions
-from tqdm import tqdm
 
 QUESTION_SEED = 7  # wording of the evaluation questions; fixed so runs compare
 

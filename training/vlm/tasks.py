@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from orstream.engines.vlm.model import CAPTION_PROMPT
 from orstream.training.synth.captions import ACTIONS, TYPE_PHRASES, InstrumentState, caption
 

@@ -22,6 +22,9 @@ from typing import Literal
 import numpy as np
 import torch
 from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm import tqdm
+
 from orstream.engines.checkpoint import DEFAULT_MEAN, DEFAULT_STD, CheckpointError
 from orstream.engines.preprocess import normalize
 from orstream.engines.vlm import checkpoint as vlm_ckpt
@@ -32,8 +35,6 @@ from orstream.training.unet_trainer import lr_schedule
 from orstream.training.vlm.data import VLMData, load_vlm_data
 from orstream.training.vlm.evaluate import QUESTION_SEED, score
 from orstream.training.vlm.tasks import QA, eval_questions, sample_tasks, vocabulary_texts
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm import tqdm
 
 
 class VLMTrainConfig(BaseModel):
