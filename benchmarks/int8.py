@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         calib_path = args.calib or collect(["synthetic:7"], args.frames).save(
             Path(tmp) / "calib.npz")
         calib = load_set(calib_path)
-        truth = calib.holdout_labels.get(checkpoint.task)
+        truth = calib.holdout_truth.get(checkpoint.task)
         frame = calib.holdout[0]
         cache = EngineCache(Path(tmp) / "engines")
         for backend in args.backends.split(","):

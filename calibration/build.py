@@ -10,6 +10,7 @@ exits non-zero.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from loguru import logger
-from orstream.calibration.gate import GateReport, judge
+
+from orstream.calibration.gate import FLOAT_ENGINE, MIN_TRUTH_FRAMES, GateReport, judge
 from orstream.calibration.quantize import quantize_onnx
 from orstream.calibration.sets import CalibrationError, load_set
 from orstream.common.errors import OrstreamError
@@ -37,11 +39,17 @@ FLOAT_OF = {"onnxruntime": "fp32", "openvino": "fp32", "tensorrt": "fp16"}
 METHODS = ("minmax", "entropy", "percentile")  # how activation ranges are calibrated
 
 
-# Said when a set without ground truth (any recording in it) is judged: then the "drop" is
-# the INT8 engine's disagreement with the float one, which is stricter than an accuracy loss.
-_AGAINST_FLOAT = (" (the set has frames without ground truth, so INT8 is scored against the "
-                  "float engine's own labels: a synthetic-only set is scored against ground "
-                  "truth)")
+def _why_float(report: GateReport) -> str:
+    """Said when the float engine decided: its "drop" is the INT8 engine's disagreement with
+    it, which is stricter than an accuracy loss, and how to get a verdict on ground truth."""
+    # Held-out frames are split between sources as the set's were: scale up in proportion.
+    more = (f"collect again with --holdout "
+            f"{math.ceil(MIN_TRUTH_FRAMES * report.frames / report.truth_frames)}"
+            if report.truth_frames else "collect again with --source synthetic added")
+    return (f" ({report.truth_frames} of {report.frames} held-out frames have ground "
+            f"truth, {min(MIN_TRUTH_FRAMES, report.frames)} needed to judge accuracy on it, "
+            f"so INT8 is scored against the float engine's own labels, a stricter test: "
+            f"{more})")
 
 
 class GateRefused(OrstreamError, RuntimeError):
@@ -54,11 +62,11 @@ class GateRefused(OrstreamError, RuntimeError):
         worst = ", ".join(f"{c['name']} -{c['drop_points']:.2f}" for c in report.classes[:3]
                           if c["drop_points"] > 0) or "none in particular"
         others = " or ".join(m for m in METHODS if m != method)
-        truthless = report.reference == "float engine"
         super().__init__(
             f"INT8 {report.backend} engine refused: mean Dice against {report.reference} "
             f"dropped {report.drop_dice_points:.2f} points (threshold "
-            f"{report.threshold_dice_points:.2f}){_AGAINST_FLOAT if truthless else ''}; lost "
+            f"{report.threshold_dice_points:.2f})"
+            f"{_why_float(report) if report.decided_by == FLOAT_ENGINE else ''}; lost "
             f"most: {worst}. Nothing stored; "
             f"report in {report_dir}. To do: calibrate on more frames or frames closer to "
             f"the deployment's video (`calibrate collect --frames 600 --source ...`), try "
@@ -130,7 +138,7 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
                     len(calib_set.holdout))
         float_labels = _labels(float_engine, calib_set.holdout)
         int8_labels = _labels(int8, calib_set.holdout)
-        truth = calib_set.holdout_labels.get(checkpoint.task)
+        truth = calib_set.holdout_truth.get(checkpoint.task)
         report = judge(float_labels, int8_labels, truth, checkpoint.classes, backend,
                        threshold, f"ground truth ({checkpoint.task})")
         report.weight_bits = weight_bits
@@ -138,9 +146,14 @@ def build_int8(weights: Path | str, backend: str, calib: Path | str,
         report.latency_ms = {
             name: float(np.median(time_calls(lambda e=e: e(frame), iters=30, warmup=5)))
             for name, e in ((FLOAT_OF[backend], float_engine), ("int8", int8))}
-        logger.info("gate: mean Dice float {:.2f}, INT8 {:.2f}, drop {:.2f} points "
-                    "(threshold {:.2f}); p50 ms: {}", 100 * report.float_mean_dice,
-                    100 * report.int8_mean_dice, report.drop_dice_points, threshold,
+        for what, c in report.comparisons():
+            logger.info("gate: against {} ({} frames): mean Dice float {:.2f}, INT8 {:.2f}, "
+                        "drop {:.2f} points{}", what, c.frames, 100 * c.float_mean_dice,
+                        100 * c.int8_mean_dice, c.drop_dice_points,
+                        f" (decides; threshold {threshold:.2f})" if c is report.decision
+                        else "")
+        logger.info("gate: {}", report.why)
+        logger.info("gate: p50 ms: {}",
                     ", ".join(f"{k} {v:.2f}" for k, v in report.latency_ms.items()))
         if not report.passed:
             _write_report(report, report_dir)

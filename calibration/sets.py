@@ -3,12 +3,17 @@ through the live path's crop and resize, stored compactly with where each came f
 
 A set holds two disjoint samples of the same sources: the calibration frames (what the
 quantiser sees) and held-out frames at positions in between (what the accuracy gate judges
-on). Synthetic frames carry their exact label maps, so the gate can score both engines
-against ground truth; frames from recordings have none, and the gate then scores against
-the float engine itself.
+on). Synthetic frames carry their exact label maps; frames from recordings have none. Ground
+truth is kept per held-out frame, so a set that mixes the synthetic feed with a recording
+still lets the gate score both engines against the synthetic frames' truth
+(calibration/gate.py).
 
-The file is a NumPy .npz (uint8 arrays, deflate-compressed, read with allow_pickle=False)
-whose `provenance` entry is JSON text: no pickled objects anywhere.
+The file is a NumPy .npz (uint8 and bool arrays, deflate-compressed, read with
+allow_pickle=False) whose `provenance` entry is JSON text: no pickled objects anywhere. Per
+task it holds `holdout_known_TASK` (M,) bool, which held-out frames have labels, and
+`holdout_labels_TASK` (K, H, W) uint8, the labels of those K frames in held-out order. Sets
+from before the mask (format orstream.calib/1) kept labels only when every held-out frame had
+them; they read as such.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ from typing import Any
 import cv2
 import numpy as np
 from loguru import logger
+from tqdm import tqdm
+
 from orstream.common.crop import crop_region
 from orstream.common.errors import OrstreamError
 from orstream.engines.cache import file_sha256
 from orstream.engines.preprocess import resize_image, resize_labels
-from tqdm import tqdm
 
 MIN_FRAMES = 100  # fewer cannot represent a procedure's lighting, smoke and instruments
 WARN_FRAMES = 300
+# Default held-out frames per source: enough that the gate's score on each source's frames
+# (say, the synthetic ones with ground truth) is not a handful of frames' luck.
+HOLDOUT_PER_SOURCE = 50
+FORMAT = "orstream.calib/2"  # /1: held-out labels only when every held-out frame had them
 TASKS = ("binary", "parts", "types")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -46,11 +56,27 @@ class Sample:
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (H, W) uint8
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """One task's labels for the held-out frames that have them."""
+
+    known: np.ndarray  # (M,) bool: which held-out frames have labels
+    labels: np.ndarray  # (K, H, W) uint8, K = known.sum(): those frames' labels, in order
+
+    def __post_init__(self) -> None:
+        assert self.known.dtype == bool and self.known.ndim == 1, "known is an (M,) bool mask"
+        assert len(self.labels) == int(self.known.sum()), "one label map per known frame"
+
+    @property
+    def frames(self) -> int:
+        return len(self.labels)
+
+
 @dataclass
 class CalibrationSet:
     frames: np.ndarray  # (N, H, W, 3) uint8: what the quantiser calibrates on
     holdout: np.ndarray  # (M, H, W, 3) uint8: what the accuracy gate judges on
-    holdout_labels: dict[str, np.ndarray]  # task -> (M, H, W) uint8, when known
+    holdout_truth: dict[str, GroundTruth]  # task -> labels of the held-out frames that have any
     provenance: dict[str, Any]
     path: Path | None = None
 
@@ -69,7 +95,9 @@ class CalibrationSet:
         tmp = path.with_name(path.name + ".tmp.npz")
         arrays = {"frames": self.frames, "holdout": self.holdout,
                   "provenance": np.array(json.dumps(self.provenance))}
-        arrays.update({f"holdout_labels_{t}": v for t, v in self.holdout_labels.items()})
+        for task, truth in self.holdout_truth.items():
+            arrays[f"holdout_known_{task}"] = truth.known
+            arrays[f"holdout_labels_{task}"] = truth.labels
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)  # never a half-written set under the final name
         self.path = path
@@ -85,15 +113,30 @@ def load_set(path: Path | str) -> CalibrationSet:
         with np.load(path, allow_pickle=False) as data:
             frames, holdout = data["frames"], data["holdout"]
             provenance = json.loads(str(data["provenance"]))
-            labels = {t: data[f"holdout_labels_{t}"] for t in TASKS
-                      if f"holdout_labels_{t}" in data.files}
+            stored = {t: (data[f"holdout_labels_{t}"], data.get(f"holdout_known_{t}"))
+                      for t in TASKS if f"holdout_labels_{t}" in data.files}
     except (OSError, ValueError, KeyError) as exc:
         raise CalibrationError(f"{path} is not an orstream calibration set ({exc}): make one "
                                f"with `orstream calibrate collect`") from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise CalibrationError(f"{path}: frames are {frames.dtype} {frames.shape}, expected "
                                f"uint8 (N, H, W, 3)")
-    return CalibrationSet(frames, holdout, labels, provenance, path)
+    truth = {}
+    for task, (labels, known) in stored.items():
+        if known is None:  # format /1: labels were kept only when all frames had them
+            known = np.ones(len(holdout), bool)
+        if known.shape != (len(holdout),) or len(labels) != int(known.sum()):
+            raise CalibrationError(f"{path}: held-out {task} labels do not match its frames "
+                                   f"(a damaged file?): make it again with `orstream "
+                                   f"calibrate collect`")
+        truth[task] = GroundTruth(known.astype(bool), labels)
+    if provenance.get("format") != FORMAT and not truth and any(
+            _is_synthetic(s) for s in provenance.get("sources", [])):
+        logger.warning("{} was collected before ground truth was kept per frame: its synthetic "
+                       "frames' labels were dropped because another source had none, so the "
+                       "gate can only score INT8 against the float engine. Run `orstream "
+                       "calibrate collect` again to keep them", path)
+    return CalibrationSet(frames, holdout, truth, provenance, path)
 
 
 # ------------------------------------------------------------------ sources
@@ -188,8 +231,12 @@ def _images(folder: Path, count: int, held: int, prep: _Crop) -> Iterator[tuple[
                                {"source": str(files[i].relative_to(folder.parent))})
 
 
+def _is_synthetic(spec: str) -> bool:
+    return spec == "synthetic" or spec.startswith("synthetic:")
+
+
 def _samples(spec: str, count: int, held: int, prep: _Crop) -> Iterator[tuple[str, Sample]]:
-    if spec == "synthetic" or spec.startswith("synthetic:"):
+    if _is_synthetic(spec):
         return _synthetic(spec, count, held, prep)
     path = Path(spec)
     if path.is_dir():
@@ -203,14 +250,15 @@ def _samples(spec: str, count: int, held: int, prep: _Crop) -> Iterator[tuple[st
 def collect(sources: list[str], frames: int = WARN_FRAMES, size: tuple[int, int] = (256, 320),
             crop: str = "endovis", holdout: int | None = None) -> CalibrationSet:
     """Sample `frames` calibration frames spread evenly over `sources` (split between them),
-    plus `holdout` held-out frames in between (default: a quarter, at least 50)."""
+    plus `holdout` held-out frames in between (default: a quarter, at least 50 per source,
+    at most `frames`)."""
     if frames < MIN_FRAMES:
         raise CalibrationError(f"--frames {frames}: a calibration set needs at least "
                                f"{MIN_FRAMES} frames ({WARN_FRAMES} or more recommended)")
     if frames < WARN_FRAMES:
         logger.warning("calibration set of {} frames: {} or more represent a procedure better",
                        frames, WARN_FRAMES)
-    holdout = min(frames, holdout or max(50, frames // 4))
+    holdout = min(frames, holdout or max(HOLDOUT_PER_SOURCE * len(sources), frames // 4))
     prep = _Crop(size, crop)
     calib: list[Sample] = []
     held: list[Sample] = []
@@ -224,13 +272,15 @@ def collect(sources: list[str], frames: int = WARN_FRAMES, size: tuple[int, int]
     if len(calib) < MIN_FRAMES:
         raise CalibrationError(f"only {len(calib)} distinct frames could be taken from "
                                f"{', '.join(sources)}: add sources or longer recordings")
-    tasks = [t for t in TASKS if all(t in s.labels for s in held)]
+    truth = {t: GroundTruth(np.array([t in s.labels for s in held]),
+                            np.stack([s.labels[t] for s in held if t in s.labels]))
+             for t in TASKS if any(t in s.labels for s in held)}
     provenance = {
-        "format": "orstream.calib/1",
+        "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sources": sources, "size": list(size), "crop": crop,
         "calibration": [s.where for s in calib], "holdout": [s.where for s in held],
-        "holdout_ground_truth": tasks,
+        "holdout_ground_truth": {t: g.frames for t, g in truth.items()},  # frames per task
     }
     return CalibrationSet(np.stack([s.image for s in calib]), np.stack([s.image for s in held]),
-                          {t: np.stack([s.labels[t] for s in held]) for t in tasks}, provenance)
+                          truth, provenance)

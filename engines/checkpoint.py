@@ -31,6 +31,21 @@ DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
+def weights_path(value: str | Path) -> Path:
+    """`value` as given (relative to the working folder), else relative to the orstream package,
+    so that `engines/weights/unet_xs_types.pt`, as the README and configs write it, names the
+    shipped weights from any folder and in an installed wheel too."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    packaged = WEIGHTS_DIR.parents[1] / path
+    if not path.is_absolute() and packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.name for p in WEIGHTS_DIR.glob("*.pt")))
+    raise CheckpointError(f"weights file {value} does not exist (the shipped weights are in "
+                          f"{WEIGHTS_DIR}: {shipped})")
+
+
 class CheckpointError(OrstreamError, ValueError):
     """A checkpoint that is unreadable, or not the model/task that was asked for."""
 

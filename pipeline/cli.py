@@ -21,6 +21,18 @@ def _size_wh(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _weights(text: str) -> Path:
+    """--weights: a checkpoint as given, or one of the shipped ones by its repository path
+    (engines/weights/..., from any folder). A path that names neither is passed on as given,
+    for the command's own one-line error."""
+    from orstream.engines.checkpoint import CheckpointError, weights_path
+
+    try:
+        return weights_path(text)
+    except CheckpointError:
+        return Path(text)
+
+
 def _cmd_synth_dataset(args: argparse.Namespace) -> int:
     from orstream.training.synth.writers import write_endovis2017
 
@@ -270,10 +282,10 @@ def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
 
     calib = collect(args.source, args.frames, args.size, args.crop, args.holdout)
     path = calib.save(args.out)
-    logger.info("calibration set: {} frames + {} held out at {} from {} -> {} ({:.1f} MB)",
-                len(calib.frames), len(calib.holdout), format_hw(calib.size),
-                ", ".join(args.source),
-                path, path.stat().st_size / 1e6)
+    truth = max((t.frames for t in calib.holdout_truth.values()), default=0)
+    logger.info("calibration set: {} frames + {} held out ({} with ground truth) at {} from "
+                "{} -> {} ({:.1f} MB)", len(calib.frames), len(calib.holdout), truth,
+                format_hw(calib.size), ", ".join(args.source), path, path.stat().st_size / 1e6)
     print(path)
     return 0
 
@@ -511,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_cmd_keys)
 
     ex = sub.add_parser("export", help="build an inference engine into the engine cache")
-    ex.add_argument("--weights", type=Path, help="checkpoint (e.g. engines/weights/...pt)")
+    ex.add_argument("--weights", type=_weights, help="checkpoint (e.g. engines/weights/...pt)")
     ex.add_argument("--backend", choices=NAMES)
     ex.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
     ex.add_argument("--size", type=_size_hw, help="model input WxH, e.g. 320x256 (default: "
@@ -551,14 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="synthetic[:SEED], a recording, or a folder of frames (repeatable)")
     co.add_argument("--frames", type=int, default=300, help="calibration frames (>= 100)")
     co.add_argument("--holdout", type=int, help="held-out frames for the gate "
-                    "(default: a quarter, at least 50)")
+                    "(default: a quarter, at least 50 per source)")
     co.add_argument("--size", type=_size_hw, default=(256, 320),
                     help="model input WxH (default 320x256)")
     co.add_argument("--crop", choices=["endovis", "none"], default="endovis")
     co.add_argument("--out", type=Path, default=Path("calib.npz"))
     co.set_defaults(func=_cmd_calibrate_collect)
     cb = cal_sub.add_parser("build", help="quantise to INT8; store only if the gate passes")
-    cb.add_argument("--weights", type=Path, required=True)
+    cb.add_argument("--weights", type=_weights, required=True)
     cb.add_argument("--backend", choices=list(INT8_DEVICE), required=True)
     cb.add_argument("--calib", type=Path, required=True, help="from `calibrate collect`")
     cb.add_argument("--size", type=_size_hw, help="model input WxH; must match the "
@@ -573,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="score segmentation weights on a dataset")
     ev.add_argument("--data", type=Path, required=True)
-    ev.add_argument("--weights", type=Path, required=True)
+    ev.add_argument("--weights", type=_weights, required=True)
     ev.add_argument("--videos", help="comma-separated video ids (default: all)")
     ev.add_argument("--fold", type=int, help="score only this fold's validation videos")
     ev.add_argument("--batch", type=int, default=8)

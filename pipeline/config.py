@@ -166,14 +166,9 @@ class SegmentConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _exists(cls, value: Path) -> Path:
-        path = value if value.is_absolute() else (Path.cwd() / value)
-        if not path.is_file():
-            alt = REPO_ROOT / value
-            if alt.is_file():
-                return alt
-            raise ValueError(f"weights file {value} does not exist (shipped weights live in "
-                             f"{REPO_ROOT / 'engines' / 'weights'})")
-        return path
+        from orstream.engines.checkpoint import weights_path
+
+        return weights_path(value).resolve()
 
     @field_validator("size", mode="before")
     @classmethod

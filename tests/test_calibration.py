@@ -8,8 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from loguru import logger
+
 from orstream.calibration.build import GateRefused, build_int8
-from orstream.calibration.sets import CalibrationError, collect, load_set
+from orstream.calibration.gate import judge
+from orstream.calibration.sets import CalibrationError, GroundTruth, collect, load_set
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.backends import BackendError
 from orstream.engines.backends.base import needs_reduced_int8_range
@@ -29,10 +32,19 @@ def calib_file(tmp_path_factory):
     return collect(["synthetic:5"], frames=100, holdout=50).save(path)
 
 
+@pytest.fixture(scope="module")
+def mixed_file(tmp_path_factory):
+    """The README's set: the synthetic feed and a recording (which has no ground truth)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    video = write_video(folder / "procedure.mp4", seconds=4, width=640, height=360, fps=25)
+    return collect(["synthetic:5", str(video)], frames=100).save(folder / "calib.npz")
+
+
 def test_a_set_is_spread_disjoint_and_carries_ground_truth(calib_file):
     calib = load_set(calib_file)
     assert calib.frames.shape == (100, 256, 320, 3) and calib.holdout.shape[0] == 50
-    assert calib.holdout_labels["types"].shape == (50, 256, 320)
+    assert calib.holdout_truth["types"].labels.shape == (50, 256, 320)
+    assert calib.holdout_truth["types"].known.all()
     calib_at = [w["index"] for w in calib.provenance["calibration"]]
     held_at = [w["index"] for w in calib.provenance["holdout"]]
     assert not set(calib_at) & set(held_at)  # the gate never judges on calibration frames
@@ -54,8 +66,71 @@ def test_frames_from_a_recording_come_from_across_it(tmp_path):
     video = write_video(tmp_path / "proc.mp4", seconds=8, width=640, height=360, fps=25)
     calib = collect([str(video)], frames=100, holdout=50)
     times = [w["time_s"] for w in calib.provenance["calibration"]]
-    assert calib.frames.shape == (100, 256, 320, 3) and calib.holdout_labels == {}
+    assert calib.frames.shape == (100, 256, 320, 3) and calib.holdout_truth == {}
     assert times[0] == 0 and times[-1] > 7.5
+
+
+def test_a_recording_in_the_set_keeps_the_synthetic_frames_ground_truth(mixed_file):
+    calib = load_set(mixed_file)
+    truth = calib.holdout_truth["types"]
+    # 50 held out per source by default: enough synthetic frames for the gate to judge on.
+    assert calib.holdout.shape[0] == 100 and truth.frames == 50
+    synthetic = [w["source"] == "synthetic:5" for w in calib.provenance["holdout"]]
+    assert truth.known.tolist() == synthetic
+    assert sum((labels > 0).any() for labels in truth.labels) > 25  # instruments labelled
+    assert calib.provenance["holdout_ground_truth"]["types"] == 50
+
+
+def test_sets_saved_before_the_per_frame_mask_still_load(tmp_path):
+    """Format /1 kept held-out labels only when every held-out frame had them."""
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    labels = np.ones((3, 32, 32), np.uint8)
+    for name, sources, stored in (("synthetic", ["synthetic"], {"holdout_labels_types": labels}),
+                                  ("mixed", ["synthetic", "procedure.mp4"], {})):
+        provenance = json.dumps({"format": "orstream.calib/1", "sources": sources})
+        np.savez_compressed(tmp_path / f"{name}.npz", frames=frames, holdout=frames[:3],
+                            provenance=np.array(provenance), **stored)
+    truth = load_set(tmp_path / "synthetic.npz").holdout_truth["types"]
+    assert truth.known.tolist() == [True] * 3 and (truth.labels == labels).all()
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        assert load_set(tmp_path / "mixed.npz").holdout_truth == {}
+    finally:
+        logger.remove(sink)
+    assert any("calibrate collect` again" in w for w in warnings)
+
+
+def _gate(truth_frames: int) -> dict:
+    """Judge an INT8 engine as accurate as float that misses other pixels than float does
+    (60 frames of 40 px, one instrument class), `truth_frames` of them with ground truth."""
+    truth = np.zeros((60, 40), np.uint8)
+    truth[:, :20] = 1
+    float_labels = truth.copy()
+    float_labels[:, 18:22] = 0  # float misses 2 px of the instrument, adds none
+    int8 = float_labels.copy()
+    int8[:, 18:22] = [1, 1, 0, 0]  # INT8 gets those 2 px right, misses 2 others
+    int8[:, 16:18] = 0
+    known = np.arange(60) < truth_frames
+    report = judge(float_labels, int8, GroundTruth(known, truth[known]) if truth_frames
+                   else None, ("background", "scissors"), "openvino", 1.0, "ground truth")
+    return report.to_dict() | {"report": report}
+
+
+def test_the_gate_decides_on_ground_truth_where_enough_frames_have_it():
+    # Against ground truth INT8 is exactly as good as float; against float it lost ~11 points.
+    enough = _gate(truth_frames=50)
+    assert enough["passed"] and enough["reference"] == "ground truth"
+    assert abs(enough["drop_dice_points"]) < 1e-9 and enough["truth_frames"] == 50
+    assert enough["against_float"]["drop_dice_points"] > 10
+    assert enough["against_float_without_truth"]["frames"] == 10
+    assert "| ground truth, frames that have it | 50 |" in enough["report"].markdown()
+    # Too few frames with ground truth to judge on: the float engine decides, and refuses.
+    for few in (10, 0):
+        report = _gate(truth_frames=few)
+        assert not report["passed"] and report["reference"] == "float engine"
+        assert report["drop_dice_points"] == report["against_float"]["drop_dice_points"]
+        assert f"{few} of 60 held-out frames have ground truth" in report["why"]
 
 
 @pytest.mark.parametrize("bits", [7, 8])
@@ -64,6 +139,7 @@ def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits)
     products never saturate a 16-bit sum; 8-bit ones use the full int8 range."""
     import onnx
     from onnx import numpy_helper
+
     from orstream.calibration.quantize import quantize_onnx
     from orstream.engines.backends.onnx_export import export_onnx
 
@@ -81,8 +157,9 @@ def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits)
         assert high == 127 or low == -127  # per-channel scales use the full range
 
 
-def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_file,
+def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, mixed_file,
                                                             monkeypatch):
+    """The README's sequence: a set of synthetic frames and a recording, built, then run."""
     monkeypatch.setenv("ORSTREAM_ENGINE_CACHE", str(tmp_path / "engines"))
     with pytest.raises(BackendError) as missing:  # nothing calibrated yet: say how
         open_engine(EngineSpec(WEIGHTS, "openvino", "int8"))
@@ -106,12 +183,15 @@ def test_a_gated_int8_engine_is_stored_and_runs_the_pipeline(tmp_path, calib_fil
     quantize_onnx = build_module.quantize_onnx
     monkeypatch.setattr(build_module, "quantize_onnx", timed_quantize)
     assert main(["calibrate", "build", "--weights", str(WEIGHTS), "--backend", "openvino",
-                 "--calib", str(calib_file)]) == 0
+                 "--calib", str(mixed_file)]) == 0
     (entry,) = [e for e in EngineCache().entries() if "int8" in e.folder.name]
     assert len(quantising) == 1 and entry.meta["build_s"] >= quantising[0] > 0.1
     report = json.loads((entry.folder / "report.json").read_text())
     assert report["passed"] and report["drop_dice_points"] <= 1.0
-    assert report["reference"] == "ground truth (types)" and report["pixel_agreement"] > 0.98
+    # Judged on the synthetic frames' ground truth, though a recording is in the set.
+    assert report["reference"] == "ground truth (types)" and report["truth_frames"] == 50
+    assert report["against_float_without_truth"]["frames"] == 50
+    assert report["pixel_agreement"] > 0.98
     assert report["weight_bits"] == (7 if needs_reduced_int8_range() else 8)
     assert (entry.folder / "report.md").read_text().startswith("# INT8 accuracy gate")
 

@@ -4,6 +4,7 @@ of a synthetic procedure they were never trained on."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from orstream.common.classes import CLASSES
 from orstream.common.crop import endovis_region
@@ -53,3 +54,15 @@ def test_shipped_types_weights_find_instruments_and_mostly_name_them():
     assert (preds[~instrument] == 0).mean() > 0.98  # tissue stays tissue
     # Seven types: chance is 1/7; the shipped model names most instrument pixels right.
     assert (preds[instrument] == truths[instrument]).mean() > 0.45
+
+
+def test_the_readmes_weights_paths_work_from_any_folder(tmp_path, monkeypatch):
+    from orstream.engines.checkpoint import CheckpointError, weights_path
+
+    monkeypatch.chdir(tmp_path)  # not the repository: as after `pip install orstream`
+    found = weights_path("engines/weights/unet_xs_types.pt")
+    assert found.is_file() and found.name == "unet_xs_types.pt"
+    (tmp_path / "mine.pt").write_bytes(b"x")
+    assert weights_path("mine.pt").samefile(tmp_path / "mine.pt"), "the working folder wins"
+    with pytest.raises(CheckpointError, match=r"nope\.pt does not exist .*unet_xs_types\.pt"):
+        weights_path("engines/weights/nope.pt")
