@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 out="${1:-benchmarks/results/gpu}"
 mkdir -p "$out"
 python - <<'PY'
+import sys
+
 import torch
-assert torch.cuda.is_available(), "no CUDA device visible to torch: nothing to check here"
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: no CUDA device visible to torch; run it on a CUDA machine")
 print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 PY
 python -m pytest -q -m cuda -rs 2>&1 | tee "$out/cuda_tests.txt"

@@ -16,8 +16,8 @@ Each run, in this order, so that load from elsewhere hits every row alike:
 - stop: a second launch, SIGINT after --stop-after seconds: seconds until the process has
   exited, and its exit code (0: the recorder finalised, every stage stopped).
 
-The publisher binds a free loopback port rather than the default 5600, so a pipeline
-already running on this machine does not fail the benchmark.
+The pipelines it starts take `--port-base` on a free loopback port (publisher and ask socket)
+rather than the defaults 5600/5601, so a pipeline already running here does not fail it.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def first_frame_and_kill(path: Path, kill_after_s: float) -> tuple[float | None,
     path.unlink(missing_ok=True)
     marker = f"recorder {path}:".encode()
     t0 = time.monotonic()
-    proc = subprocess.Popen([*ORSTREAM, "run", "--record", str(path), "--publish",
-                             f"tcp://127.0.0.1:{free_port()}"], cwd=REPO_ROOT,
+    proc = subprocess.Popen([*ORSTREAM, "run", "--record", str(path), "--port-base",
+                             str(free_port())], cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     opened: list[float] = []
 
@@ -90,7 +90,7 @@ def first_frame_and_kill(path: Path, kill_after_s: float) -> tuple[float | None,
 
 def stop(stop_after_s: float) -> tuple[float, int]:
     """(SIGINT -> exited in s, exit code) of a default `orstream run`."""
-    proc = subprocess.Popen([*ORSTREAM, "run", "--publish", f"tcp://127.0.0.1:{free_port()}"],
+    proc = subprocess.Popen([*ORSTREAM, "run", "--port-base", str(free_port())],
                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(stop_after_s)

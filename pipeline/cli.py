@@ -21,6 +21,18 @@ def _size_wh(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive(text: str) -> int:
+    """--frames N: 0 or less would mean 'never stop' to one command and 'stop now' to another."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of frames, got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more frames, got {value}")
+    return value
+
+
 def _weights(text: str) -> Path:
     """--weights: a checkpoint as given, or one of the shipped ones by its repository path
     (engines/weights/..., from any folder). A path that names neither is passed on as given,
@@ -88,6 +100,7 @@ def _train_config(model: type, args: argparse.Namespace):
     """The --config YAML with the flags given on top, validated; errors name the key."""
     from pydantic import ValidationError
 
+    from orstream.common.errors import UsageError
     from orstream.common.yamlio import load_mapping
 
     values: dict = {}
@@ -98,16 +111,21 @@ def _train_config(model: type, args: argparse.Namespace):
     try:
         return model(**values)
     except ValidationError as exc:
-        raise SystemExit(_config_error(exc, args.config)) from None
+        raise UsageError(_config_error(exc, args.config)) from None
 
 
 def _config_error(exc, source: str | None) -> str:
-    where = f" in {source}" if source else ""
-    lines = [f"invalid training configuration{where}:"]
+    """One line: where, then each bad key with pydantic's reason (its 'Value error, ' prefix
+    says nothing to a user) and the value given."""
+    where = f" in {source}" if source else " (flags)"
+    problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = err["type"] == "missing" or f"{err.get('input')!r}" in msg
+        got = "" if shown else f" (got {err.get('input')!r})"
+        problems.append(f"{key}: {msg}{got}")
+    return f"invalid training configuration{where}: " + "; ".join(problems)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -325,7 +343,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path,
                         help="pipeline YAML (default $ORSTREAM_CONFIG, else the shipped "
                              "configs/pipeline.yaml)")
-    parser.add_argument("--frames", type=int, help="stop after N rendered frames")
+    parser.add_argument("--frames", type=_positive, help="stop after N rendered frames")
     parser.add_argument("--publish",
                         help="ZeroMQ endpoint for displays, e.g. tcp://127.0.0.1:5600; "
                              "null: no publisher")
@@ -489,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     vw = sub.add_parser("view", help="display client: subscribe to a publisher")
     vw.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5600")
-    vw.add_argument("--frames", type=int, help="exit after N frames")
+    vw.add_argument("--frames", type=_positive, help="exit after N frames")
     vw.add_argument("--save", type=Path, help="write every Nth frame as PNG into this dir")
     vw.add_argument("--every", type=int, default=30, help="N for --save (default 30)")
     vw.add_argument("--timeout", type=float, help="exit after this many seconds without frames")
@@ -541,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--mode", choices=["paced", "lossless"], help="files: replay mode")
     be.add_argument("--profile", default="auto",
                     help="configs/devices/NAME.yaml or auto (picked by the detected device)")
-    be.add_argument("--frames", type=int, default=600, help="measured frames")
+    be.add_argument("--frames", type=_positive, default=600, help="measured frames")
     be.add_argument("--warmup", type=int, default=30, help="frames left out of the figures")
     be.add_argument("--out", type=Path, default=Path("bench-report"))
     be.add_argument("--baseline", type=Path, help="an earlier --out to compare with")

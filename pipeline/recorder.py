@@ -40,6 +40,8 @@ import cv2
 import numpy as np
 from loguru import logger
 
+from orstream.common.errors import OrstreamError
+
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
             "slower", "veryslow", "placebo")
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".ts": "mpegts"}
@@ -47,7 +49,7 @@ _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".ts": "mpegts"}
 _MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
 
 
-class RecorderError(RuntimeError):
+class RecorderError(OrstreamError, RuntimeError):
     """The recorder cannot open, write or finalise its file, or was given a bad frame."""
 
 

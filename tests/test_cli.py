@@ -48,8 +48,13 @@ def error_lines(stderr: str) -> list[str]:
     (["run", "--source", "no/such/clip.mp4", "--publish", "null"],
      ["no/such/clip.mp4", "no such file"]),
     (["ask", "tcp://127.0.0.1:9", "  "], ["the question is empty"]),
+    (["run", "--record", "out.avi", "--publish", "null", "--frames", "3"],
+     ["out.avi", ".mp4"]),
+    (["train", "unet", "--data", "d", "--size", "256"],
+     ["size: expected WxH such as 320x256, got '256'"]),
 ])
 def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, names):
+    """Including the ones a newcomer hit: an unsupported recording name, a bad training size."""
     done = orstream(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -204,3 +209,11 @@ def test_a_source_lost_past_reconnect_max_s_ends_the_run_with_exit_1():
     errors = error_lines(done.stderr)
     assert "Traceback" not in done.stderr
     assert any(f"source {url}: down for 1 s" in line for line in errors), done.stderr
+
+
+@pytest.mark.parametrize("frames", ["0", "-5"])
+def test_frames_below_one_is_refused_before_anything_starts(frames):
+    """--frames 0 used to run forever in `run` and replay a whole clip in `replay`."""
+    done = orstream("run", "--frames", frames, "--publish", "null", timeout=30)
+    assert done.returncode == 2
+    assert "expected 1 or more frames" in done.stderr
