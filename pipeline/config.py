@@ -509,6 +509,17 @@ def _value_in(tree: dict, dotted: str) -> Any:
     return node
 
 
+def config_path(value: Path | str) -> Path:
+    """`value` as given (relative to the working folder), else relative to the orstream
+    package, so that `configs/scaleout/two-workers.yaml`, as the README writes it, names the
+    shipped config from any folder and in an installed wheel."""
+    path = Path(value).expanduser()
+    packaged = REPO_ROOT / path
+    if not path.is_file() and not path.is_absolute() and packaged.is_file():
+        return packaged
+    return path
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
                 port_base: int | None = None, **direct: Any) -> PipelineConfig:
     """Load YAML (default $ORSTREAM_CONFIG, else the shipped configs/pipeline.yaml), apply
@@ -518,7 +529,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     port_base N moves the pipeline's own tcp ports, those that are on, to 127.0.0.1: publish
     N, describe.ask_endpoint N+1, masks.endpoint N+2 (a second pipeline on the same host).
     """
-    source = Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    source = config_path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
     tree = load_mapping(source, ConfigError)
     origins: dict[str, str] = {}  # dotted key -> what set it, for the error messages
 

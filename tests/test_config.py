@@ -219,3 +219,20 @@ def test_the_shipped_yaml_shows_every_key_with_a_comment(monkeypatch):
         PipelineConfig(segment={"weights": shipped.segment.weights}).model_dump(
             exclude={"segment": {"weights"}})
     assert Path(shipped.segment.weights).is_file()
+
+
+def test_the_readmes_config_paths_work_from_any_folder(tmp_path, monkeypatch):
+    """`--config configs/scaleout/...` as the README writes it, run outside the repository."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/scaleout/two-workers.yaml")
+    assert "capture->segment" in cfg.edges
+    with pytest.raises(ConfigError, match="config file configs/nope.yaml does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_a_budget_typo_is_blamed_on_the_set_with_a_suggestion():
+    from orstream.pipeline.bench.profiles import ProfileError, load_profile
+
+    with pytest.raises(ProfileError, match=r"^--set budgets.end_to_end_p99_msec=50: .*"
+                                           r"did you mean budgets.end_to_end_p99_ms\?"):
+        load_profile("cpu", overrides=["budgets.end_to_end_p99_msec=50"])

@@ -3,6 +3,7 @@ budgets it must hold, each budget with the reason written beside it in the YAML.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -118,4 +119,14 @@ def load_profile(name: str, device: dict[str, Any] | None = None,
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ProfileError(f"{path.name}: {key}: {err['msg']}") from None
+        given = {item.partition("=")[0]: item for item in overrides or []}
+        # Blame the --set that brought the key in, not the profile file it was applied to.
+        where = f"--set {given[key]}" if key in given else path.name
+        hint = ""
+        if err["type"] == "extra_forbidden" and key.startswith("budgets."):
+            close = difflib.get_close_matches(key.split(".", 1)[1],
+                                              list(Budgets.model_fields), n=1)
+            hint = f"; did you mean budgets.{close[0]}?" if close else (
+                f"; budgets are {', '.join(Budgets.model_fields)}")
+        msg = "not a budget" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ProfileError(f"{where}: {key}: {msg}{hint}") from None
