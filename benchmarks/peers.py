@@ -3,14 +3,7 @@ frame (pipeline/bench/floors.py, which `orstream bench` measures beside its run)
 
     python -m orstream.benchmarks.peers [--source PATH|synthetic] [--out benchmarks/results]
 
-- memcpy of one frame (the floor of any hop);
-- raw PyAV decode + RGB conversion of the same file (the floor of capture), when the
-  source is a file;
-- one imagezmq REQ/REP hop of the same frame between two processes over ipc (the
-  simplest peer of the display hop), when imagezmq is installed (`.[bench]`);
-- the machine's own jitter: one fixed few-millisecond CPU task at the frame rate, with the
-  pipeline stopped. Its p99 over its p50 is the tail the host adds to any work (a VM's
-  neighbours, frequency changes); a pipeline's p99 cannot be expected to beat it.
+What each floor is and why: pipeline/bench/floors.py's docstring.
 """
 
 from __future__ import annotations

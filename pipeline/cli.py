@@ -643,11 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrstreamError as exc:
         return report(exc, exc.exit_code)
     except PipelineError as exc:
-        # A stage's expected error (a port taken, a backend this machine lacks) is reported
-        # as itself; any other stage failure, a lost source among them, exits 1.
-        cause = getattr(exc, "cause", None) or exc.__cause__
-        if isinstance(cause, OrstreamError):
-            return report(cause, cause.exit_code)
+        # A stage's expected error leaves run() as itself (caught above); this is a bug in a
+        # stage, whose traceback the executor has logged, or stages that would not stop.
         return report(exc, 1)
     # Errors raised by libraries on the user's input rather than by orstream: a missing or
     # unreadable file, an unanswered `ask` (TimeoutError), a value a library refused.

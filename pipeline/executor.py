@@ -26,7 +26,6 @@ from orstream.common.errors import OrstreamError
 from orstream.pipeline.edges import EdgeSockets, Input, Output
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.graph import Graph
-from orstream.pipeline.sources import SourceError
 from orstream.pipeline.stages import Stage
 
 JOIN_TIMEOUT_S = 10.0  # per stage at shutdown; a stage stuck longer is reported, not awaited
@@ -320,11 +319,8 @@ class Executor:
         if isinstance(exc, OrstreamError):
             # Expected, and raised again from run(): the CLI prints its one line.
             logger.debug("stage {} stopped the pipeline: {}", stage, exc)
-        else:
-            # A SourceError already says what and why (a source gave up reconnecting): no
-            # traceback; anything else is a bug worth one.
-            logger.opt(exception=None if isinstance(exc, SourceError) else exc).error(
-                "stage {} failed: {}", stage, exc)
+        else:  # a bug: worth its traceback
+            logger.opt(exception=exc).error("stage {} failed: {}", stage, exc)
         self.abort.set()
         self.request_stop()
 

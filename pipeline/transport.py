@@ -198,7 +198,18 @@ def _close(socket: zmq.Socket, bound: BoundFile | None) -> None:
 
 
 class _Side(ABC):
-    """One side of an edge; `with` closes it when the block ends."""
+    """One side of an edge; `with` closes it when the block ends.
+
+    `Sender(endpoint, ...)` / `Receiver(endpoint, ...)` return an instance of the class their
+    `by_scheme` table (SENDERS, RECEIVERS) names for the endpoint's scheme; a concrete class
+    is constructed as itself. Every class takes its base's constructor arguments and opens
+    its side in `_open`."""
+
+    by_scheme: dict[str, type[_Side]] = {}  # set on Sender and Receiver below their classes
+
+    def __new__(cls, endpoint: str, *args: Any, **kwargs: Any) -> _Side:
+        table = cls.__dict__.get("by_scheme")
+        return super().__new__(table[parse(endpoint).scheme] if table else cls)
 
     @abstractmethod
     def close(self) -> None:
@@ -215,14 +226,7 @@ class _Side(ABC):
 
 
 class Sender(_Side):
-    """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver).
-
-    `Sender(endpoint, ...)` returns an instance of SENDERS[the endpoint's scheme]; every
-    class takes this constructor's arguments and opens its side in `_open`."""
-
-    def __new__(cls, endpoint: str, *args: Any, **kwargs: Any) -> Sender:
-        chosen = SENDERS[parse(endpoint).scheme] if cls is Sender else cls
-        return super().__new__(chosen)
+    """Sends frames in `mode` on `endpoint` (bound, or connected to a bound receiver)."""
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  parts: tuple[str, ...] = ("image",), classes: dict[str, Any] | None = None,
@@ -286,10 +290,10 @@ class ZmqSender(Sender):
         self._bound = _attach(self._socket, self.endpoint, bind, curve)
 
     def send(self, frame: Frame, timeout_ms: int = 100) -> bool:
-        message = wire.encode(frame, self.parts, self.classes)
+        # Room first: a lossless edge that is full retries, and should not encode each time.
         if self.mode == "lossless" and not self._socket.poll(timeout_ms, zmq.POLLOUT):
             return False
-        self._put(message)
+        self._put(wire.encode(frame, self.parts, self.classes))
         return True
 
     def _put(self, message: list[Any]) -> None:
@@ -377,14 +381,7 @@ class ShmSender(ZmqSender):
 
 
 class Receiver(_Side):
-    """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input).
-
-    `Receiver(endpoint, ...)` returns an instance of RECEIVERS[the endpoint's scheme]; every
-    class takes this constructor's arguments and opens its side in `_open`."""
-
-    def __new__(cls, endpoint: str, *args: Any, **kwargs: Any) -> Receiver:
-        chosen = RECEIVERS[parse(endpoint).scheme] if cls is Receiver else cls
-        return super().__new__(chosen)
+    """Receives validated frames in `mode` on `endpoint` (connected, or bound as an input)."""
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  max_bytes: int = wire.DEFAULT_MAX_BYTES, stream: str | None = None,
@@ -610,3 +607,5 @@ SENDERS: dict[str, type[Sender]] = {
     "inproc": InprocSender, "ipc": ZmqSender, "tcp": ZmqSender, "shm": ShmSender}
 RECEIVERS: dict[str, type[Receiver]] = {
     "inproc": InprocReceiver, "ipc": ZmqReceiver, "tcp": ZmqReceiver, "shm": ShmReceiver}
+Sender.by_scheme = SENDERS
+Receiver.by_scheme = RECEIVERS
