@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from orstream.pipeline.security import Curve
 
 
 def _size_wh(text: str) -> tuple[int, int]:
@@ -152,6 +156,11 @@ def _install_signal_handlers(request_stop) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# The flag (or argument) of `run`/`replay` behind each config key it sets, for errors.
+_FLAGS = {"publish.endpoint": "--publish", "record.path": "--record", "source.mode": "--mode",
+          "source.loop": "--loop", "source.start": "--start", "source.end": "--end"}
+
+
 def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     """`run` and `replay`: the config, the options they share, and `source` as
     `source__key=value` overrides (None: keep the config's value)."""
@@ -173,6 +182,8 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
         overrides.append("publish.endpoint=null")  # as in the YAML: no publisher
         publish = None
     cfg = load_config(args.config, overrides, port_base=args.port_base,
+                      flags={**_FLAGS, "source.spec": "--source" if args.command == "run"
+                             else "the recording"},
                       publish__endpoint=publish, record__path=args.record, **source)
     stages = args.stages.split(",") if getattr(args, "stages", None) else None
 
@@ -202,16 +213,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     import threading
 
-    from orstream.pipeline.security import curve_from_files
     from orstream.pipeline.view import no_frames_message, view
 
-    curve = None
-    if args.key or args.server_key:
-        if not (args.key and args.server_key):
-            logger.error("view over CurveZMQ needs both --key (yours, NAME.key_secret) and "
-                         "--server-key (the publisher's NAME.key)")
-            return 2
-        curve = curve_from_files(args.key, args.server_key)
+    curve = _client_curve(args, "view", "the publisher's")
     stop = threading.Event()
     _install_signal_handlers(stop.set)
     summary = view(args.endpoint, frames=args.frames, save=args.save, save_every=args.every,
@@ -238,10 +242,24 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_curve(args: argparse.Namespace, command: str, whose: str) -> Curve | None:
+    """--key/--server-key of a client command: both or neither."""
+    from orstream.common.errors import UsageError
+    from orstream.pipeline.security import curve_from_files
+
+    if not (args.key or args.server_key):
+        return None
+    if not (args.key and args.server_key):
+        raise UsageError(f"{command} over CurveZMQ needs both --key (yours, NAME.key_secret) "
+                         f"and --server-key ({whose} NAME.key)")
+    return curve_from_files(args.key, args.server_key, names=("--key", "--server-key"))
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
     from orstream.pipeline.describe import ask
 
-    reply = ask(args.endpoint, args.question, args.timeout)
+    curve = _client_curve(args, "ask", "the pipeline's")
+    reply = ask(args.endpoint, args.question, args.timeout, curve)
     if args.json:
         print(json.dumps(reply))
     elif "error" in reply:
@@ -533,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("question", help='e.g. "is there smoke?"')
     ak.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     ak.add_argument("--json", action="store_true", help="the reply as JSON")
+    ak.add_argument("--key", type=Path, help="CurveZMQ: your NAME.key_secret")
+    ak.add_argument("--server-key", dest="server_key", type=Path,
+                    help="CurveZMQ: the pipeline's public NAME.key")
     ak.set_defaults(func=_cmd_ask)
 
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key, NAME.key_secret)")

@@ -521,15 +521,21 @@ def config_path(value: Path | str) -> Path:
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
-                port_base: int | None = None, **direct: Any) -> PipelineConfig:
+                port_base: int | None = None, flags: dict[str, str] | None = None,
+                **direct: Any) -> PipelineConfig:
     """Load YAML (default $ORSTREAM_CONFIG, else the shipped configs/pipeline.yaml), apply
     ORSTREAM_SET, then --set overrides, then `port_base` and `direct` dotted-key values
-    (`publish__endpoint`), and validate.
+    (`publish__endpoint`), and validate. `flags` names the command-line flag that gave a
+    `direct` key ({"publish.endpoint": "--publish"}), so an error blames what was typed.
 
     port_base N moves the pipeline's own tcp ports, those that are on, to 127.0.0.1: publish
     N, describe.ask_endpoint N+1, masks.endpoint N+2 (a second pipeline on the same host).
     """
     source = config_path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    if not path and os.environ.get(ENV_CONFIG) and not source.is_file():
+        # Nothing on the command line names this file: say where it came from.
+        raise ConfigError(f"config file {source} does not exist ({ENV_CONFIG}={source}: "
+                          f"point it at a file, or unset it for the shipped config)")
     tree = load_mapping(source, ConfigError)
     origins: dict[str, str] = {}  # dotted key -> what set it, for the error messages
 
@@ -551,7 +557,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     for dotted, value in direct.items():
         if value is not None:
             key = dotted.replace("__", ".")
-            put(key, value, f"{key}={value} (command line)")
+            put(key, value, f"{(flags or {}).get(key, key)} {value}")
     try:
         return PipelineConfig(**tree)
     except ValidationError as exc:

@@ -40,6 +40,7 @@ from orstream.pipeline.config import DescribeConfig
 from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.leftovers import sweep_dead
 from orstream.pipeline.ports import endpoint_in_use, in_use
+from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
@@ -171,7 +172,7 @@ class _Question:
 class DescribeWorker:
     """The describe thread and the ask socket; `offer` and `latest` are for render."""
 
-    def __init__(self, cfg: DescribeConfig) -> None:
+    def __init__(self, cfg: DescribeConfig, curve: Curve | None = None) -> None:
         self.cfg = cfg
         self.captions = 0  # captions made
         self.answers = 0  # questions answered
@@ -196,6 +197,10 @@ class DescribeWorker:
             socket.setsockopt(zmq.MAXMSGSIZE, ASK_MAX_BYTES)
             socket.setsockopt(zmq.RCVTIMEO, 200)  # how often the ask thread checks for stop
             try:
+                if curve is not None:
+                    # The same keys as the publisher: a question and its answer describe
+                    # the scene, which must not cross a network in the clear either.
+                    curve.apply(socket, endpoint, bind=True)
                 socket.bind(endpoint)
             except zmq.ZMQError as exc:
                 socket.close(0)
@@ -407,21 +412,28 @@ class DescribeWorker:
 EMPTY_QUESTION = 'the question is empty: ask about the scene, e.g. "is there smoke?"'
 
 
-def ask(endpoint: str, question: str, timeout_s: float = 5.0) -> dict:
+def ask(endpoint: str, question: str, timeout_s: float = 5.0,
+        curve: Curve | None = None) -> dict:
     """Send one question to a running pipeline; its JSON reply (see module docstring).
-    UsageError for a blank question, before anything is sent."""
+    UsageError for a blank question, before anything is sent. `curve`: this client's keys
+    and the pipeline's public key, for a pipeline that runs with security.curve."""
     if not question.strip():
         raise UsageError(EMPTY_QUESTION)
     socket = context().socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
     try:
-        socket.connect(normalize_endpoint(endpoint))
+        endpoint = normalize_endpoint(endpoint)
+        if curve is not None:
+            curve.apply(socket, endpoint, bind=False)
+        socket.connect(endpoint)
         socket.send(json.dumps({"question": question}).encode())
         try:
             return json.loads(socket.recv())
         except zmq.Again:
+            keys = "" if curve is not None else (
+                " (a pipeline with security.curve answers only --key/--server-key clients)")
             raise TimeoutError(f"no reply from {endpoint} within {timeout_s:g} s: is "
-                               f"`orstream run` running with describe on?") from None
+                               f"`orstream run` running with describe on?{keys}") from None
     finally:
         socket.close(0)

@@ -66,8 +66,12 @@ def parse(endpoint: str) -> Endpoint:
     it is not one of the four forms."""
     scheme, sep, rest = endpoint.partition("://")
     if not sep or scheme not in SCHEMES:
+        # A bare port or host:port is the common slip: name the endpoint it most likely meant.
+        bare = endpoint if ":" in endpoint else f"127.0.0.1:{endpoint}"
+        hint = (f" (did you mean tcp://{bare}?)"
+                if not sep and bare.rpartition(":")[2].isdigit() else "")
         raise EndpointError(f"endpoint {endpoint!r}: expected inproc://NAME, ipc://PATH, "
-                            "shm://PATH or tcp://HOST:PORT")
+                            f"shm://PATH or tcp://HOST:PORT{hint}")
     if scheme != "tcp":
         if not rest:
             raise EndpointError(f"endpoint {endpoint!r}: names no path")

@@ -126,7 +126,7 @@ class Pipeline:
             stages[name] = sinks[name]()
         if "describe" in here:
             # With render: it sees every frame and draws the caption.
-            self.describe = DescribeWorker(cfg.describe)
+            self.describe = DescribeWorker(cfg.describe, curve)
             stages["describe"] = self.describe
         stages["render"] = RenderStage(cfg, task, self._dropped, self.describe)
         return stages

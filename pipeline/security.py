@@ -66,7 +66,15 @@ def make_keys(folder: Path | str, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
+def _exists(path: Path | str, what: str) -> None:
+    # pyzmq calls a missing file an "Invalid certificate file": say what is wrong instead.
+    if not Path(path).is_file():
+        raise SecurityError(f"{what}: {path} does not exist (`orstream keys DIR NAME` makes "
+                            f"NAME.key and NAME.key_secret)")
+
+
 def read_public(path: Path | str, what: str) -> bytes:
+    _exists(path, what)
     try:
         public, _ = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -75,6 +83,7 @@ def read_public(path: Path | str, what: str) -> bytes:
 
 
 def read_pair(path: Path | str, what: str) -> tuple[bytes, bytes]:
+    _exists(path, what)
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -86,10 +95,12 @@ def read_pair(path: Path | str, what: str) -> tuple[bytes, bytes]:
 
 
 def curve_from_files(key: Path | str, server_public_key: Path | str | None = None,
-                     allowed_clients: Path | str | None = None) -> Curve:
-    public, secret = read_pair(key, "security.key")
-    server = (read_public(server_public_key, "security.server_public_key")
-              if server_public_key else None)
+                     allowed_clients: Path | str | None = None,
+                     names: tuple[str, str] = ("security.key", "security.server_public_key")
+                     ) -> Curve:
+    """`names`: what the user called the two files (config keys, or a client's flags)."""
+    public, secret = read_pair(key, names[0])
+    server = read_public(server_public_key, names[1]) if server_public_key else None
     return Curve(public, secret, server, Path(allowed_clients) if allowed_clients else None)
 
 

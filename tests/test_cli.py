@@ -52,6 +52,12 @@ def error_lines(stderr: str) -> list[str]:
      ["out.avi", ".mp4"]),
     (["train", "unet", "--data", "d", "--size", "256"],
      ["size: expected WxH such as 320x256, got '256'"]),
+    (["ask", "tcp://127.0.0.1:9", "is there smoke?", "--key", "gone.key_secret",
+      "--server-key", "gone.key"], ["--key: gone.key_secret does not exist", "orstream keys"]),
+    (["ask", "tcp://127.0.0.1:9", "is there smoke?", "--key", "mine.key_secret"],
+     ["needs both --key", "--server-key (the pipeline's NAME.key)"]),
+    (["run", "--publish", "5812", "--frames", "1"],
+     ["--publish 5812", "did you mean tcp://127.0.0.1:5812?"]),
 ])
 def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, names):
     """Including the ones a newcomer hit: an unsupported recording name, a bad training size."""

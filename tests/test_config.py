@@ -170,6 +170,14 @@ def test_orstream_config_names_the_default_file(tmp_path, monkeypatch):
     monkeypatch.setenv("ORSTREAM_CONFIG", str(site))
     assert load_config().render.alpha == 0.25
     assert load_config(DEFAULT_CONFIG).render.alpha == 0.45  # a path given wins
+    monkeypatch.setenv("ORSTREAM_CONFIG", str(tmp_path / "moved.yaml"))
+    with pytest.raises(ConfigError, match=r"moved.yaml does not exist \(ORSTREAM_CONFIG="):
+        load_config()  # nothing the user typed names that file: the variable is blamed
+
+
+def test_a_command_line_flag_is_blamed_as_typed_with_the_endpoint_it_meant():
+    with pytest.raises(ConfigError, match=r"^--publish 5812: .*did you mean tcp://127.0.0.1:5812"):
+        load_config(None, flags={"publish.endpoint": "--publish"}, publish__endpoint="5812")
 
 
 def _sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:

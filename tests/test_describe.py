@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from orstream.pipeline.config import load_config
 from orstream.pipeline.describe import DescribeWorker, ask
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.runner import Pipeline
+from orstream.pipeline.security import curve_from_files, make_keys, stop_authenticators
 from orstream.pipeline.transport import Receiver
 
 
@@ -278,3 +280,29 @@ def test_stopping_while_the_worker_still_loads_ends_it_at_once(vlm_weights):
     took = time.monotonic() - t0
     assert took < 1.5, f"close took {took:.1f} s"
     assert _describe_worker_pids() == [] and worker.failed is None
+
+
+def test_a_curve_pipeline_answers_questions_only_to_a_client_with_keys(vlm_weights, tmp_path):
+    """With security.curve the ask socket is a CurveZMQ server like the publisher: the
+    scene's description must not cross a network in the clear, nor to strangers."""
+    made = {name: make_keys(tmp_path / "keys", name) for name in ("pipeline", "me", "stranger")}
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(made["me"][0], allowed / "me.key")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = _config(vlm_weights, f"describe.ask_endpoint={endpoint}").describe
+    worker = DescribeWorker(cfg, curve_from_files(made["pipeline"][1], None, allowed))
+    worker.start()
+    pipeline_key = made["pipeline"][0]
+    try:
+        # No frame has been offered: the reply is an error, but a reply crossed the socket.
+        reply = ask(endpoint, "is there smoke?", 10, curve_from_files(made["me"][1], pipeline_key))
+        assert set(reply) == {"error"}, reply
+        with pytest.raises(TimeoutError, match="--key/--server-key"):
+            ask(endpoint, "is there smoke?", 1.5)  # plain: no handshake, no answer
+        with pytest.raises(TimeoutError):
+            ask(endpoint, "is there smoke?", 1.5,
+                curve_from_files(made["stranger"][1], pipeline_key))
+    finally:
+        worker.close()
+        stop_authenticators()
