@@ -59,7 +59,8 @@ class GateRefused(OrstreamError, RuntimeError):
     exit_code = 1
 
     def __init__(self, report: GateReport, report_dir: Path, method: str) -> None:
-        worst = ", ".join(f"{c['name']} -{c['drop_points']:.2f}" for c in report.classes[:3]
+        counted = [c for c in report.classes if c.get("averaged", True)]
+        worst = ", ".join(f"{c['name']} -{c['drop_points']:.2f}" for c in counted[:3]
                           if c["drop_points"] > 0) or "none in particular"
         others = " or ".join(m for m in METHODS if m != method)
         super().__init__(

@@ -133,6 +133,27 @@ def test_the_gate_decides_on_ground_truth_where_enough_frames_have_it():
         assert f"{few} of 60 held-out frames have ground truth" in report["why"]
 
 
+def test_specks_of_a_class_do_not_swing_the_mean_against_the_float_engine():
+    """Float labels 6 px of a class on one frame that INT8 does not (a recording's noise):
+    against the float engine that class is listed with its 100-point drop but not averaged,
+    so 99.99 % pixel agreement no longer reads as a 50-point drop. Against ground truth the
+    same small class is real and counts."""
+    float_labels = np.zeros((50, 64, 64), np.uint8)
+    float_labels[:, 10:40, 10:30] = 1  # the instrument, identical in both engines
+    int8 = float_labels.copy()
+    float_labels[7, 50:52, 50:53] = 2  # 6 px of "clasper" only the float engine sees
+    classes = ("background", "shaft", "clasper")
+    report = judge(float_labels, int8, None, classes, "openvino", 1.0)
+    rows = {c["name"]: c for c in report.against_float.classes}
+    assert rows["clasper"]["drop_points"] == 100 and not rows["clasper"]["averaged"]
+    assert rows["shaft"]["averaged"] and report.drop_dice_points == 0 and report.passed
+    assert "clasper (not averaged)" in report.markdown()
+    truth = GroundTruth(np.ones(50, bool), float_labels.copy())
+    with_truth = judge(float_labels, int8, truth, classes, "openvino", 1.0)
+    assert with_truth.reference == "ground truth" and with_truth.drop_dice_points == 50
+    assert not with_truth.passed
+
+
 @pytest.mark.parametrize("bits", [7, 8])
 def test_weights_are_quantised_to_the_bits_asked_for(tmp_path, calib_file, bits):
     """7-bit weights (CPUs without VNNI) must stay within [-64, 64] so that two u8 x s8
