@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(timed, [("device", "device", ""), ("variant", "variant", ""),
                         ("input", "input", ""), ("backend", "backend", ""),
                         ("precision", "precision", ""), ("p50", "p50 ms", ".2f"),
-                        ("p99", "p99 ms", ".2f"), ("speedup_p50", "x eager fp32", ".2f")]))
+                        ("p99", "p99 ms", ".2f"),
+                        ("speedup_p50", "speedup vs eager fp32 (>1 faster)", ".2f")]))
     for r in rows:
         if "skipped" in r:
             print(f"skipped {r['variant']} {r['input']} {r['backend']} {r['precision']}: "

@@ -81,7 +81,7 @@ def main() -> None:
     print(f"U-Net latency, batch 1, {torch.get_num_threads()} threads, {args.iters} runs each")
     print(table(rows, [("variant", "variant", "s"), ("size", "input", "s"), ("mode", "mode", "s"),
                        ("p50", "p50 ms", ".1f"), ("p99", "p99 ms", ".1f"),
-                       ("ratio_to_eager", "x eager fp32", ".2f")]))
+                       ("ratio_to_eager", "time / eager fp32 (<1 faster)", ".2f")]))
     fastest = min((r for r in rows if r["variant"] == variants[0]
                    and r["size"] == format_hw(sizes[0])), key=lambda r: r["p50"])
     print(f"fastest {variants[0]} at {fastest['size']}: {fastest['mode']}, "
