@@ -101,6 +101,27 @@ def test_lossless_replay_benches_every_frame_and_says_the_clip_was_short(tmp_pat
     assert {d["key"] for d in report["baseline"]["unlike"]} == {"source", "mode"}
     md = (out / "report.md").read_text()
     assert "**asked for 1000 frames" in md and "an UNLIKE run" in md
+    # Lossless queues every frame behind the ones before it: end to end is the queue's
+    # length, not live lag, so it is reported but not judged; keeping up is.
+    assert report["budget"]["not_judged"][0]["stage"] == "end_to_end"
+    assert "not judged: end_to_end p99 (lossless" in said
+    assert "| not judged |" in md
+
+
+def test_lossless_is_judged_on_keeping_up_with_the_feed_not_on_queueing():
+    from orstream.pipeline.bench.harness import judge
+    from orstream.pipeline.bench.profiles import load_profile
+
+    profile = load_profile("cpu", {"kind": "cpu"}, [])
+    figures = {"p99": 900.0}  # a long queue: far over the 66.7 ms live budget
+    report = {"source": {"mode": "lossless"}, "throughput_fps": 24.0, "drop_rate": 0.0,
+              "latency_ms": {"end_to_end": figures, "stages": {"segment": {"p99": 20.0}}}}
+    verdict = judge(report, profile)
+    assert verdict["broken"] == [{"stage": "throughput", "figure": "fps", "value": 24.0,
+                                  "budget": 30}]
+    assert judge({**report, "throughput_fps": 45.0}, profile)["pass"]
+    paced = judge({**report, "source": {"mode": "paced"}, "throughput_fps": 45.0}, profile)
+    assert [b["stage"] for b in paced["broken"]] == ["end_to_end"]
 
 
 def test_a_baseline_of_another_kind_of_run_is_refused_before_running(tmp_path, capsys):

@@ -148,9 +148,20 @@ def analyse(bench: BenchRun, warmup: int) -> dict[str, Any]:
 def judge(report: dict[str, Any], profile: Profile) -> dict[str, Any]:
     """Which budget figures broke, worst overshoot first."""
     budgets = profile.budgets
-    broken = []
+    broken, not_judged = [], []
     e2e = report["latency_ms"]["end_to_end"]["p99"]
-    if e2e > budgets.end_to_end_p99_ms:
+    if report["source"]["mode"] == "lossless":
+        # Lossless feeds frames as fast as they decode, so end to end counts each frame's
+        # wait behind the ones before it: a measure of the queue, not of the live lag the
+        # budget is about. What a live feed needs of this run is that it keeps up.
+        not_judged.append({"stage": "end_to_end", "figure": "p99",
+                           "why": "lossless: frames queue as fast as they decode; judge "
+                                  "end to end with --mode paced"})
+        fps = report["throughput_fps"]
+        if fps < profile.fps:
+            broken.append({"stage": "throughput", "figure": "fps", "value": fps,
+                           "budget": profile.fps, "overshoot": profile.fps / fps})
+    elif e2e > budgets.end_to_end_p99_ms:
         broken.append({"stage": "end_to_end", "figure": "p99", "value": e2e,
                        "budget": budgets.end_to_end_p99_ms})
     for stage, limit in budgets.stages_p99_ms.items():
@@ -160,9 +171,9 @@ def judge(report: dict[str, Any], profile: Profile) -> dict[str, Any]:
     if report["drop_rate"] > budgets.max_drop_rate:
         broken.append({"stage": "capture", "figure": "drop_rate",
                        "value": report["drop_rate"], "budget": budgets.max_drop_rate})
-    broken.sort(key=lambda b: -b["value"] / b["budget"])
+    broken.sort(key=lambda b: -b.pop("overshoot", b["value"] / b["budget"]))
     return {"profile": profile.name, "pass": not broken, "broken": broken,
-            "budgets": budgets.model_dump(), "why": profile.why}
+            "not_judged": not_judged, "budgets": budgets.model_dump(), "why": profile.why}
 
 
 def _versions() -> dict[str, str]:
@@ -388,9 +399,12 @@ def bench_command(source: str, out: Path, config: Path | None = None, mode: str 
         print("regressions against the baseline: "
               + ", ".join(report["baseline"]["regressions"]))
     budget = report["budget"]
+    for skipped in budget.get("not_judged", []):
+        print(f"not judged: {skipped['stage']} {skipped['figure']} ({skipped['why']})")
     if budget["pass"]:
         print(f"PASS: every {budget['profile']} budget holds")
         return 0
-    print("FAIL: " + "; ".join(f"{b['stage']} {b['figure']} {b['value']:.4g} > budget "
-                               f"{b['budget']:g}" for b in budget["broken"]))
+    print("FAIL: " + "; ".join(
+        f"{b['stage']} {b['figure']} {b['value']:.4g} {'<' if b['figure'] == 'fps' else '>'} "
+        f"budget {b['budget']:g}" for b in budget["broken"]))
     return 1

@@ -139,16 +139,20 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|" + "---|" * (len(FIGURES) + 1),
     ]
     budgets = b["budgets"]
+    unjudged = {x["stage"] for x in b.get("not_judged", [])}
     for stage, figs in [*report["latency_ms"]["stages"].items(),
                         ("end_to_end", report["latency_ms"]["end_to_end"])]:
         limit = budgets["end_to_end_p99_ms"] if stage == "end_to_end" else \
             budgets["stages_p99_ms"].get(stage)
+        limit = "not judged" if stage in unjudged else limit
         lines.append(f"| {stage} | " + " | ".join(f"{figs[f]:.2f}" for f in FIGURES)
                      + f" | {limit if limit is not None else '-'} |")
     if b["broken"]:
         lines += ["", "Broken budgets:"] + [
-            f"- {x['stage']} {x['figure']} = {x['value']:.4g} > {x['budget']:g}"
-            for x in b["broken"]]
+            f"- {x['stage']} {x['figure']} = {x['value']:.4g} "
+            f"{'<' if x['figure'] == 'fps' else '>'} {x['budget']:g}" for x in b["broken"]]
+    lines += [f"\n{x['stage']} {x['figure']} not judged: {x['why']}."
+              for x in b.get("not_judged", [])]
     if report.get("floors"):
         lines += ["", "Floors measured in the same run:"]
         for f in report["floors"]:
