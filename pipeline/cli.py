@@ -640,6 +640,14 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--batch", type=int, default=64)
     evl.add_argument("--json", action="store_true", help="one JSON object on stdout")
     evl.set_defaults(func=_cmd_eval_vlm)
+    # -v and --debug work after the command too (`orstream run --debug`), where a user adds
+    # them when a command fails. SUPPRESS: absent there, the top level's value stands.
+    for group in (sub, config_sub, synth_sub, train_sub, cal_sub):
+        for command in group.choices.values():
+            command.add_argument("-v", "--verbose", action="store_true",
+                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help=argparse.SUPPRESS)
     return parser
 
 

@@ -70,10 +70,16 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, names):
         assert name in errors[0]
 
 
-def test_debug_shows_the_traceback_of_an_expected_error(tmp_path):
-    done = orstream("--debug", "run", "--set", "render.alpah=0.5", cwd=tmp_path)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_of_an_expected_error(tmp_path, where):
+    """Before the command or after it, where a user adds it once a command has failed."""
+    args = ["run", "--set", "render.alpah=0.5"]
+    done = orstream(*(["--debug", *args] if where == "before" else [*args, "--debug"]),
+                    cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" in done.stderr and "did you mean render.alpha?" in done.stderr
+    plain = orstream(*args, cwd=tmp_path)  # and without it, no traceback
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
 
 
 def test_version_and_help_speak_to_users():
