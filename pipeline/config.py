@@ -289,6 +289,10 @@ class SecurityConfig(_Strict):
 class RecordConfig(_Strict):
     path: Path | None = None  # fragmented MP4 (or .ts): playable even after a crash
     crf: int = Field(23, ge=0, le=51)
+    # A new file every this many seconds of video (NAME-0001.mp4, NAME-0002.mp4, ...), each
+    # playable alone: a long procedure is never one file that one fault could spoil. 0: one
+    # file, NAME itself.
+    rotate_s: float = Field(0.0, ge=0, le=86400)
 
 
 class EdgeConfig(_Strict):

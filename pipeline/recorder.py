@@ -21,6 +21,17 @@ The data then sits in the page cache, which survives the process; surviving a po
 would need an fsync, which this class does not do (it would stall the caller's thread on
 the disk).
 
+Until the first frame's fragment is on disk (the second frame's write pushes it out) the
+file is ``NAME.part``; then it is renamed to NAME. A file under the recording's own name
+therefore always holds at least one decodable frame: a kill in the first 1/15 s of a file
+(at start-up, or just after a rotation) leaves a ``.part`` with a header and at most one
+frame, never a NAME that players and ``orstream replay`` refuse. The next recording to NAME
+overwrites that ``.part``.
+
+A write that fails (a full disk, an I/O error) ends the recording: the file keeps every
+fragment written before the failure and plays as a killed one does; later writes are
+refused. :class:`RotatingRecorder` starts a new file every ``rotate_s`` seconds of video.
+
 Frames are (H, W, 3) uint8 RGB. yuv420p subsamples chroma 2x2, so it needs an even width and
 height: a frame with an odd size loses its last row and/or column (the video is the size of
 the first frame cropped to even). Encoding runs on the caller's thread; the class is not
@@ -53,6 +64,14 @@ class RecorderError(OrstreamError, RuntimeError):
     """The recorder cannot open, write or finalise its file, or was given a bad frame."""
 
 
+def _reason(exc: BaseException) -> str:
+    """What failed, without FFmpeg's copy of the file name (the ``.part`` one, or the name the
+    file had when FFmpeg opened it): the messages name the recording themselves."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})" if exc.errno else exc.strerror
+    return str(exc)
+
+
 class Recorder:
     """Record RGB frames to a crash-safe H.264 file (fragmented MP4, or MPEG-TS for ``.ts``).
 
@@ -61,12 +80,15 @@ class Recorder:
     so the file plays at ``fps`` whatever the pace at which frames arrive.
 
     Every error is a :class:`RecorderError`: bad arguments, a path that cannot be written,
-    a frame of the wrong shape, dtype or size, or a failure in FFmpeg.
+    a frame of the wrong shape, dtype or size, or a failure in FFmpeg. A frame that is
+    refused leaves the recording going; a write that fails (disk full) ends it.
     """
 
     def __init__(self, path: str | Path, fps: float, crf: int = 23,
                  preset: str = "ultrafast") -> None:
         self.path = Path(path)
+        # Written here until the first frame is on disk (see the module docstring).
+        self.partial_path = self.path.with_name(self.path.name + ".part")
         self.frames_written = 0
         self._next_pts = 0
         suffix = self.path.suffix.lower()
@@ -98,6 +120,7 @@ class Recorder:
         self._container: av.container.OutputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._closed = False
+        self._renamed = False
         self._check_path_early()
 
     # -- public API ---------------------------------------------------------------------------
@@ -142,9 +165,12 @@ class Recorder:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         except (av.FFmpegError, OSError) as exc:  # e.g. disk full
+            self._abandon()
             raise RecorderError(f"cannot write frame {self.frames_written} to {self.path}: "
-                                f"{exc}") from exc
+                                f"{_reason(exc)}") from exc
         self.frames_written += 1
+        if self.frames_written == 2:
+            self._rename()  # this write pushed the first frame's fragment out to the kernel
 
     def close(self) -> None:
         """Flush the encoder and finalise the file. Idempotent; later writes are refused."""
@@ -163,7 +189,8 @@ class Recorder:
             finally:
                 container.close()  # writes the last fragment even if the drain failed
         except (av.FFmpegError, OSError) as exc:
-            raise RecorderError(f"cannot finalise {self.path}: {exc}") from exc
+            raise RecorderError(f"cannot finalise {self.path}: {_reason(exc)}") from exc
+        self._rename()  # a one-frame recording is complete only now
         logger.info("recorder {}: closed after {} frames ({:.1f} s)", self.path,
                     self.frames_written, float(self.frames_written / self._rate))
 
@@ -177,6 +204,31 @@ class Recorder:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _rename(self) -> None:
+        if self._renamed:
+            return
+        try:
+            # FFmpeg keeps writing through its open descriptor: the rename moves the name only.
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:
+            self._abandon()
+            raise RecorderError(f"cannot rename {self.partial_path} to {self.path}: "
+                                f"{_reason(exc)}") from exc
+        self._renamed = True
+
+    def _abandon(self) -> None:
+        """After a failed write: no trailer (writing it would fail the same way); FFmpeg
+        lets go of the file, and every fragment written before the failure stays playable."""
+        self._closed = True
+        container, self._container, self._stream = self._container, None, None
+        if container is None:
+            return
+        try:
+            container.close()
+        except (av.FFmpegError, OSError) as exc:
+            logger.debug("recorder {}: releasing the file after the failure: {}", self.path,
+                         exc)
+
     def _check_path_early(self) -> None:
         """Refuse a path that cannot work, without creating anything (that waits for a frame).
 
@@ -185,6 +237,9 @@ class Recorder:
         """
         if self.path.is_dir():
             raise RecorderError(f"cannot record to {self.path}: it is a directory")
+        if self.partial_path.is_dir():
+            raise RecorderError(f"cannot record to {self.path}: {self.partial_path} is a "
+                                "directory")
         ancestor = self.path.parent
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
@@ -208,10 +263,11 @@ class Recorder:
         if self._format == "mp4":
             options["movflags"] = _MOVFLAGS
         try:
-            container = av.open(str(self.path), "w", format=self._format,
+            container = av.open(str(self.partial_path), "w", format=self._format,
                                 container_options=options)
         except (av.FFmpegError, OSError) as exc:
-            raise RecorderError(f"cannot open {self.path} for writing: {exc}") from exc
+            raise RecorderError(f"cannot open {self.path} for writing: {_reason(exc)}") \
+                from exc
         try:
             stream = container.add_stream("libx264", rate=self._rate,
                                           time_base=self._time_base)
@@ -237,3 +293,76 @@ class Recorder:
         logger.info("recorder {}: {}x{}{} at {} fps, libx264 {} crf {}, {}", self.path, ew, eh,
                     cropped, float(self._rate), self._preset, self._crf,
                     "fragmented MP4" if self._format == "mp4" else "MPEG-TS")
+
+
+class RotatingRecorder:
+    """A recording cut into files of ``rotate_s`` seconds of video each; 0: one file.
+
+    ``procedure.mp4`` is written as procedure-0001.mp4, procedure-0002.mp4, ...: each file is a
+    recording of its own (its own header, a keyframe first, times from 0), so it plays, copies
+    and is archived without the others while the next one is written, and a damaged file
+    costs only its own minutes. File k holds the frames timed in [(k-1) rotate_s, k rotate_s)
+    from the recording's start; the numbers run on without a gap even when a stall leaves a
+    span of time without frames. With rotate_s 0 the one file is ``path`` itself.
+
+    The same interface as :class:`Recorder`; ``paths`` lists the files begun, in order.
+    """
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 23,
+                 preset: str = "ultrafast", rotate_s: float = 0.0) -> None:
+        if isinstance(rotate_s, bool) or not isinstance(rotate_s, int | float) \
+                or not math.isfinite(rotate_s) or rotate_s < 0:
+            raise RecorderError(f"rotate_s must be 0 (one file) or a positive number of "
+                                f"seconds, got {rotate_s!r}")
+        self.path = Path(path)
+        self.rotate_s = float(rotate_s)
+        self.paths: list[Path] = []
+        self._fps = fps
+        self._options = (crf, preset)
+        self._frames_before = 0  # frames in the files already closed
+        self._file_start_s: float | None = None  # the current file's first frame, None: none yet
+        self._file_end_s = math.inf
+        # Built now: bad arguments and an unwritable folder fail before the first frame.
+        self._current = Recorder(self._name(1), fps, *self._options)
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames_before + self._current.frames_written
+
+    def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        """As :meth:`Recorder.write`; the frame whose time reaches the current file's end
+        closes it and opens the next."""
+        if time_s is None:
+            time_s = self.frames_written / self._fps
+        if time_s >= self._file_end_s:
+            self._rotate()
+        if self._file_start_s is None:
+            self._file_start_s = time_s
+            if self.rotate_s:
+                self._file_end_s = (time_s // self.rotate_s + 1) * self.rotate_s
+        self._current.write(image, time_s - self._file_start_s)
+        if self._current.frames_written == 1:
+            self.paths.append(self._current.path)
+
+    def close(self) -> None:
+        """Finalise the current file. Idempotent; later writes are refused."""
+        self._current.close()
+
+    def __enter__(self) -> RotatingRecorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _name(self, number: int) -> Path:
+        if not self.rotate_s:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}-{number:04d}{self.path.suffix}")
+
+    def _rotate(self) -> None:
+        done = self._current
+        done.close()  # complete before its successor starts: a kill now finds it whole
+        self._frames_before += done.frames_written
+        self._current = Recorder(self._name(len(self.paths) + 1), self._fps, *self._options)
+        self._file_start_s, self._file_end_s = None, math.inf

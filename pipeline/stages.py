@@ -29,7 +29,7 @@ from orstream.pipeline.describe import DescribeWorker
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle
 from orstream.pipeline.ports import bind_as
-from orstream.pipeline.recorder import Recorder
+from orstream.pipeline.recorder import RecorderError, RotatingRecorder
 from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import Sender
 
@@ -324,17 +324,29 @@ class MaskPublishStage(PublishStage):
 
 
 class RecordStage(Stage):
-    """Records the overlay to H.264 (fragmented MP4 or MPEG-TS)."""
+    """Records the overlay to H.264 (fragmented MP4 or MPEG-TS), a new file every
+    record.rotate_s seconds.
+
+    A recording that fails while the pipeline runs (a full disk, a frame of another size)
+    stops with one error line and takes nothing else down: the displays are what the surgeon
+    is looking at. The stage then goes on taking frames and dropping them, since its input is
+    lossless and a stage that stopped reading would stall render."""
 
     name = "record"
 
     def __init__(self, cfg: PipelineConfig, fps: float) -> None:
         assert cfg.record.path is not None
-        self.recorder = Recorder(cfg.record.path, fps=fps, crf=cfg.record.crf)
+        self.recorder = RotatingRecorder(cfg.record.path, fps=fps, crf=cfg.record.crf,
+                                         rotate_s=cfg.record.rotate_s)
+        self.failed: RecorderError | None = None
+        self.unrecorded = 0  # frames that arrived after the failure
         self._t0_ns: int | None = None
         self._t0_media: float | None = None
 
     def process(self, frame: Frame) -> None:
+        if self.failed is not None:
+            self.unrecorded += 1
+            return
         # Frames carry their time: a replayed recording keeps its own timestamps (even when
         # processed faster or slower than real time), and a live feed that dropped frames
         # still plays at the speed the procedure happened.
@@ -346,10 +358,23 @@ class RecordStage(Stage):
             if self._t0_ns is None:
                 self._t0_ns = frame.t_capture_ns
             time_s = (frame.t_capture_ns - self._t0_ns) / 1e9
-        self.recorder.write(frame.overlay if frame.overlay is not None else frame.image,
-                            time_s=time_s)
+        try:
+            self.recorder.write(frame.overlay if frame.overlay is not None else frame.image,
+                                time_s=time_s)
+        except RecorderError as exc:
+            self.failed = exc
+            self.unrecorded += 1
+            logger.error("recording stopped (at seq {}): {}; what was recorded before it "
+                         "stays playable, and the displays go on without recording",
+                         frame.seq, exc)
+            try:
+                self.recorder.close()  # a refused frame leaves the file open: finalise it
+            except RecorderError as also:  # the error above already said the recording ended
+                logger.debug("record: finalising after the failure: {}", also)
 
     def close(self) -> None:
+        if self.failed is not None:
+            logger.info("record: {} frames not recorded after the failure", self.unrecorded)
         self.recorder.close()
 
 

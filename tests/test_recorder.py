@@ -15,8 +15,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from loguru import logger
 
-from orstream.pipeline.recorder import Recorder, RecorderError
+from orstream.pipeline.config import load_config
+from orstream.pipeline.frame import Frame
+from orstream.pipeline.recorder import Recorder, RecorderError, RotatingRecorder
+from orstream.pipeline.stages import RecordStage
 
 W, H, FPS = 320, 256, 30
 REPO = Path(__file__).resolve().parents[1]
@@ -287,3 +291,84 @@ def test_capture_times_keep_a_recording_with_drops_in_real_time(tmp_path):
     with av.open(str(path)) as container:
         times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
     assert times == pytest.approx([0.0, 0.1, 0.2, 0.2 + 1 / 30, 0.5], abs=1e-6)
+
+
+# ------------------------------------------------------------------ rotation, names, failure
+
+
+def frame_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [float(f.pts * f.time_base) for f in container.decode(video=0)]
+
+
+def test_rotation_writes_numbered_files_each_playable_alone_from_time_0(tmp_path):
+    with RotatingRecorder(tmp_path / "proc.mp4", fps=FPS, rotate_s=1.0) as rec:
+        for i in range(75):  # 2.5 s
+            rec.write(gradient(i), time_s=i / FPS)
+        for i in range(3):  # a stall: nothing from 2.5 to 5.2 s, then three frames
+            rec.write(gradient(i), time_s=5.2 + i / FPS)
+    names = ["proc-0001.mp4", "proc-0002.mp4", "proc-0003.mp4", "proc-0004.mp4"]
+    assert [p.name for p in rec.paths] == names  # numbered on without a gap
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no proc.mp4, no .part
+    assert rec.frames_written == 78
+    for name, count in zip(names, [30, 30, 15, 3], strict=True):
+        stream, frames = decode(tmp_path / name)
+        assert len(frames) == count and frames[0].key_frame, name
+        assert frame_times(tmp_path / name) == pytest.approx([i / FPS for i in range(count)],
+                                                             abs=1e-3), name
+
+
+def test_rotate_s_0_is_one_file_under_the_name_given_and_bad_values_are_refused(tmp_path):
+    with RotatingRecorder(tmp_path / "one.ts", fps=FPS) as rec:
+        for i in range(40):
+            rec.write(gradient(i))
+    assert [p.name for p in tmp_path.iterdir()] == ["one.ts"] and rec.paths == [
+        tmp_path / "one.ts"]
+    assert len(decode(tmp_path / "one.ts")[1]) == 40
+    for bad in (-1, float("inf"), float("nan"), True):
+        with pytest.raises(RecorderError, match="rotate_s"):
+            RotatingRecorder(tmp_path / "x.mp4", fps=FPS, rotate_s=bad)
+    with pytest.raises(ValueError, match=r"record\.rotate_s"):
+        load_config(None, ["record.rotate_s=-5"])
+
+
+def test_a_file_takes_its_name_only_once_a_frame_of_it_plays(tmp_path):
+    """Killed in its first frames, a file leaves NAME.part, never a NAME that players refuse."""
+    path = tmp_path / "a.mp4"
+    part = tmp_path / "a.mp4.part"
+    rec = Recorder(path, fps=FPS)
+    rec.write(gradient(0))
+    assert part.exists() and not path.exists()  # a header, the first frame not yet out
+    rec.write(gradient(1))
+    assert path.exists() and not part.exists()
+    assert len(surviving_frame_times(path)) == 1  # plays while still being written
+    rec.close()
+    assert len(decode(path)[1]) == 2
+
+    one = Recorder(tmp_path / "b.mp4", fps=FPS)
+    one.write(gradient(0))
+    one.close()  # a one-frame recording is complete at close
+    assert [p.name for p in tmp_path.glob("b.mp4*")] == ["b.mp4"]
+    assert len(decode(tmp_path / "b.mp4")[1]) == 1
+
+
+def test_a_failing_recording_stops_with_one_error_and_keeps_taking_frames(tmp_path):
+    """A camera that changes size mid-procedure: the recording stops (one error line), what
+    it holds is finalised, and the stage keeps draining its lossless input so render never
+    waits on it. (A full disk takes the same path: tests/test_recording_faults.py.)"""
+    path = tmp_path / "r.mp4"
+    stage = RecordStage(load_config(None, record__path=str(path)), fps=FPS)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
+    try:
+        for seq in range(20):
+            image = gradient(seq) if seq < 10 else gradient(seq, width=W // 2, height=H // 2)
+            frame = Frame("or-1", seq, seq * 33_333_333, 0, image)
+            stage.process(frame)
+        stage.close()
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and re.match(r"recording stopped \(at seq 10\): frame 10 of .*r\.mp4 "
+                                        r"is 160x128, but the first frame was 320x256", lines[0])
+    assert stage.unrecorded == 10
+    assert len(decode(path)[1]) == 10
