@@ -270,6 +270,29 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 1 if "error" in reply else 0
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    import os
+    import threading
+
+    from orstream.pipeline.web import WebOptions, serve
+    from orstream.pipeline.web.access import TOKEN_ENV
+
+    opts = WebOptions(args.endpoint, listen=args.listen, ask=args.ask,
+                      curve=_client_curve(args, "web", "the publisher's"),
+                      token=args.token or os.environ.get(TOKEN_ENV) or None,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
+                      quality=args.quality, stall_warn_s=args.stall)
+    stop = threading.Event()
+    _install_signal_handlers(stop.set)
+
+    def listening(url: str) -> None:  # called once bound: never of a port that is taken
+        hint = "?token=YOUR_TOKEN" if opts.token else ""
+        print(f"serving {url}{hint}  (open it in a browser; Ctrl-C stops)", flush=True)
+
+    serve(opts, stop, listening)
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from orstream.pipeline.security import make_keys
 
@@ -389,6 +412,8 @@ EXAMPLES = """examples:
                                                  a network camera, recorded
   orstream replay procedure.mp4 --mode lossless  every frame of a recording
   orstream view tcp://127.0.0.1:5600             watch a pipeline's overlay
+  orstream web tcp://127.0.0.1:5600 --ask tcp://127.0.0.1:5601
+                                                 watch it in a browser (http://127.0.0.1:8080/)
   orstream ask tcp://127.0.0.1:5601 "is there smoke?"
                                                  ask the scene-describing model
   orstream run --port-base 5700                  a second pipeline on the same host
@@ -555,6 +580,30 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("--server-key", dest="server_key", type=Path,
                     help="CurveZMQ: the pipeline's public NAME.key")
     ak.set_defaults(func=_cmd_ask)
+
+    wb = sub.add_parser("web", help="browser display: the overlay, caption, latency and "
+                        "questions in a web page")
+    wb.add_argument("endpoint", help="the publisher, e.g. tcp://127.0.0.1:5600")
+    wb.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="where the page is served (default 127.0.0.1:8080, this machine "
+                         "only; any other address needs --tls-cert/--tls-key and a token)")
+    wb.add_argument("--ask", metavar="ENDPOINT",
+                    help="the pipeline's describe.ask_endpoint (e.g. tcp://127.0.0.1:5601): "
+                         "questions from the page")
+    wb.add_argument("--token", help="required in the page's URL (?token=...) and by its "
+                    "WebSocket and API (default $ORSTREAM_WEB_TOKEN)")
+    wb.add_argument("--tls-cert", dest="tls_cert", type=Path, help="HTTPS: PEM certificate")
+    wb.add_argument("--tls-key", dest="tls_key", type=Path, help="HTTPS: its PEM private key")
+    wb.add_argument("--insecure", action="store_true",
+                    help="serve off loopback without TLS or token (logged as a warning)")
+    wb.add_argument("--quality", type=int, default=80, choices=range(30, 101),
+                    metavar="30-100", help="JPEG quality (default 80)")
+    wb.add_argument("--stall", type=float, default=2.0, metavar="S",
+                    help="warn when no frame came for S seconds (default 2)")
+    wb.add_argument("--key", type=Path, help="CurveZMQ: your NAME.key_secret")
+    wb.add_argument("--server-key", dest="server_key", type=Path,
+                    help="CurveZMQ: the publisher's public NAME.key")
+    wb.set_defaults(func=_cmd_web)
 
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key, NAME.key_secret)")
     keys.add_argument("dir", type=Path)

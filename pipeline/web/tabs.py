@@ -1,0 +1,100 @@
+"""One browser tab: what it was sent, what it painted, and how far it may run ahead.
+
+Flow control is the page's answer, not the socket's: the page answers every frame once it
+is done with it (painted, or superseded by a newer one before it could be), and the server
+sends a tab a frame only while fewer than `window` of its frames are unanswered. A tab whose
+page stalls (a busy script, a hidden tab that paints nothing, a suspended laptop, a dead
+connection) is therefore sent nothing after `window` frames, instead of filling the socket
+buffers with seconds of video that it would then show late; when it answers again it gets
+the newest frame, and the frames it missed are counted as skipped. Two frames in flight let
+the next frame travel and decode while the page paints the last one.
+
+The page also reports each frame it painted with its capture-to-painted latency (capture
+wall clock in the header to the first animation frame after drawImage), kept here for
+/api/stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from orstream.pipeline.web.hub import SAMPLES, percentiles
+
+WINDOW = 2  # frames in flight per tab: one being decoded, one on the way
+
+
+@dataclass(eq=False)
+class Tab:
+    id: int
+    peer: str  # the client's address, for the log (never anything from the picture)
+    window: int = WINDOW
+    opened_at: float = field(default_factory=time.monotonic)
+    sent: int = 0  # frames sent
+    skipped: int = 0  # frames received between two sent to this tab (see skipped_now)
+    last_index: int = 0  # server receipt index of the last frame sent (0: none yet)
+    last_seq: int | None = None  # seq of the last frame sent
+    in_flight: int = 0  # sent and not yet acknowledged
+    painted: int = 0  # frames the page says it painted
+    painted_seq: int | None = None  # the last of them
+    page_dropped: int = 0  # arrived at the page, superseded before it could paint them
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    arrived_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # capture
+    # to the message's arrival at the page: the rest of latencies_ms is decoding and painting
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set: may be sent a frame
+    telling: asyncio.Task | None = None  # the last figures message being sent to it
+
+    def __post_init__(self) -> None:
+        self.room.set()
+
+    def sending(self, index: int, seq: int) -> None:
+        """Account for the frame of receipt `index` about to be sent."""
+        if self.last_index:
+            self.skipped += index - self.last_index - 1
+        self.last_index, self.last_seq = index, seq
+        self.sent += 1
+        self.in_flight += 1
+        if self.in_flight >= self.window:
+            self.room.clear()
+
+    def acked(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.in_flight < self.window:
+            self.room.set()
+
+    def painted_report(self, seq: object, latency_ms: object, dropped: object,
+                       arrived_ms: object = None) -> None:
+        """A page's report of one painted frame; values a page made up are ignored."""
+        if type(seq) is not int or not _plausible(latency_ms):
+            return
+        self.painted += 1
+        self.painted_seq = seq
+        self.latencies_ms.append(float(latency_ms))
+        if _plausible(arrived_ms):
+            self.arrived_ms.append(float(arrived_ms))
+        if type(dropped) is int and dropped >= self.page_dropped:
+            self.page_dropped = dropped
+
+    def skipped_now(self, received: int) -> int:
+        """Frames this server received after the tab's first that it was not sent: those
+        passed over between its frames, and, while it has no room, those since its last
+        (a tab with room is being sent the newest)."""
+        waiting = received - self.last_index if self.last_index and not self.room.is_set() \
+            else 0
+        return self.skipped + waiting
+
+    def to_json(self, received: int) -> dict:
+        return {"id": self.id, "connected_s": round(time.monotonic() - self.opened_at, 1),
+                "sent": self.sent, "skipped": self.skipped_now(received),
+                "in_flight": self.in_flight,
+                "last_seq": self.last_seq, "painted": self.painted,
+                "painted_seq": self.painted_seq, "page_dropped": self.page_dropped,
+                "latency_ms": percentiles(self.latencies_ms),
+                "arrived_ms": percentiles(self.arrived_ms)}
+
+
+def _plausible(ms: object) -> bool:
+    """A number of ms a latency can be (a clock jump or nonsense is not one)."""
+    return isinstance(ms, int | float) and not isinstance(ms, bool) and -60_000 < ms < 600_000
