@@ -195,8 +195,11 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
                         on_publishing=publishing)
     _install_signal_handlers(pipeline.request_stop)
     result = pipeline.run()  # a failed stage raises PipelineError: main() reports it
-    logger.info("{} frames in {:.1f} s, {} dropped, {} rejected", result.frames_out,
-                result.elapsed_s, result.dropped, result.rejected)
+    outages = (f", source down {result.source_reconnects} time(s) for "
+               f"{result.source_outage_s:.1f} s (~{result.source_missed} frames missed)"
+               if result.source_reconnects else "")
+    logger.info("{} frames in {:.1f} s, {} dropped, {} rejected{}", result.frames_out,
+                result.elapsed_s, result.dropped, result.rejected, outages)
     return 0
 
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,13 +42,17 @@ from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.leftovers import sweep_dead
 from orstream.pipeline.ports import endpoint_in_use, in_use
 from orstream.pipeline.security import Curve
-from orstream.pipeline.transport import context, normalize_endpoint
+from orstream.pipeline.transport import RateLimitedLog, context, normalize_endpoint
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
+# What the socket itself takes: up to here a longer request is answered (and counted) as too
+# long; beyond, ZeroMQ drops the connection unread, so no peer can make us buffer megabytes.
+ASK_SOCKET_MAX_BYTES = 64 * 1024
 ASK_WAIT_S = 4.0  # the REP side gives up on the describe thread after this (`ask`: 5 s)
 WORKER_START_S = 120.0  # torch import + weights, on a loaded 2-core machine
 WORKER_REPLY_S = 30.0  # one caption takes tens of ms; this long means the worker is stuck
 STOP_WAIT_S = 1.0  # a stopping worker gets this long to exit before it is killed
+CAPTION_TIMES_KEPT = 1000  # caption times kept for the log: ~17 min at 1 Hz, bounded
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -176,7 +181,11 @@ class DescribeWorker:
         self.cfg = cfg
         self.captions = 0  # captions made
         self.answers = 0  # questions answered
-        self.caption_ms: list[float] = []  # time per caption, for the log and benchmarks
+        self.rejected: Counter[str] = Counter()  # reason -> requests refused unanswered
+        self._log = RateLimitedLog()
+        # Time per caption of the last CAPTION_TIMES_KEPT, for the log's p50: a list of
+        # every one grew for as long as the pipeline ran (found by benchmarks/soak.py).
+        self.caption_ms: deque[float] = deque(maxlen=CAPTION_TIMES_KEPT)
         self._cond = threading.Condition()
         self._newest: Frame | None = None
         self._offered = 0  # frames offered since the last caption (every_frames)
@@ -194,7 +203,7 @@ class DescribeWorker:
             endpoint = normalize_endpoint(cfg.ask_endpoint)
             socket = context().socket(zmq.REP)
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.MAXMSGSIZE, ASK_MAX_BYTES)
+            socket.setsockopt(zmq.MAXMSGSIZE, ASK_SOCKET_MAX_BYTES)
             socket.setsockopt(zmq.RCVTIMEO, 200)  # how often the ask thread checks for stop
             try:
                 if curve is not None:
@@ -257,8 +266,9 @@ class DescribeWorker:
             self._socket = None
         if self.captions:
             ms = sorted(self.caption_ms)
-            logger.info("describe: {} captions (p50 {:.0f} ms), {} questions answered",
-                        self.captions, ms[len(ms) // 2], self.answers)
+            logger.info("describe: {} captions (p50 {:.0f} ms of the last {}), {} questions "
+                        "answered",
+                        self.captions, ms[len(ms) // 2], len(ms), self.answers)
 
     # ------------------------------------------------------------------ describe thread
 
@@ -353,8 +363,8 @@ class DescribeWorker:
             t0 = time.monotonic()
             try:
                 text = describer.answer(frame.image, question.text)
-            except ValueError as exc:
-                question.reply = {"error": str(exc)}
+            except ValueError as exc:  # the model refuses this question (too long, say)
+                question.reply = self._refuse("model_refused", str(exc))
             except Exception as exc:  # the worker died: say so, then stop describing
                 question.reply = {"error": f"the describe model failed: {exc}"}
                 question.done.set()
@@ -373,27 +383,40 @@ class DescribeWorker:
         assert socket is not None
         while not self._stop.is_set():
             try:
-                raw = socket.recv()
+                # Every part: REP answers only once the whole request is read, and a reply
+                # to half a request fails (EFSM), which would end this thread.
+                parts = socket.recv_multipart()
             except zmq.Again:
                 continue
             except zmq.ZMQError:
                 break  # closed
-            reply = self._reply_to(raw)
+            reply = (self._reply_to(parts[0]) if len(parts) == 1 else
+                     self._refuse("bad_framing", f"{len(parts)} parts; a question is one"))
             try:
                 socket.send(json.dumps(reply).encode())
             except zmq.ZMQError:
                 break
 
+    def _refuse(self, reason: str, error: str) -> dict:
+        """Count a request refused unanswered (a peer's fault, not the model's) and say why."""
+        self.rejected[reason] += 1
+        self._log.warn(reason, f"ask on {self.endpoint} refused a request ({reason}: "
+                       f"{error[:80]}); total refused: {sum(self.rejected.values())}")
+        return {"error": error}
+
     def _reply_to(self, raw: bytes) -> dict:
+        if len(raw) > ASK_MAX_BYTES:
+            return self._refuse("oversize", f"the question is too long: the request is "
+                                f"{len(raw)} bytes, at most {ASK_MAX_BYTES}")
         try:
             request = json.loads(raw)
-            text = request["question"]
-            if type(text) is not str:
-                raise TypeError
-        except (ValueError, TypeError, KeyError, RecursionError):
-            return {"error": 'expected JSON {"question": "..."}'}
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON; nested too deep
+            return self._refuse("bad_json", 'expected JSON {"question": "..."}')
+        text = request.get("question") if type(request) is dict else None
+        if type(text) is not str:
+            return self._refuse("bad_question", 'expected JSON {"question": "..."}')
         if not text.strip():
-            return {"error": EMPTY_QUESTION}
+            return self._refuse("empty_question", EMPTY_QUESTION)
         if not self.ready.is_set():  # say so now: the asker's timeout is about as long
             return {"error": "the describe model is still loading (seconds after start); "
                              "ask again"}

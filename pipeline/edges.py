@@ -80,9 +80,10 @@ def _open(graph: Graph, edge: Edge, stream: str, max_bytes: int, curve: Curve | 
     if here_c:
         # One receiving process serves the streams its endpoint names: its own.
         endpoint = edge.endpoint.replace("{stream}", stream)
+        # Every stage works on the picture: a frame without one is rejected on receipt.
         receiver = bind_as(key, endpoint, lambda: Receiver(
             endpoint, edge.mode, hwm=edge.hwm, max_bytes=max_bytes, name=edge.name,
-            bind=edge.receiver_binds, curve=curve))
+            bind=edge.receiver_binds, curve=curve, require=("image",)))
         sockets.receivers[edge.name] = (ReorderingReceiver(receiver, edge.reorder_ms)
                                         if edge.reorder_ms else receiver)
     if here_p:

@@ -37,6 +37,10 @@ class Frame:
     # several segment workers frames arrive out of order; this tells render which frame comes
     # next, so a seq gap left by a live drop is not waited for.
     prev_seq: int | None = None
+    # Which run of the capture numbered `seq`: its start, wall-clock ns (None: not known).
+    # seq counts from 0 again when the capture starts again; a display that outlives the
+    # publisher tells the new run from the old by this, whatever seq it joins at.
+    run: int | None = None
     trace: list[tuple[str, int, int]] = field(default_factory=list)
     # Not on the wire: how far this host moved the frame's monotonic times on receipt
     # (0: sent from this host). Non-zero latencies are only as good as the hosts' clock sync.

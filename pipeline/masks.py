@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +25,16 @@ import cv2
 import numpy as np
 
 from orstream.pipeline.frame import Caption, Frame
-from orstream.pipeline.wire import TOPIC_PREFIX, VERSION, WireError, topic
+from orstream.pipeline.wire import (
+    INT32,
+    INT64,
+    STREAM_ID,
+    TOPIC_PREFIX,
+    VERSION,
+    WireError,
+    finite_number,
+    topic,
+)
 
 KIND = "mask"
 ENCODING = "rle"
@@ -41,9 +48,6 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 # Douglas-Peucker tolerance in label pixels: outlines stay within about one label pixel of
 # the map's boundary (4 image pixels at 1080p), with a few dozen points per instrument.
 EPSILON_LABEL_PX = 1.0
-STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-INT64 = 1 << 63  # seq and times: 0 <= value < 2^63, a C client's int64_t
-INT32 = 1 << 31  # sizes and pixel coordinates: 0 <= value < 2^31, int32_t
 JSON_SPACE = " \t\n\r"
 
 Region = tuple[int, int, int, int]
@@ -79,6 +83,7 @@ class MaskMessage:
     caption: Caption | None = None
     media_s: float | None = None
     trace: list[tuple[str, int, int]] = field(default_factory=list)
+    run: int | None = None  # the capture run that numbered seq (Frame.run)
 
 
 def message_bytes(message: Sequence[Any]) -> int:
@@ -199,6 +204,7 @@ def encode(frame: Frame, classes: dict[str, Any] | None = None) -> list[bytes]:
             "text": frame.caption.text, "seq": frame.caption.seq,
             "t_capture_ns": frame.caption.t_capture_ns},
         "trace": [list(t) for t in frame.trace],
+        "run": frame.run,
     }
     return [topic(frame.stream, KIND), _ENCODER.encode(header).encode(), *buffers]
 
@@ -358,7 +364,7 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
     if not _ints(image, 2, 1):
         raise WireError("bad_header", f"image must be [H, W], got {image!r}")
     media_s = header.get("media_s")
-    if media_s is not None and (type(media_s) not in (int, float) or not math.isfinite(media_s)):
+    if media_s is not None and not finite_number(media_s):
         raise WireError("bad_header", "media_s must be a number or null")
     classes = _classes(header.get("classes"))
     num_classes = 256 if classes is None else len(classes["names"])
@@ -369,6 +375,10 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
         caption=_caption(header.get("caption")),
         media_s=None if media_s is None else float(media_s),
         trace=_trace(header.get("trace", [])))
+    run = header.get("run")
+    if run is not None and not _time(run):
+        raise WireError("bad_header", "run must be an integer in [0, 2^63), or null")
+    result.run = run
     if "labels" not in header:
         raise WireError("bad_header", "missing field 'labels' (null when segmentation is off)")
     desc = header["labels"]

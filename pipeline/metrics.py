@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from orstream.pipeline.executor import Executor
+from orstream.pipeline.sources import SourceState
 from orstream.pipeline.stages import LatencyWindow
 
 
@@ -27,6 +28,13 @@ class RunResult:
     rebased: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # stream id -> frames processed
     dropped_by_stream: dict[str, int] = field(default_factory=dict)  # stream id -> frames lost
+    # A live source that dropped out and came back (network stream, camera), where capture
+    # ran here: outages recovered from, seconds without frames in them, and the frames the
+    # source would have given meanwhile at its nominal rate (not in `dropped`: no seq was
+    # ever given to them)
+    source_reconnects: int = 0
+    source_outage_s: float = 0.0
+    source_missed: int = 0
 
 
 class Metrics:
@@ -59,8 +67,11 @@ class Metrics:
         return {name: dict(node.inputs[0].stats.rejected)
                 for name, node in self.executor.nodes.items() if node.inputs}
 
-    def result(self, elapsed_s: float, captions: int = 0) -> RunResult:
+    def result(self, elapsed_s: float, captions: int = 0,
+               source: SourceState | None = None) -> RunResult:
+        """What the run did; `source`: the state of the source captured here, if any."""
         ex = self.executor
+        source = source or SourceState()
         stages = {n: node for n, node in ex.nodes.items() if node.inputs}
         first = stages.get("segment") or stages.get("render")
         return RunResult(
@@ -72,7 +83,9 @@ class Metrics:
             streams=dict(first.by_stream) if first is not None else {},
             dropped_by_stream=(dict(first.inputs[0].stats.lost_by_stream)
                                if first is not None and not (first.name == "segment"
-                                                             and self.dealt_out) else {}))
+                                                             and self.dealt_out) else {}),
+            source_reconnects=source.reconnects, source_outage_s=source.outage_s,
+            source_missed=source.missed)
 
 
 class StatusLog:

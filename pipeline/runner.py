@@ -166,7 +166,8 @@ class Pipeline:
             if self._source is not None:
                 self._source.close()
             captions = self.describe.captions if self.describe is not None else 0
-            self.result = self.metrics.result(time.monotonic() - started, captions)
+            state = self._source.state if self._source is not None else None
+            self.result = self.metrics.result(time.monotonic() - started, captions, state)
         return self.result
 
     def _close_unstarted(self, sockets: EdgeSockets | None) -> None:

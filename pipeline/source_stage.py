@@ -4,6 +4,7 @@ asked, the timecode burnt in."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from loguru import logger
@@ -31,12 +32,14 @@ class CaptureStage:
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         self._capture = CaptureThread(self.source)
+        run = time.time_ns()  # this run's seqs, from 0 (Frame.run)
         with self._capture:
             for item in self._capture.frames(stop):
                 # seq is the source's index: frames the source produced but nobody took
                 # (replaced in the capture holder, or late) show downstream as seq gaps and
                 # are counted as dropped with the rest.
                 frame = _frame_of(self.stream, item)
+                frame.run = run
                 if self.timecode:
                     # Here, once seq and both capture times are final: the code carries
                     # exactly the header's values, and its cost counts as capture.

@@ -65,6 +65,13 @@ if TYPE_CHECKING:
 
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: zmq.Context | None = None
+# ZMTP heartbeats on every connection: a peer that vanished without closing it (its host
+# powered off or rebooted, a cable pulled: no FIN ever comes) is dropped once nothing at
+# all (frames or PONGs) came for HEARTBEAT_TIMEOUT_MS after a PING, and a connecting side
+# (a display) then reconnects by itself, so it finds the publisher again when it is back.
+# Without them a SUB waits on the dead connection forever. A PING is a few bytes a second.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 4000
 
 
 def context() -> zmq.Context:
@@ -168,6 +175,8 @@ def _attach(socket: zmq.Socket, endpoint: str, bind: bool,
             curve: Curve | None) -> BoundFile | None:
     """Bind or connect `socket` (closed again on failure); the socket file a bind made."""
     try:
+        socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         if curve is not None:
             curve.apply(socket, endpoint, bind)
         if not bind:
@@ -385,11 +394,16 @@ class Receiver(_Side):
 
     def __init__(self, endpoint: str, mode: Mode = "latest", hwm: int = 8,
                  max_bytes: int = wire.DEFAULT_MAX_BYTES, stream: str | None = None,
-                 name: str = "receiver", bind: bool = False, curve: Curve | None = None) -> None:
+                 name: str = "receiver", bind: bool = False, curve: Curve | None = None,
+                 require: tuple[str, ...] = ()) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self.mode = mode
         self.max_bytes = max_bytes
         self.name = name
+        # Parts a frame must carry to be of use here (a stage's input: "image"). A valid
+        # message without them is rejected (`missing_part`), not handed to a stage that
+        # would fail on it and stop the pipeline.
+        self.require = require
         self.stats = ReceiverStats()
         self._last_seq: dict[str, int] = {}
         self._open(hwm, stream, bind, curve)
@@ -478,10 +492,16 @@ class ZmqReceiver(Receiver):
 
     def _decode(self, message: list[zmq.Frame]) -> Frame | None:
         try:
-            return wire.decode(message, self.max_bytes, self._shm)
+            frame = wire.decode(message, self.max_bytes, self._shm)
         except wire.WireError as exc:
             self._reject(exc.reason, str(exc))
             return None
+        for name in self.require:
+            if getattr(frame, name) is None:
+                self._reject("missing_part", f"missing_part: frame {frame.seq} has no "
+                             f"{name!r} part")
+                return None
+        return frame
 
     def _reject(self, reason: str, detail: str) -> None:
         self.stats.rejected[reason] += 1
@@ -491,11 +511,9 @@ class ZmqReceiver(Receiver):
     def recv(self, timeout_ms: int = 100) -> Frame | None:
         if self.mode == "latest" and self._pending:
             self._drain()  # frames of other streams are waiting: no need to block
-            waiting = self._take()
+            waiting = self._take_accepted()
             if waiting is not None:
-                waiting = self._accept(waiting)
-                if waiting is not None:
-                    return waiting
+                return waiting
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
@@ -507,13 +525,23 @@ class ZmqReceiver(Receiver):
                 if frame is not None:
                     self._keep(frame)
                 self._drain()
-                frame = self._take()
-            if frame is not None:
+                frame = self._take_accepted()
+            elif frame is not None:
                 frame = self._accept(frame)
-                if frame is not None:
-                    return frame
+            if frame is not None:
+                return frame
             if time.monotonic() >= deadline:
                 return None
+
+    def _take_accepted(self) -> Frame | None:
+        """The waiting frame captured longest ago that the consumer can have. One refused
+        on the way (a shm:// slot reused before it was read) is counted and the next one
+        taken: the frames behind it must not wait for another message or the timeout."""
+        while self._pending:
+            frame = self._accept(self._take())  # type: ignore[arg-type]  # pending: not None
+            if frame is not None:
+                return frame
+        return None
 
     def _keep(self, frame: Frame) -> None:
         if frame.stream in self._pending:

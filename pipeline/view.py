@@ -8,6 +8,12 @@ nothing (not running, or secured and this viewer without the key: a CurveZMQ han
 fails is silent) or stops mid-stream is warned about after `stall_warn_s`; figures of no
 frames are None (JSON null), never 0.
 
+A publisher that is restarted under the viewer is picked up again without restarting it:
+ZeroMQ reconnects by itself (heartbeats drop a connection whose peer vanished without
+closing it), a new capture run (the header's `run`, seq from 0) is counted as a restart
+(pipeline/continuity.py), never as frames out of order or a seq gap, and the silence it
+caused is reported as a gap, as is any other silence of `stall_warn_s` or more.
+
 `--measure` reads the timecode burnt into the picture (pipeline/timecode.py) back from the
 pixels about to be shown, after the viewer's resize and colour conversion, and reports
 capture to display from it: the software part of glass to glass, measured the way a camera
@@ -26,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,9 +42,11 @@ import numpy as np
 from loguru import logger
 
 from orstream.pipeline import timecode
+from orstream.pipeline.continuity import SeqTracker
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import Receiver
+from orstream.pipeline.wire import DEFAULT_MAX_BYTES
 
 Clock = Literal["monotonic", "wall"]
 
@@ -122,9 +131,12 @@ class ViewSummary:
     frames: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    increasing: bool = True  # seq strictly increased from frame to frame
+    increasing: bool = True  # seq strictly increased from frame to frame within each run
+    restarts: int = 0  # times the publisher started again (seq fell back, time went on)
+    gaps_s: list[float] = field(default_factory=list)  # silences: a stall or a restart
     dropped: int = 0
     rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # PROTOCOL.md's keys
     latencies_ms: list[float] = field(default_factory=list)  # capture to receipt, header
     saved: int = 0
     glass: GlassMeter | None = None  # --measure
@@ -137,8 +149,13 @@ class ViewSummary:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "seq_strictly_increasing": self.increasing,
+            "publisher_restarts": self.restarts,
+            "gaps": {"count": len(self.gaps_s),
+                     "longest_s": round(max(self.gaps_s), 3) if self.gaps_s else None,
+                     "total_s": round(sum(self.gaps_s), 3)},
             "dropped": self.dropped,
             "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "saved": self.saved,
             "latency_ms": _percentiles(self.latencies_ms),
         }
@@ -214,14 +231,20 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
          save_every: int = 30, window: bool | None = None, timeout_s: float | None = None,
          stop: threading.Event | None = None, quiet: bool = False, measure: bool = False,
          clock: Clock = "monotonic", size: tuple[int, int] | None = None,
-         curve: Curve | None = None, stall_warn_s: float = STALL_WARN_S) -> ViewSummary:
+         curve: Curve | None = None, stall_warn_s: float = STALL_WARN_S,
+         on_frame: Callable[[Frame], None] | None = None,
+         max_bytes: int = DEFAULT_MAX_BYTES) -> ViewSummary:
     """Receive until `frames` frames arrived, `timeout_s` passed without any, or `stop`.
 
     measure: read the timecode from each picture as displayed (after resizing to `size`,
     (W, H), and converting to the window's BGR) and report capture to display from it, on
     `clock` (monotonic: same host; wall: across hosts, as good as the clocks' agreement).
     stall_warn_s: warn once when no frame came for this long (none yet, or none since the
-    last), and say when frames come again.
+    last), and say when frames come again; such a silence, or the one before a publisher's
+    restart, is a gap in the summary.
+    on_frame: called with each frame received, once it was shown (an application embedding
+    the viewer, or a harness that must know what arrived).
+    max_bytes: a larger message is rejected (`oversize`) unread.
     """
     stop = stop or threading.Event()
     show = has_gui() if window is None else window
@@ -230,9 +253,11 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
     summary = ViewSummary(glass=GlassMeter(clock) if measure else None)
     display = _Display(f"orstream {endpoint}", show, save, save_every, size)
     second = _Window()
+    seqs = SeqTracker()
     started = last_frame_at = time.monotonic()
     stalled = False  # warned about the current silence
-    with Receiver(endpoint, "latest", name="view", curve=curve) as receiver:
+    with Receiver(endpoint, "latest", name="view", curve=curve,
+                  max_bytes=max_bytes) as receiver:
         logger.info("viewing {} ({}{})", receiver.endpoint, "window" if show else "headless",
                     ", measuring capture to display from the picture" if measure else "")
         while not stop.is_set() and (frames is None or summary.frames < frames):
@@ -249,14 +274,22 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                                    f"no frames for {silent_s:.0f} s from {endpoint} (the "
                                    f"publisher stopped or stalls)")
             else:
-                if stalled:
-                    stalled = False
-                    logger.info("frames again from {} after {:.1f} s", endpoint,
-                                now - last_frame_at)
+                silent_s = now - last_frame_at
+                step = seqs.step(frame.stream, frame.seq, frame.t_wall_ns, frame.run)
+                if step.kind == "restart":
+                    summary.restarts += 1
+                    logger.warning("the publisher of {} restarted (seq {} after {}): frames "
+                                   "again after {:.1f} s", frame.stream, frame.seq,
+                                   summary.last_seq, silent_s)
+                elif stalled:
+                    logger.info("frames again from {} after {:.1f} s", endpoint, silent_s)
+                if summary.frames and (stalled or step.kind == "restart"):
+                    summary.gaps_s.append(silent_s)
+                stalled = False
                 last_frame_at = now
                 # Capture to receipt, on the monotonic clock: meaningful on one host.
                 latency = (time.monotonic_ns() - frame.t_capture_ns) / 1e6
-                if summary.last_seq is not None and frame.seq <= summary.last_seq:
+                if step.kind == "stale":
                     summary.increasing = False
                 if summary.first_seq is None:
                     summary.first_seq = frame.seq
@@ -266,7 +299,11 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                 second.count += 1
                 second.latency.append(latency)
                 picture = frame.overlay if frame.overlay is not None else frame.image
-                if picture is not None and display.present(frame, picture, summary, second):
+                quit_key = picture is not None and display.present(frame, picture, summary,
+                                                                   second)
+                if on_frame is not None:
+                    on_frame(frame)
+                if quit_key:
                     break  # q or Esc in the window
             if now - second.start >= 1.0:
                 if not quiet:
@@ -274,6 +311,7 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                 second = _Window()
         summary.dropped = receiver.dropped
         summary.rejected = sum(receiver.stats.rejected.values())
+        summary.rejected_by_reason = dict(receiver.stats.rejected)
         summary.elapsed_s = time.monotonic() - started
     if show:
         cv2.destroyAllWindows()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,19 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a 4K frame with overlay and labels fits;
 # the frame path runs with cold caches (the 6 MB frame has just gone through them), so each
 # Python layer skipped is worth microseconds per hop.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-_DECODER = json.JSONDecoder()
+# Stream ids are names in topics, and in endpoints that a shared stage opens per stream
+# ("{stream}" templates): only these characters, so a peer cannot name a path or a port.
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+INT64 = 1 << 63  # seq and times: 0 <= value < 2^63, a C client's int64_t (and numpy's)
+INT32 = 1 << 31  # sizes and pixel coordinates: 0 <= value < 2^31, int32_t
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json accepts them
+
+
+# parse_constant runs only for NaN/Infinity, so the frame path pays nothing for it.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class WireError(ValueError):
@@ -88,6 +101,7 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
         "trace": [list(t) for t in frame.trace],
         "media_s": frame.media_s,
         "prev_seq": frame.prev_seq,
+        "run": frame.run,
         # Lets a receiver on another host bring the monotonic times into its own clock.
         "wall_minus_mono_ns": clock_offset_ns(),
         "caption": None if frame.caption is None else {
@@ -122,6 +136,13 @@ def _rebase(frame: Frame, remote_offset: int) -> None:
     shift = remote_offset - clock_offset_ns()
     if abs(shift) < SAME_HOST_NS:
         return
+    # Sent on, a time outside int64 would be refused by the next hop: refuse it here.
+    if not (_time(frame.t_capture_ns + shift)
+            and all(_time(t_in + shift) and _time(t_out + shift)
+                    for _, t_in, t_out in frame.trace)
+            and (frame.caption is None or _time(frame.caption.t_capture_ns + shift))):
+        raise WireError("bad_header", f"wall_minus_mono_ns {remote_offset} puts the times "
+                        "outside [0, 2^63) in this host's clock")
     frame.t_capture_ns += shift
     frame.clock_shift_ns = shift
     frame.trace = [(stage, t_in + shift, t_out + shift) for stage, t_in, t_out in frame.trace]
@@ -140,13 +161,34 @@ def _require(header: dict, key: str, kind: type) -> Any:
     return value
 
 
+def _time(value: Any) -> bool:
+    """A seq or a time: a JSON integer in [0, 2^63). Stages do arithmetic with them and
+    carry them in int64 (numpy, timecode, recordings): a larger one would fail there."""
+    return type(value) is int and 0 <= value < INT64
+
+
+def finite_number(value: Any) -> bool:
+    """A JSON number a float holds: finite, and an integer within int64 (math.isfinite of a
+    400-digit integer raises OverflowError, and so would float() of it later)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and -INT64 <= value < INT64
+
+
+def _require_time(header: dict, key: str) -> int:
+    value = _require(header, key, int)
+    if not 0 <= value < INT64:
+        raise WireError("bad_header", f"field {key!r} is not in [0, 2^63)")
+    return value
+
+
 def _parse_header(raw: Any) -> Any:
     """UTF-8 JSON text -> object. The compact object every encoder writes goes straight to the
     decoder's scanner; anything else (leading whitespace, say) takes json.loads' full path."""
     try:
         text = bytes(raw).decode()
         if not text.startswith("{"):
-            return json.loads(text)
+            return _DECODER.decode(text)
         header, end = _DECODER.raw_decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError("bad_json", str(exc)[:80]) from None
@@ -164,7 +206,7 @@ def _part_spec(desc: Any) -> tuple[str, np.dtype, list, int]:
     name, dtype_name, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
     if type(name) is not str or not name:
         raise WireError("bad_part", f"part name {name!r} is not a string")
-    if dtype_name not in DTYPES:
+    if type(dtype_name) is not str or dtype_name not in DTYPES:  # a list is unhashable
         raise WireError("bad_dtype", f"part {name!r} has unknown dtype {dtype_name!r}")
     if type(shape) is not list or not 1 <= len(shape) <= 4:
         raise WireError("bad_part", f"part {name!r} has invalid shape {shape!r}")
@@ -174,6 +216,8 @@ def _part_spec(desc: Any) -> tuple[str, np.dtype, list, int]:
     if name in ("image", "overlay") and (len(shape) != 3 or shape[2] != 3
                                          or dtype_name != "uint8"):
         raise WireError("bad_part", f"part {name!r} must be (H, W, 3) uint8")
+    if name == "labels" and (len(shape) != 2 or dtype_name != "uint8"):
+        raise WireError("bad_part", "part 'labels' must be (h, w) uint8")
     dtype = DTYPES[dtype_name]
     return name, dtype, shape, math.prod(shape) * dtype.itemsize
 
@@ -185,9 +229,11 @@ def _part_array(desc: dict, spec: tuple[str, np.dtype, list, int], buffer: Any
         raise WireError("bad_length", f"part {name!r} holds {len(buffer)} bytes but "
                         f"{desc['dtype']} x {shape} needs {expected}")
     region = desc.get("region")
+    # h, w >= 1: render divides by them; all below 2^31: they become C ints there.
     if region is not None and (type(region) is not list or len(region) != 4
-                               or not all(type(v) is int and v >= 0 for v in region)):
-        raise WireError("bad_part", f"part {name!r} has invalid region {region!r}")
+                               or not all(type(v) is int and 0 <= v < INT32 for v in region)
+                               or region[2] == 0 or region[3] == 0):
+        raise WireError("bad_part", f"part {name!r} has invalid region {str(region)[:80]}")
     return np.frombuffer(buffer, dtype=dtype).reshape(shape), region
 
 
@@ -238,8 +284,11 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
             raise WireError("bad_framing", f"header lists {len(descs)} parts, message has "
                             f"{len(message) - 2}")
         buffers = message[2:]
-    frame = Frame(_require(header, "stream", str), _require(header, "seq", int),
-                  _require(header, "t_capture_ns", int), _require(header, "t_wall_ns", int),
+    stream = _require(header, "stream", str)
+    if not STREAM_ID.fullmatch(stream):
+        raise WireError("bad_header", f"stream id {stream[:70]!r} is not [A-Za-z0-9_.-]{{1,64}}")
+    frame = Frame(stream, _require_time(header, "seq"), _require_time(header, "t_capture_ns"),
+                  _require_time(header, "t_wall_ns"),
                   None)  # type: ignore[arg-type]  # image: filled from the parts below
     frame.lease = lease
     for desc, spec, buffer in zip(descs, specs, buffers, strict=True):
@@ -256,20 +305,19 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
     if trace:
         for t in trace:
             if (type(t) is not list or len(t) != 3 or type(t[0]) is not str
-                    or type(t[1]) is not int or type(t[2]) is not int):
+                    or not _time(t[1]) or not _time(t[2])):
                 raise WireError("bad_header",
                                 "trace must be a list of [stage, t_in_ns, t_out_ns]")
         frame.trace = [(t[0], t[1], t[2]) for t in trace]
     media_s = header.get("media_s")
     if media_s is not None:
-        if type(media_s) is not float and type(media_s) is not int:
-            raise WireError("bad_header", "media_s must be a number or null")
+        if not finite_number(media_s):
+            raise WireError("bad_header", "media_s must be a finite number or null")
         frame.media_s = float(media_s)
     caption = header.get("caption")
     if caption is not None:
         if not (type(caption) is dict and type(caption.get("text")) is str
-                and type(caption.get("seq")) is int
-                and type(caption.get("t_capture_ns")) is int):
+                and _time(caption.get("seq")) and _time(caption.get("t_capture_ns"))):
             raise WireError("bad_header", "caption must have text, seq and t_capture_ns")
         frame.caption = Caption(caption["text"], caption["seq"], caption["t_capture_ns"])
     prev_seq = header.get("prev_seq")
@@ -277,10 +325,15 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
         if type(prev_seq) is not int or not 0 <= prev_seq < frame.seq:
             raise WireError("bad_header", "prev_seq must be an integer below seq, or null")
         frame.prev_seq = prev_seq
+    run = header.get("run")
+    if run is not None:
+        if not _time(run):
+            raise WireError("bad_header", "run must be an integer in [0, 2^63), or null")
+        frame.run = run
     offset = header.get("wall_minus_mono_ns")
     if offset is not None:
-        if type(offset) is not int:
-            raise WireError("bad_header", "wall_minus_mono_ns must be an integer")
+        if type(offset) is not int or not -INT64 <= offset < INT64:
+            raise WireError("bad_header", "wall_minus_mono_ns must be an int64")
         _rebase(frame, offset)
     return frame
 

@@ -323,6 +323,8 @@ REJECTED = [
     ("image size zero", _with({"image": [0, 64]}), "bad_header"),
     ("image size 1-d", _with({"image": [48]}), "bad_header"),
     ("media_s string", _with({"media_s": "1"}), "bad_header"),
+    # math.isfinite of a 401-digit integer raised OverflowError out of the decoder (fuzzing)
+    ("media_s beyond a float", _with({"media_s": 10 ** 400}), "bad_header"),
     ("caption", _with({"caption": {"text": "x"}}), "bad_header"),
     ("trace", _with({"trace": [["capture", 1]]}), "bad_header"),
     ("classes colors", _with({"classes": {"task": "parts", "names": ["a", "b"],

@@ -78,6 +78,22 @@ def _header(**changes) -> bytes:
     ([b"orstream/x/frame", _header(parts=[{"name": "overlay", "dtype": "uint8",
                                            "shape": [16, 20]}]), bytes(320)], "bad_part"),
     ([b"orstream/x/frame", _header(trace="fast"), bytes(320)], "bad_header"),
+    # Found by fuzzing (benchmarks/fuzz.py): each of these crashed a receiver or the stage
+    # behind it, or let a peer choose what a shared stage opens.
+    ([b"orstream/x/frame", _header(parts=[{"name": "labels", "dtype": ["uint8"],
+                                           "shape": [16, 20]}]), bytes(320)], "bad_dtype"),
+    ([b"orstream/x/frame", _header(parts=[{"name": "labels", "dtype": "uint8",
+                                           "shape": [16, 20, 1]}]), bytes(320)], "bad_part"),
+    ([b"orstream/x/frame", _header(parts=[{"name": "labels", "dtype": "uint8",
+                                           "shape": [16, 20], "region": [0, 0, 0, 5]}]),
+      bytes(320)], "bad_part"),
+    ([b"orstream/x/frame", _header(stream="../../tmp/x"), bytes(320)], "bad_header"),
+    ([b"orstream/x/frame", _header(seq=-1), bytes(320)], "bad_header"),
+    ([b"orstream/x/frame", _header(t_capture_ns=1 << 63), bytes(320)], "bad_header"),
+    ([b"orstream/x/frame", _header(media_s=10 ** 400), bytes(320)], "bad_header"),
+    ([b"orstream/x/frame", _header().replace(b'"media_s": null', b'"media_s": NaN'),
+      bytes(320)], "bad_json"),
+    ([b"orstream/x/frame", _header(wall_minus_mono_ns=-(1 << 63)), bytes(320)], "bad_header"),
 ])
 def test_invalid_messages_are_rejected_with_a_reason(message, reason):
     with pytest.raises(wire.WireError) as err:

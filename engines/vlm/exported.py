@@ -169,7 +169,9 @@ class ExportedVLM(Describer):
         many, <eos> repeated after the first (fixed-length benchmarks), as `VLM.generate`."""
         ids = self.tokenizer.prompt(prompt)
         room = self.max_len - self.visual_count - len(ids) + 1
-        assert room >= 1, f"prompt of {len(ids)} tokens leaves no room to generate"
+        if room < 1:  # a question asked over `orstream ask`: the asker's error, not a bug
+            raise ValueError(f"the question is too long: its prompt of {len(ids)} tokens "
+                             f"leaves no room for an answer; ask a shorter one")
         small = prepare_image(image_rgb_uint8, self.input_size)[None]  # (1, H, W, 3) uint8
         head, rest = ids[:PROMPT_LEN], ids[PROMPT_LEN:]
         prompt = np.full((BATCH, PROMPT_LEN), self.tokenizer.pad_id, np.int64)

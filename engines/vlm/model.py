@@ -157,7 +157,9 @@ class VLM(nn.Module):
         visual = self.visual_tokens(images)
         b, v = visual.shape[:2]
         room = self.cfg.decoder.max_len - v - prompts.shape[1] + 1
-        assert room >= 1, f"prompt of {prompts.shape[1]} tokens leaves no room to generate"
+        if room < 1:  # a question asked over `orstream ask`: the asker's error, not a bug
+            raise ValueError(f"the question is too long: its prompt of {prompts.shape[1]} tokens "
+                             f"leaves no room for an answer; ask a shorter one")
         steps = min(max_new_tokens, room)
         cache = self.decoder.new_cache(b, visual.device, visual.dtype) if use_cache else None
         x = torch.cat([visual, self.decoder.embed(prompts)], dim=1)

@@ -59,6 +59,12 @@ class SourceState:
     reconnects: int = 0  # outages recovered from since the start
     error: str | None = None  # why it is down
     down_since: float | None = None  # monotonic seconds
+    # Outages recovered from, in total: from the last frame before each to the first after
+    # (what a display went without), and the frames the source would have given meanwhile
+    # at its nominal rate (a stream that comes back starts afresh: its own counters cannot
+    # say what was missed).
+    outage_s: float = 0.0
+    missed: int = 0
 
     def describe(self) -> str:
         if self.up:

@@ -3,6 +3,7 @@ exponential backoff, and the `SourceState` it publishes for the status line."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ class ReconnectingSource(Source):
     When the link drops or cannot be made, it waits (capped exponential backoff, woken at
     once by `stop`) and tries again, for at most `source.reconnect_max_s` of continuous
     outage (None: until stopped), then raises SourceError naming the source. Meanwhile
-    `state` says it is down, so the pipeline keeps running and its status line shows it.
+    `state` says it is down, so the pipeline keeps running and its status line shows it;
+    once it is back, `state` adds the outage to `outage_s` and `missed`.
     """
 
     # What to check when the source stays unreachable; subclasses say it for their kind.
@@ -40,6 +42,7 @@ class ReconnectingSource(Source):
         self.budget_s = cfg.reconnect_max_s
         self.state = SourceState()
         self._pending: object | None = None  # a link opened up front, used by frames() first
+        self._last_frame_ns: int | None = None  # the newest frame's time, across links
 
     # ------------------------------------------------------------ what subclasses provide
 
@@ -95,7 +98,8 @@ class ReconnectingSource(Source):
             try:
                 for image, t_ns in self._read(link, stop):
                     if not self.state.up:
-                        self._recovered()
+                        self._recovered(t_ns)
+                    self._last_frame_ns = t_ns
                     delivered = True
                     yield Captured(index, image, t_ns)
                     index += 1
@@ -145,14 +149,26 @@ class ReconnectingSource(Source):
     def _down(self, error: BaseException | str, attempt: int) -> None:
         s = self.state
         since = s.down_since if not s.up and s.down_since is not None else time.monotonic()
-        self.state = SourceState(False, attempt, s.reconnects, _reason(error), since)
+        self.state = dataclasses.replace(s, up=False, attempt=attempt, error=_reason(error),
+                                         down_since=since)
 
-    def _recovered(self) -> None:
+    def _recovered(self, t_ns: int) -> None:
+        """The first frame after an outage came at `t_ns` (monotonic ns)."""
         s = self.state
         down_s = time.monotonic() - s.down_since if s.down_since is not None else 0.0
+        # The gap a display saw: from the last frame before (the loss is only noticed a
+        # read timeout later), or, for a source down from the start, from when it was found
+        # down.
+        if self._last_frame_ns is not None:
+            gap_s = (t_ns - self._last_frame_ns) / 1e9
+        else:
+            gap_s = down_s
+        missed = max(0, round(gap_s * self.info.fps) - 1)
         logger.info("source {}: reconnected after {:.1f} s down ({} failed attempt(s) "
-                    "before)", self.name, down_s, s.attempt)
-        self.state = SourceState(True, 0, s.reconnects + 1)
+                    "before); {:.1f} s without frames, ~{} missed at {:.3g} fps", self.name,
+                    down_s, s.attempt, gap_s, missed, self.info.fps)
+        self.state = SourceState(True, 0, s.reconnects + 1, outage_s=s.outage_s + gap_s,
+                                 missed=s.missed + missed)
 
     def _budget_text(self) -> str:
         backoff = f"(backoff {self.delay_s:g} s doubling to {self.delay_max_s:g} s)"

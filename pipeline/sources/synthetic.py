@@ -23,6 +23,7 @@ class SyntheticSource(Source):
         self._synth = None
         self.info = SourceInfo("synthetic", True, cfg.fps, cfg.width, cfg.height,
                                timecode=True)
+        self.late = 0  # frames skipped because the render before them ran late
 
     def prepare(self) -> None:
         # The generator's textures take 0.45-0.7 s to build at 1080p, time a start cannot
@@ -44,19 +45,22 @@ class SyntheticSource(Source):
         self.prepare()
         period = 1.0 / self.info.fps
         start = time.monotonic()
-        index = 0  # which moment of the procedure is rendered
-        emitted = 0  # frames handed over: the sequence downstream counts drops against
+        index = 0  # which moment of the procedure is rendered: the frame's seq
         while not stop.is_set():
             # Frame i is due at start + i * period; a late render is not made up for by
-            # bursting, the schedule skips ahead as a camera's clock would.
+            # bursting, the schedule skips ahead as a camera's clock would. The moments
+            # skipped are frames a camera would have made and nobody took (the CPU was
+            # busy): their seqs are left out, so downstream counts them as dropped, as
+            # for a paced replay's late frames.
             due = start + index * period
             delay = due - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 return
             if delay < -period:
-                index = int((time.monotonic() - start) / period)
+                now_index = int((time.monotonic() - start) / period)
+                self.late += now_index - index
+                index = now_index
             # The render counts as capture latency, like a sensor's readout.
             started = time.monotonic_ns()
-            yield Captured(emitted, self._synth.render_image(index), started)
+            yield Captured(index, self._synth.render_image(index), started)
             index += 1
-            emitted += 1
