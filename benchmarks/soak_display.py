@@ -1,0 +1,62 @@
+"""A headless display for the soak (benchmarks/soak.py): subscribes like `orstream view`
+(the same public Receiver, latest mode) and writes one fixed-size record per frame to a file,
+so the soak reads every frame's latency without this process holding them in memory (which
+would itself look like the RSS growth the soak is looking for).
+
+    python -m orstream.benchmarks.soak_display ENDPOINT RECORDS
+
+RECORDS gets (seq, capture ns, received ns) per frame, little-endian int64, both times on
+this host's monotonic clock. SIGINT or SIGTERM ends it; it then prints a JSON line of its
+receiver's counters (received, lost, superseded, rejected) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+
+RECORD = struct.Struct("<qqq")  # seq, t_capture_ns, t_received_ns
+
+
+def serve(endpoint: str, records: Path, stop: threading.Event) -> dict:
+    from orstream.pipeline.transport import Receiver
+
+    # Unbuffered: each frame's 24 bytes reach the file at once, so the soak reads whole
+    # records while this runs, and a display that dies loses none of its history.
+    with Receiver(endpoint, "latest", name="soak-display") as receiver, \
+            records.open("wb", buffering=0) as out:
+        while not stop.is_set():
+            frame = receiver.recv(timeout_ms=200)
+            if frame is None:
+                continue
+            out.write(RECORD.pack(frame.seq, frame.t_capture_ns, time.monotonic_ns()))
+            # What a display does with the picture: view's headless path only looks at it;
+            # touching a row keeps the part from being an unread buffer.
+            picture = frame.overlay if frame.overlay is not None else frame.image
+            if picture is not None:
+                int(picture[0, 0, 0])
+        stats = receiver.stats
+        return {"received": stats.received, "lost": stats.lost,
+                "superseded": stats.superseded, "rejected": sum(stats.rejected.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("endpoint")
+    parser.add_argument("records", type=Path)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(json.dumps(serve(args.endpoint, args.records, stop)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
