@@ -25,7 +25,9 @@ The run is cut into sixths (5 minutes each of 30): the first is the warm-up. Cri
 - RSS growth < 5 % for every process: the median RSS of the last sixth against the median
   of the sixth after the warm-up;
 - end-to-end p99 drift < 10 %: the p99 of the last sixth against that of the first, over
-  both displays' frames;
+  both displays' frames. Beside it, the share of the host's CPU that processes outside the
+  soak took in each window (/proc/stat less the soak's processes): a drift that comes with
+  other jobs starting is the host's, and the run is to be repeated on a quiet host;
 - 0 frames lost on lossless edges: segment->render (segmented = rendered),
   render->record (rendered = recorded) and the recorder's file (frames written = frames in
   the file, counted by demuxing it after the stop);
@@ -85,6 +87,24 @@ def rss_mb(pid: int) -> float | None:
         return None
     match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) / 1024 if match else None
+
+
+def host_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def process_cpu_jiffies(pid: int) -> int:
+    """User + system clock ticks of `pid` (all its threads); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[11]) + int(fields[12])
 
 
 def fd_count(pid: int) -> int | None:
@@ -356,11 +376,23 @@ class Soak:
                         "orstream_files": orstream_files(pids),
                         "shm_total": sum(1 for _ in SHM.iterdir()) if SHM.is_dir() else None}
         sample.update(self._counters())
+        sample["other_cpu"] = self._other_cpu(pids + self.describe_pids)
         fresh = [d.read_new() for d in displays]
         lat = np.concatenate([latency_ms(r) for r in fresh])
         sample["latency_ms"] = {k: v for k, v in percentiles(lat).items() if k != "max"}
         sample["display_frames"] = {d.name: d.frames() for d in displays}
         return sample
+
+    def _other_cpu(self, pids: list[int]) -> float | None:
+        """Share of the host's CPU (0-1, all cores) taken since the last sample by processes
+        outside the soak: other jobs on the host, which a latency drift must be read against."""
+        busy, total = host_cpu_jiffies()
+        ours = sum(process_cpu_jiffies(p) for p in set(pids))
+        last, self._cpu_last = getattr(self, "_cpu_last", None), (busy, total, ours)
+        if last is None or total <= last[1]:
+            return None
+        others = (busy - last[0]) - (ours - last[2])
+        return round(min(max(others / (total - last[1]), 0.0), 1.0), 4)
 
     def _counters(self) -> dict:
         """The pipeline's frame counters, read from its executor and metrics."""
@@ -454,8 +486,19 @@ class Soak:
         last_w = percentiles(np.concatenate(last_lat))
         drift = (last_w["p99"] / first_w["p99"] - 1) if first_w["p99"] and last_w["p99"] \
             else None
+        def other_cpu(rows: list[dict]) -> float | None:
+            values = [r["other_cpu"] for r in rows if r.get("other_cpu") is not None]
+            return round(float(np.mean(values)), 4) if values else None
+
+        first_rows = [s for s in samples if s["t_s"] < window]
         report["latency"] = {"first_window": first_w, "last_window": last_w,
-                             "p99_drift": drift, "displays": per_display}
+                             "p99_drift": drift, "displays": per_display,
+                             # what other processes took of the host in each window
+                             "other_cpu_first_window": other_cpu(first_rows),
+                             "other_cpu_last_window": other_cpu(last),
+                             "other_cpu_max": max((s["other_cpu"] for s in samples
+                                                   if s.get("other_cpu") is not None),
+                                                  default=None)}
 
         lost = {}
         if final:
@@ -569,6 +612,14 @@ def plot(report: dict, path: Path) -> Path:
         ax_lat.plot(t, [s["latency_ms"][q] if s["latency_ms"][q] is not None else np.nan
                         for s in samples], label=f"{q} per sample")
     ax_lat.set_ylabel("capture -> display ms")
+    other = [s.get("other_cpu") for s in samples]
+    if any(v is not None for v in other):  # other jobs on the host, against the latency
+        ax_other = ax_lat.twinx()
+        ax_other.plot(t, [100 * v if v is not None else np.nan for v in other], color="0.5",
+                      lw=0.8, label="other processes' CPU %")
+        ax_other.set_ylabel("other processes, % of host CPU", color="0.4")
+        ax_other.set_ylim(0, 100)
+        ax_other.legend(fontsize=8, loc="upper right")
     for key in ("shm_in_use", "orstream_files"):
         ax_files.plot(t, [s[key] for s in samples], label=key, drawstyle="steps-post")
     ax_files.set_ylabel("files")
@@ -603,10 +654,16 @@ def print_report(report: dict) -> None:
                        ("fds_max", "fds max", "d"), ("fds_end", "fds end", "d")]))
     lat = report["latency"]
     print()
-    print(table([{"window": "first sixth", **lat["first_window"]},
-                 {"window": "last sixth", **lat["last_window"]}],
+    def pct(v: float | None) -> float | None:
+        return None if v is None else 100 * v
+
+    print(table([{"window": "first sixth", **lat["first_window"],
+                  "other": pct(lat.get("other_cpu_first_window"))},
+                 {"window": "last sixth", **lat["last_window"],
+                  "other": pct(lat.get("other_cpu_last_window"))}],
                 [("window", "capture -> display", "s"), ("p50", "p50 ms", ".1f"),
-                 ("p99", "p99 ms", ".1f"), ("max", "max ms", ".1f")]))
+                 ("p99", "p99 ms", ".1f"), ("max", "max ms", ".1f"),
+                 ("other", "other processes' CPU %", ".1f")]))
     counts = report["lossless"]["counts"]
     drops = report["drops"]
     print(f"\nframes: rendered {counts.get('rendered')}, recorded {counts.get('recorded')}, "

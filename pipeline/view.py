@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 from loguru import logger
 
+from orstream.common.timing import LatencyHistogram
 from orstream.pipeline import timecode
 from orstream.pipeline.continuity import SeqTracker
 from orstream.pipeline.frame import Frame
@@ -75,6 +76,12 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     lat = np.asarray(values)
     return {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
             "max": float(lat.max())}
+
+
+def _histogram_percentiles(hist: LatencyHistogram) -> dict[str, float | None]:
+    """As _percentiles, from a histogram (each within 0.5 %)."""
+    return {"p50": hist.percentile(50), "p99": hist.percentile(99),
+            "max": hist.max if hist.count else None}
 
 
 @dataclass
@@ -137,7 +144,9 @@ class ViewSummary:
     dropped: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)  # PROTOCOL.md's keys
-    latencies_ms: list[float] = field(default_factory=list)  # capture to receipt, header
+    # capture to receipt, from the header: a histogram, so a display that runs for days
+    # holds its whole run's percentiles in constant memory
+    latencies_ms: LatencyHistogram = field(default_factory=LatencyHistogram)
     saved: int = 0
     glass: GlassMeter | None = None  # --measure
     elapsed_s: float = 0.0  # from subscribing to the end of viewing
@@ -157,7 +166,7 @@ class ViewSummary:
             "rejected": self.rejected,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "saved": self.saved,
-            "latency_ms": _percentiles(self.latencies_ms),
+            "latency_ms": _histogram_percentiles(self.latencies_ms),
         }
         if self.glass is not None:
             out["glass_ms"] = self.glass.to_json()
@@ -295,7 +304,7 @@ def view(endpoint: str, frames: int | None = None, save: Path | None = None,
                     summary.first_seq = frame.seq
                 summary.last_seq = frame.seq
                 summary.frames += 1
-                summary.latencies_ms.append(latency)
+                summary.latencies_ms.add(latency)
                 second.count += 1
                 second.latency.append(latency)
                 picture = frame.overlay if frame.overlay is not None else frame.image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from orstream.common.crop import STANDARD_CROP, crop_region, endovis_region
@@ -61,3 +62,24 @@ def test_yaml_files_that_are_missing_broken_or_not_a_mapping_are_named(tmp_path)
         load_mapping(tmp_path / "bad.yaml", ConfigError)
     with pytest.raises(YamlError, match="missing.yaml does not exist"):
         load_mapping(tmp_path / "missing.yaml")
+
+
+def test_latency_histogram_gives_the_percentiles_of_a_long_run_in_constant_memory():
+    from orstream.common.timing import LatencyHistogram, stats
+
+    rng = np.random.default_rng(0)
+    # A display's latencies, plus a clock ahead of the publisher's (negative) and a stall.
+    data = np.concatenate([rng.lognormal(3, 0.7, 20000), rng.normal(-2, 1, 500), [4000.0]])
+    hist = LatencyHistogram()
+    size = hist._pos.nbytes + hist._neg.nbytes
+    for value in data:
+        hist.add(value)
+    hist.add(float("nan"))  # a broken clock reading is not a latency
+    got, want = hist.stats(), stats(data)
+    assert got["n"] == len(data) and got["max"] == 4000.0
+    assert got["mean"] == pytest.approx(want["mean"])
+    for p in ("p50", "p95", "p99"):
+        assert got[p] == pytest.approx(want[p], rel=0.005), p
+    assert hist.percentile(0) == pytest.approx(data.min(), rel=0.005)
+    assert hist._pos.nbytes + hist._neg.nbytes == size
+    assert LatencyHistogram().stats()["p50"] is None

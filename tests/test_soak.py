@@ -78,6 +78,12 @@ def test_the_report_has_every_figure_the_long_run_states(soak):
                 "recorded", "dropped_at_capture", "display_frames"):
         assert all(key in s for s in samples), key
     assert report["files"]["orstream_files_after_stop"] == 0
+    # Other jobs' share of the host, to read a latency drift against: measured every sample
+    # after the first, a fraction of the whole host.
+    other = [s["other_cpu"] for s in samples[1:]]
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in other)
+    for window in ("other_cpu_first_window", "other_cpu_last_window"):
+        assert 0.0 <= latency[window] <= 1.0
 
 
 def test_the_criteria_fail_a_leak_a_lost_frame_and_a_growing_process(soak):
