@@ -84,3 +84,24 @@ _PALETTES: dict[Task, tuple[tuple[int, int, int], ...]] = {
 
 def palette(task: Task) -> tuple[tuple[int, int, int], ...]:
     return _PALETTES[task]
+
+
+# TP-SIS (segment.model: tpsis) labels what free-text prompts name: its class table's task is
+# "prompts", its names the prompt texts, label 1 + i for prompt i. One colour per prompt, in
+# the order typed: the types palette's seven first, then nine more hues far from them and
+# from tissue red, so the 16 prompts a pipeline takes are told apart.
+PROMPTS_TASK = "prompts"
+_PROMPT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 160, 255), (0, 255, 120), (255, 230, 0), (255, 120, 0), (180, 90, 255),
+    (0, 255, 255), (255, 255, 255), (255, 0, 200), (140, 255, 0), (0, 90, 255),
+    (255, 170, 200), (0, 170, 140), (200, 160, 80), (120, 120, 255), (255, 255, 140),
+    (90, 200, 255),
+)
+
+
+def prompt_table(prompts: tuple[str, ...] | list[str]) -> dict:
+    """The class table of TP-SIS labels for `prompts` (at most 16), as PROTOCOL.md gives it:
+    {"task": "prompts", "names": ["background", *prompts], "colors": [[r, g, b], ...]}."""
+    assert len(prompts) <= len(_PROMPT_COLORS), f"at most {len(_PROMPT_COLORS)} prompts"
+    return {"task": PROMPTS_TASK, "names": ["background", *prompts],
+            "colors": [[0, 0, 0], *([*c] for c in _PROMPT_COLORS[:len(prompts)])]}

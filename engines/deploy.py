@@ -1,6 +1,7 @@
 """The deployable graph: uint8 frames in, uint8 label maps out.
 
-Exported engines (ONNX Runtime, OpenVINO, AOTInductor, TensorRT) all compile this one module,
+Exported engines (ONNX Runtime, OpenVINO, AOTInductor, TensorRT) all compile this one module
+(TP-SIS: `PromptLabelNet`, the same with the prompt state as inputs),
 so normalisation and the argmax run inside the engine, fused with the convolutions, and the
 host hands over the resized uint8 frame as it is: no float blob is built on the host and
 only one byte per pixel comes back. The eager torch backend computes the same thing op for op
@@ -9,10 +10,15 @@ only one byte per pixel comes back. The eager torch backend computes the same th
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from orstream.engines.checkpoint import Checkpoint
+from orstream.engines.tpsis import THRESHOLD, TPSIS, PromptState, TPSISConfig
+from orstream.engines.tpsis_checkpoint import TPSISCheckpoint
 
 
 class Normalize(nn.Module):
@@ -45,6 +51,81 @@ class LabelNet(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.unet(self.normalize(frames)).argmax(dim=1).to(torch.uint8)
+
+
+class ExportableTPSIS(TPSIS):
+    """TP-SIS's per-frame part as the live path runs it, with ops every runtime takes.
+
+    - Every prompt is its own group (each its own colour and legend entry), so the mixing
+      head, which weighs the prompts within a group, is the identity: its scores are not
+      computed, and the labels come from the prompts' logits directly.
+    - sigmoid is monotonic: "the most probable prompt, if its probability reaches the
+      threshold" is the largest logit, if it reaches logit(threshold). No sigmoid per pixel.
+    - F.conv2d with the prompts' kernels as an input has a weight whose first axis (P) is
+      dynamic, which OpenVINO's CPU plugin refuses ("doesn't support dynamic weights
+      shape"). The same sum, reordered: contract the channels of every kernel tap first,
+      one MatMul (P * k * k, C0) @ (C0, H * W), then add the k * k shifted maps of each
+      prompt with a fixed one-hot k x k convolution over (B * P, k * k, H, W): P rides in
+      the batch axis, which is dynamic everywhere, and that convolution's weight is a
+      constant.
+    The eager torch backend runs the model's own forward; the parity tests compare them."""
+
+    def __init__(self, cfg: TPSISConfig) -> None:
+        super().__init__(cfg)
+        k = cfg.kernel
+        taps = torch.zeros(1, k * k, k, k)
+        for t in range(k * k):
+            taps[0, t, t // k, t % k] = 1.0  # tap t of the kernel reads offset (t // k, t % k)
+        self.register_buffer("tap_sum", taps, persistent=False)
+
+    def fine_logits(self, fine: torch.Tensor, state: PromptState) -> torch.Tensor:
+        b, c, h, w = fine.shape
+        k = self.cfg.kernel
+        p = state.bias.shape[0]
+        # (P, C0, k, k) -> (P * k * k, C0): row p * k * k + t is prompt p's tap t
+        kernels = state.fine_kernel.permute(0, 2, 3, 1).reshape(p * k * k, c)
+        per_tap = kernels @ fine.reshape(b, c, h * w)  # (B, P * k * k, H * W)
+        summed = F.conv2d(per_tap.reshape(b * p, k * k, h, w), self.tap_sum.to(fine.dtype),
+                          padding=k // 2)  # (B * P, 1, H, W)
+        return summed.reshape(b, p, h, w) + state.bias.view(1, p, 1, 1)
+
+    def labels(self, image: torch.Tensor, state: PromptState) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, H, W) uint8: what labels_from_logits(forward(...))
+        gives with every prompt its own group."""
+        fine, coarse = self.visual(image)  # (B, C0, H, W), (B, Ct, h, w)
+        b, p = fine.shape[0], state.bias.shape[0]
+        h, w = coarse.shape[-2:]
+        z = self.prompt_tokens(coarse, state)  # (B, P, N, D)
+        coarse_logit = (z @ state.coarse_kernel[:, :, None]).view(b, p, h, w)
+        up = F.interpolate(coarse_logit, size=fine.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        best, index = (self.fine_logits(fine, state) + up).max(dim=1)  # (B, H, W) each
+        return torch.where(best >= LOGIT_THRESHOLD, index + 1, 0).to(torch.uint8)
+
+
+LOGIT_THRESHOLD = math.log(THRESHOLD / (1 - THRESHOLD))  # sigmoid(l) >= THRESHOLD
+
+
+class PromptLabelNet(nn.Module):
+    """TP-SIS's per-frame part: (N, H, W, 3) uint8 RGB and the prompt state (engines/
+    tpsis_engine.py: P prompts, the token axis padded) -> (N, H, W) uint8, 0 background and
+    1 + i where prompt i is the most probable and at least tpsis.THRESHOLD."""
+
+    def __init__(self, checkpoint: TPSISCheckpoint, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.tpsis = ExportableTPSIS(checkpoint.config)
+        self.tpsis.load_state_dict(checkpoint.state_dict)  # fp16 shipped tensors become fp32
+        self.tpsis.eval().to(dtype)
+        self.dtype = dtype
+        self.normalize = Normalize(checkpoint.mean, checkpoint.std, dtype)
+
+    def forward(self, frames: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_bias: torch.Tensor, fine_kernel: torch.Tensor, coarse_kernel: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        # No groups: every prompt is its own, and the mixing head is left out.
+        state = PromptState(keys, values, key_bias, fine_kernel, coarse_kernel, bias,
+                            groups=None)  # type: ignore[arg-type]  # never read
+        return self.tpsis.labels(self.normalize(frames), state)
 
 
 def example_input(size: tuple[int, int], batch: int = 1, device: str = "cpu") -> torch.Tensor:

@@ -22,9 +22,15 @@ from loguru import logger
 from orstream.common.errors import OrstreamError
 from orstream.common.sizes import check_unet_input, format_hw
 from orstream.engines import checkpoint as ckpt
+from orstream.engines import tpsis_checkpoint as tckpt
 from orstream.engines.backends import AUTO_ORDER, BACKENDS, BackendError, Engine, backend_class
 from orstream.engines.backends.base import device_name
 from orstream.engines.cache import EngineCache, EngineKey, Entry, file_sha256
+from orstream.engines.tpsis_checkpoint import TPSISCheckpoint
+
+# The backends that run TP-SIS: its prompt state is an input of the engine, which these
+# export (ONNX with dynamic prompts) or run eagerly; compile and tensorrt build U-Nets only.
+PROMPTED_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,14 @@ class Resolved:
 
     spec: EngineSpec  # backend, precision and size concrete
     cls: type[Engine]
-    checkpoint: ckpt.Checkpoint  # metadata at least (engines.checkpoint.load_info)
+    # metadata at least (engines.checkpoint.load_info); TP-SIS: the full checkpoint
+    checkpoint: ckpt.Checkpoint | TPSISCheckpoint
     why: str  # how `auto` was decided, for the log
+
+    @property
+    def prompted(self) -> bool:
+        """A TP-SIS engine: it takes the prompt state beside the frames."""
+        return isinstance(self.checkpoint, TPSISCheckpoint)
 
     @property
     def backend(self) -> str:
@@ -68,7 +80,13 @@ class Resolved:
         return EngineCache(self.spec.cache)
 
     def key(self, extra: dict[str, str] | None = None) -> EngineKey:
-        """The engine cache's key: weights, model, size, precision, backend, device, versions."""
+        """The engine cache's key: weights, model, size, precision, backend, device, versions
+        (TP-SIS: and the graph's fixed token axis, which its prompt inputs are padded to)."""
+        if self.prompted:
+            from orstream.engines.tpsis_engine import ENGINE_GRAPH, PROMPT_TOKENS
+
+            extra = {"graph": ENGINE_GRAPH, "prompt_tokens": str(PROMPT_TOKENS),
+                     **(extra or {})}
         return EngineKey(weights_sha256=file_sha256(self.spec.weights),
                          model=self.checkpoint.model_name, input_size=self.size,
                          precision=self.precision, backend=self.backend,
@@ -90,14 +108,25 @@ def resolve(spec: EngineSpec) -> Resolved:
     this machine can serve and its fastest native float precision. A named backend or
     precision that cannot be served raises BackendError, never a fallback."""
     weights = Path(spec.weights)
-    checkpoint = ckpt.load_info(weights, EngineCache(spec.cache).checkpoint_index)
+    checkpoint = _model_info(weights, EngineCache(spec.cache).checkpoint_index)
     size = check_unet_input(tuple(spec.size or checkpoint.input_size))
     if spec.backend == "auto":
         candidates = list(spec.auto_backends or AUTO_ORDER[spec.device])
     else:
         candidates = [spec.backend]
+    prompted = isinstance(checkpoint, TPSISCheckpoint)
+    if prompted and spec.precision == "int8":
+        raise BackendError("precision int8: TP-SIS has no calibrated INT8 engines (the "
+                           "calibration gate measures the types U-Net): use fp32 or auto")
     reasons: list[str] = []
     for name in candidates:
+        if prompted and name not in PROMPTED_BACKENDS:
+            why_not = (f"TP-SIS runs on the {', '.join(PROMPTED_BACKENDS)} backends; {name} "
+                       f"builds U-Net engines only")
+            if spec.backend != "auto":
+                raise BackendError(f"backend {name} asked for, but {why_not}")
+            reasons.append(f"{name}: TP-SIS not supported")
+            continue
         cls = backend_class(name)
         if spec.backend == "auto" and spec.device not in cls.devices:
             reasons.append(f"{name}: not on {spec.device}")
@@ -121,6 +150,17 @@ def resolve(spec: EngineSpec) -> Resolved:
         return Resolved(concrete, cls, checkpoint, why)
     raise BackendError(f"no backend among {', '.join(candidates)} can serve device "
                        f"{spec.device}: " + "; ".join(reasons))
+
+
+def _model_info(weights: Path, index: Path) -> ckpt.Checkpoint | TPSISCheckpoint:
+    """A U-Net's metadata (from the index, without torch, when it is there), or a TP-SIS
+    checkpoint in full: TP-SIS encodes its prompts in torch anyway."""
+    try:
+        return ckpt.load_info(weights, index)
+    except ckpt.CheckpointError as exc:
+        if f"{tckpt.FORMAT!r}" not in str(exc):
+            raise
+    return tckpt.load(weights)
 
 
 @contextmanager

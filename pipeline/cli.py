@@ -100,6 +100,13 @@ def _cmd_train_unet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_tpsis(args: argparse.Namespace) -> int:
+    from orstream.training.tpsis_trainer import TPSISTrainConfig, train_tpsis
+
+    print(train_tpsis(_train_config(TPSISTrainConfig, args)))
+    return 0
+
+
 def _train_config(model: type, args: argparse.Namespace):
     """The --config YAML with the flags given on top, validated; errors name the key."""
     from pydantic import ValidationError
@@ -273,6 +280,22 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 1 if "error" in reply else 0
 
 
+def _cmd_prompt(args: argparse.Namespace) -> int:
+    from orstream.pipeline.prompting import set_prompts
+
+    curve = _client_curve(args, "prompt", "the pipeline's")
+    reply = set_prompts(args.endpoint, args.prompts, args.timeout, curve)
+    if args.json:
+        print(json.dumps(reply))
+    elif "error" in reply:
+        logger.error("{}", reply["error"])
+    else:
+        since = (f"from frame {reply['seq']}" if reply.get("seq") is not None
+                 else "from the next frame")
+        print(f"segmenting {', '.join(repr(p) for p in reply['prompts'])} {since}")
+    return 1 if "error" in reply else 0
+
+
 def _cmd_web(args: argparse.Namespace) -> int:
     import os
     import threading
@@ -419,6 +442,8 @@ EXAMPLES = """examples:
                                                  watch it in a browser (http://127.0.0.1:8080/)
   orstream ask tcp://127.0.0.1:5601 "is there smoke?"
                                                  ask the scene-describing model
+  orstream prompt tcp://127.0.0.1:5601 "scissors" "needle holder"
+                                                 segment these (segment.model: tpsis)
   orstream run --port-base 5700                  a second pipeline on the same host
   orstream config show --set render.alpha=0.6    the configuration a run would use
   orstream bench --frames 300                    latency against the device's budgets
@@ -512,6 +537,23 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--seed", type=int)
     unet.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     unet.set_defaults(func=_cmd_train_unet)
+    tp = train_sub.add_parser("tpsis", help="train TP-SIS, text-promptable segmentation")
+    tp.add_argument("--config", help="YAML with TPSISTrainConfig keys; flags override it")
+    tp.add_argument("--data", type=Path)
+    tp.add_argument("--model", help="tpsis_xs, tpsis_s")
+    tp.add_argument("--epochs", type=int)
+    tp.add_argument("--batch", type=int)
+    tp.add_argument("--lr", type=float)
+    tp.add_argument("--out", type=Path)
+    tp.add_argument("--resume", action="store_true", default=None)
+    tp.add_argument("--init-unet", dest="init_unet", type=Path,
+                    help="types U-Net whose weights start the visual encoder")
+    tp.add_argument("--init", type=Path, help="start from this TP-SIS checkpoint's weights")
+    tp.add_argument("--seed", type=int)
+    tp.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
+    tp.add_argument("--val-frames", dest="val_frames", type=int,
+                    help="validation frames scored per epoch")
+    tp.set_defaults(func=_cmd_train_tpsis)
     vlm = train_sub.add_parser("vlm", help="train the scene-describing VLM")
     vlm.add_argument("--config", help="YAML with VLMTrainConfig keys; flags override it")
     vlm.add_argument("--data", type=Path, help="from `orstream synth vlm-data`")
@@ -583,6 +625,19 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("--server-key", dest="server_key", type=Path,
                     help="CurveZMQ: the pipeline's public NAME.key")
     ak.set_defaults(func=_cmd_ask)
+
+    pr = sub.add_parser("prompt", help="change what a running TP-SIS pipeline segments "
+                        "(segment.model: tpsis)")
+    pr.add_argument("endpoint", help="the pipeline's describe.ask_endpoint, by default "
+                    "tcp://127.0.0.1:5601")
+    pr.add_argument("prompts", nargs="+", metavar="PROMPT",
+                    help='1-16 texts, each its own colour, e.g. "scissors" "needle holder"')
+    pr.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    pr.add_argument("--json", action="store_true", help="the reply as JSON")
+    pr.add_argument("--key", type=Path, help="CurveZMQ: your NAME.key_secret")
+    pr.add_argument("--server-key", dest="server_key", type=Path,
+                    help="CurveZMQ: the pipeline's public NAME.key")
+    pr.set_defaults(func=_cmd_prompt)
 
     wb = sub.add_parser("web", help="browser display: the overlay, caption, latency and "
                         "questions in a web page")

@@ -142,11 +142,22 @@ def _auto_order() -> dict[str, list[str]]:
     return {device: list(names) for device, names in AUTO_ORDER.items()}
 
 
+SHIPPED_WEIGHTS = {"unet": REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt",
+                   "tpsis": REPO_ROOT / "engines" / "weights" / "tpsis_xs.pt"}
+
+
 class SegmentConfig(_Strict):
     # false: no model is loaded and frames go to render unlabelled, to record or stream a
     # feed as it is (and to measure capture without inference)
     enabled: bool = True
-    weights: Path = REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt"
+    # unet: a U-Net segments the task its weights were trained for (types, parts, binary);
+    # tpsis: text-promptable segmentation (engines/tpsis.py) of what `prompts` name
+    model: Literal["unet", "tpsis"] = "unet"
+    # null (or not given): the model's shipped weights, unet_xs_types.pt or tpsis_xs.pt
+    weights: Path = SHIPPED_WEIGHTS["unet"]
+    # tpsis: 1-16 free-text prompts, each drawn in its own colour with its text in the
+    # legend; changed while running with `orstream prompt`. null: tpsis_engine.DEFAULT_PROMPTS
+    prompts: tuple[str, ...] | None = None
     # auto: the first backend in auto_backends[device] this machine can serve; otherwise a
     # name from the registry in engines/backends/__init__.py
     backend: str = "auto"
@@ -163,12 +174,51 @@ class SegmentConfig(_Strict):
     crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
     postprocess: Literal["vote", "none"] = "vote"  # types: one type per connected instrument
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, data: Any) -> Any:
+        # The weights and prompts a model gets when the config names none: set before the
+        # fields are validated, so that `segment.model: tpsis` alone is a working config.
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model", "unet")
+        if model not in SHIPPED_WEIGHTS:
+            return data  # the field's own check names the allowed values
+        filled = dict(data)
+        if filled.get("weights") is None:
+            filled["weights"] = SHIPPED_WEIGHTS[model]
+        if model == "tpsis" and filled.get("prompts") is None:
+            from orstream.engines.tpsis_engine import DEFAULT_PROMPTS
+
+            filled["prompts"] = DEFAULT_PROMPTS
+        return filled
+
     @field_validator("weights")
     @classmethod
     def _exists(cls, value: Path) -> Path:
         from orstream.engines.checkpoint import weights_path
 
         return weights_path(value).resolve()
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompt_list(cls, value: Any) -> Any:
+        # --set segment.prompts=scissors: one prompt typed without brackets
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: tuple[str, ...] | None,
+                 info: ValidationInfo) -> tuple[str, ...] | None:
+        from orstream.engines.tpsis_engine import check_prompts
+
+        if value is None:
+            return None
+        if info.data.get("model") == "unet":
+            raise ValueError("prompts are for segment.model tpsis, and segment.model is unet "
+                             "(a U-Net segments its fixed classes): set segment.model: tpsis, "
+                             "or remove segment.prompts")
+        return check_prompts(value)
 
     @field_validator("size", mode="before")
     @classmethod

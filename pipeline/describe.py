@@ -13,6 +13,9 @@ the header).
 Questions arrive on a ZeroMQ REP socket (`orstream ask ENDPOINT "is there smoke?"`): JSON
 `{"question": str}` in, `{"answer": str, "seq": int, "t_capture_ns": int, "ms": float}` or
 `{"error": str}` out. They are answered on the newest frame, ahead of the next caption.
+The same socket takes TP-SIS prompt changes, `{"prompts": [str, ...]}` (pipeline/
+prompting.py), handed to the segment stage; with describe.enabled false and segment.model
+tpsis the socket runs for them alone.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -177,8 +181,13 @@ class _Question:
 class DescribeWorker:
     """The describe thread and the ask socket; `offer` and `latest` are for render."""
 
-    def __init__(self, cfg: DescribeConfig, curve: Curve | None = None) -> None:
+    def __init__(self, cfg: DescribeConfig, curve: Curve | None = None,
+                 prompts: Callable[[Any], dict] | None = None) -> None:
+        """`prompts`: answers `{"prompts": [...]}` requests (pipeline/prompting.py); None:
+        they are refused as segmentation being off. With cfg.enabled false no model is
+        loaded and only the ask socket runs (for prompts)."""
         self.cfg = cfg
+        self._prompts = prompts
         self.captions = 0  # captions made
         self.answers = 0  # questions answered
         self.rejected: Counter[str] = Counter()  # reason -> requests refused unanswered
@@ -236,8 +245,10 @@ class DescribeWorker:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._run, name="orstream-describe",
-                                          daemon=True)]
+        self._threads = []
+        if self.cfg.enabled:
+            self._threads.append(threading.Thread(target=self._run, name="orstream-describe",
+                                                  daemon=True))
         if self._socket is not None:
             self._threads.append(threading.Thread(target=self._serve, name="orstream-ask",
                                                   daemon=True))
@@ -412,11 +423,24 @@ class DescribeWorker:
             request = json.loads(raw)
         except (ValueError, RecursionError):  # bad UTF-8 or JSON; nested too deep
             return self._refuse("bad_json", 'expected JSON {"question": "..."}')
+        if type(request) is dict and "prompts" in request:
+            if self._prompts is None:
+                return {"error": "segmentation is off (segment.enabled: false): no prompts "
+                                 "to change"}
+            try:
+                return self._prompts(request["prompts"])
+            except Exception as exc:  # noqa: BLE001 - a failed change must not end the socket
+                logger.opt(exception=exc).error("ask: the prompt change failed")
+                return {"error": f"the prompt change failed ({exc.__class__.__name__}: "
+                                 f"{str(exc)[:200]}); the running prompts stay"}
         text = request.get("question") if type(request) is dict else None
         if type(text) is not str:
             return self._refuse("bad_question", 'expected JSON {"question": "..."}')
         if not text.strip():
             return self._refuse("empty_question", EMPTY_QUESTION)
+        if not self.cfg.enabled:
+            return {"error": "describe.enabled is false: this pipeline answers no questions "
+                             "(its ask socket takes prompt changes only)"}
         if not self.ready.is_set():  # say so now: the asker's timeout is about as long
             return {"error": "the describe model is still loading (seconds after start); "
                              "ask again"}

@@ -32,6 +32,10 @@ class Frame:
     region: tuple[int, int, int, int] | None = None  # (y, x, h, w) the labels cover
     overlay: np.ndarray | None = None  # (H, W, 3) uint8 RGB, what displays show
     caption: Caption | None = None
+    # The class table of `labels` ({"task", "names", "colors"}, PROTOCOL.md) when it is the
+    # frame's own: TP-SIS's prompts, which can change while the pipeline runs. None: the
+    # model's fixed table, which the publishers know.
+    classes: dict[str, Any] | None = None
     media_s: float | None = None  # recorded sources: presentation time in the recording
     # The seq of the frame sent before this one on the capture edge (None: the first). With
     # several segment workers frames arrive out of order; this tells render which frame comes

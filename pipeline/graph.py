@@ -118,6 +118,13 @@ def capture_mode(cfg: PipelineConfig, replayed: bool) -> Mode:
     return "lossless" if replayed else cfg.edges["capture->segment"].mode
 
 
+def ask_served(cfg: PipelineConfig) -> bool:
+    """Whether the describe node runs: for the VLM, or, with describe off, for its ask
+    socket alone, which takes TP-SIS's prompt changes (pipeline/prompting.py)."""
+    return cfg.describe.enabled or (cfg.segment.enabled and cfg.segment.model == "tpsis"
+                                    and cfg.describe.ask_endpoint is not None)
+
+
 def compose(cfg: PipelineConfig, stages: Collection[str] | None = None,
             replayed: bool = False) -> Graph:
     """The whole graph for `cfg`, with `stages` (default all) running in this process.
@@ -139,7 +146,7 @@ def compose(cfg: PipelineConfig, stages: Collection[str] | None = None,
     for name, key, endpoint in sinks:
         serves = (key, endpoint) if key and name != "record" else None
         graph.add_node(Node(name, "stage", render_here, ("frames",), serves=serves))
-    if cfg.describe.enabled:
+    if ask_served(cfg):
         ask = cfg.describe.ask_endpoint
         graph.add_node(Node("describe", "worker", render_here, ("frames",),
                             serves=("describe.ask_endpoint", ask) if ask else None))

@@ -32,6 +32,7 @@ from orstream.pipeline.wire import (
     TOPIC_PREFIX,
     VERSION,
     WireError,
+    class_table,
     finite_number,
     topic,
 )
@@ -164,7 +165,10 @@ def encode(frame: Frame, classes: dict[str, Any] | None = None) -> list[bytes]:
     """Frame -> [topic, header, values, lengths] (PROTOCOL.md, "Mask-only stream").
 
     Without labels: [topic, header], labels null and no polygons. `classes` is the class
-    table as PublishStage builds it ({"task", "names", "colors"}) or None."""
+    table as PublishStage builds it ({"task", "names", "colors"}) or None; the frame's own
+    (`frame.classes`: TP-SIS's prompts) wins over it."""
+    if frame.classes is not None:
+        classes = frame.classes
     height, width = frame.image.shape[:2]
     labels = frame.labels
     desc: dict[str, Any] | None = None
@@ -244,18 +248,7 @@ def _ints(value: Any, n: int, minimum: int) -> bool:
 
 
 def _classes(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise WireError("bad_header", "classes must be an object or null")
-    names, colors = value.get("names"), value.get("colors")
-    if (type(value.get("task")) is not str or type(names) is not list
-            or not 1 <= len(names) <= 256 or not all(type(n) is str for n in names)):
-        raise WireError("bad_header", "classes needs task and 1-256 names")
-    if (type(colors) is not list or len(colors) != len(names)
-            or not all(_ints(c, 3, 0) and max(c) <= 255 for c in colors)):
-        raise WireError("bad_header", "classes needs one [r, g, b] (0-255) per name")
-    return value
+    return None if value is None else class_table(value)
 
 
 def _caption(value: Any) -> Caption | None:

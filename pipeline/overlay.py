@@ -258,6 +258,13 @@ class OverlayRenderer:
         self.num_threads = num_threads
         self.last_legend: list[str] = []  # names listed by the latest draw(), for tests/logs
 
+    def set_classes(self, class_names: Sequence[str], colors: Sequence[RGB]) -> None:
+        """Draw with another class table from the next frame on (TP-SIS prompts changed)."""
+        if len(class_names) != len(colors):
+            raise ValueError(f"{len(class_names)} class names for {len(colors)} colours")
+        self.class_names = tuple(class_names)
+        self.colors = _as_colors(colors)
+
     def warmup(self) -> None:
         """Compile (or load from cache) the kernels on a tiny frame, with the live dtypes."""
         image = np.zeros((8, 8, 3), np.uint8)

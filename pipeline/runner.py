@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 
 from loguru import logger
 
+from orstream.common.classes import PROMPTS_TASK
 from orstream.pipeline.config import PipelineConfig, exposed_endpoints
 from orstream.pipeline.describe import DescribeWorker
 from orstream.pipeline.edges import EdgeSockets, open_edges
@@ -25,6 +26,7 @@ from orstream.pipeline.executor import Executor, PipelineError
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.graph import STAGES, Graph, capture_mode, compose, local_stages
 from orstream.pipeline.metrics import Metrics, RunResult, StatusLog
+from orstream.pipeline.prompting import UNET_REFUSAL, PromptHandler, refuse
 from orstream.pipeline.security import Curve, curve_from_files
 from orstream.pipeline.source_stage import CaptureStage
 from orstream.pipeline.sources import Source, open_source
@@ -97,6 +99,8 @@ class Pipeline:
             return segment.task
         if not self.cfg.segment.enabled:
             return None
+        if self.cfg.segment.model == "tpsis":
+            return PROMPTS_TASK  # frames carry their class table: nothing to load
         from orstream.engines import checkpoint as ckpt
 
         return ckpt.load(self.cfg.segment.weights).task
@@ -125,11 +129,25 @@ class Pipeline:
         for name in here & sinks.keys():
             stages[name] = sinks[name]()
         if "describe" in here:
-            # With render: it sees every frame and draws the caption.
-            self.describe = DescribeWorker(cfg.describe, curve)
+            # With render: it sees every frame and draws the caption. Its ask socket also
+            # takes TP-SIS prompt changes, handed to the segment stage.
+            self.describe = DescribeWorker(cfg.describe, curve, self._prompt_handler(segment))
             stages["describe"] = self.describe
-        stages["render"] = RenderStage(cfg, task, self._dropped, self.describe)
+        captions = self.describe if cfg.describe.enabled else None
+        stages["render"] = RenderStage(cfg, task, self._dropped, captions)
         return stages
+
+    def _prompt_handler(self, segment: SegmentStage | None) -> PromptHandler | None:
+        """Who answers prompt requests on the ask socket: the segment stage run here, or a
+        refusal saying why there is none to change."""
+        if segment is not None:
+            return segment.change_prompts
+        if not self.cfg.segment.enabled:
+            return None
+        if self.cfg.segment.model == "unet":
+            return refuse(UNET_REFUSAL)
+        return refuse("segment runs in another process (orstream run --stages): prompts "
+                      "are changed only where segment runs beside describe.ask_endpoint")
 
     def _dropped(self) -> int:
         return self.metrics.dropped() if self.metrics is not None else 0

@@ -16,19 +16,22 @@ import cv2
 import numpy as np
 from loguru import logger
 
-from orstream.common.classes import palette
+from orstream.common.classes import PROMPTS_TASK, palette, prompt_table
 from orstream.common.crop import Region, crop_region
 from orstream.engines import checkpoint as ckpt
+from orstream.engines import tpsis_checkpoint as tckpt
 from orstream.engines.backends import Engine
 from orstream.engines.cache import EngineCache
 from orstream.engines.export import EngineSpec, Resolved, needs_build, open_engine, resolve
 from orstream.engines.postprocess import instance_vote
+from orstream.engines.tpsis_checkpoint import TPSISCheckpoint
 from orstream.pipeline import masks
 from orstream.pipeline.config import PipelineConfig, SegmentConfig
 from orstream.pipeline.describe import DescribeWorker
 from orstream.pipeline.frame import Frame
 from orstream.pipeline.overlay import OverlayRenderer, OverlayStyle
 from orstream.pipeline.ports import bind_as
+from orstream.pipeline.prompting import UNET_REFUSAL, PromptSlot
 from orstream.pipeline.recorder import RecorderError, RotatingRecorder
 from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import Sender
@@ -62,12 +65,41 @@ def segment_engine_spec(cfg: SegmentConfig) -> EngineSpec:
                       cfg.threads, cfg.engine_cache, tuple(auto) if auto else None)
 
 
+def _checkpoint_for(cfg: SegmentConfig) -> ckpt.Checkpoint | TPSISCheckpoint:
+    """The checkpoint segment.model asks for, or a ConfigError naming segment.weights and
+    segment.model when the file holds the other model. A U-Net: metadata only, from the
+    engine cache's index when it has this file (a cached engine then needs no tensors and
+    no torch import, seconds at start-up); TP-SIS: in full (it encodes prompts in torch)."""
+    from orstream.pipeline.config import ConfigError
+
+    other = {"unet": ("TP-SIS", tckpt.FORMAT), "tpsis": ("U-Net", ckpt.FORMAT)}[cfg.model]
+    try:
+        if cfg.model == "tpsis":
+            return tckpt.load(cfg.weights)
+        return ckpt.load_info(cfg.weights, EngineCache(cfg.engine_cache).checkpoint_index)
+    except ckpt.CheckpointError as exc:
+        if f"{other[1]!r}" not in str(exc):
+            raise
+        fix = ("set segment.model: tpsis, or segment.weights to a U-Net checkpoint"
+               if cfg.model == "unet" else
+               "set segment.model: unet, or segment.weights to a TP-SIS checkpoint (null: "
+               "the shipped tpsis_xs.pt)")
+        raise ConfigError(f"segment.weights: {cfg.weights} is a {other[0]} checkpoint but "
+                          f"segment.model is {cfg.model}: {fix}") from None
+
+
 class SegmentStage(Stage):
     """Crop the field of view, resize, normalise, infer, argmax: uint8 labels over a region.
 
     The label map stays at the model's resolution with the region it covers; the renderer
     (and any display compositing itself) scales it back with nearest-neighbour, which is the
     same as resizing it here but 20x less data to move.
+
+    segment.model tpsis: the engine also takes the prompt state, held in a PromptSlot
+    (pipeline/prompting.py) that `change_prompts` swaps from the ask socket's thread; each
+    frame carries the class table of the prompts it was segmented with. No per-instrument
+    vote: prompts may overlap in meaning ("scissors", "the cutting tool"), and a pixel is
+    the most probable prompt's at or above the threshold, or background.
     """
 
     name = "segment"
@@ -76,21 +108,26 @@ class SegmentStage(Stage):
         self.cfg = cfg.segment
         self.engine: Engine | None = None
         # Read (and checked) here, once: the runner needs the task to set up render and
-        # publish before any thread starts; open() only builds the engine from it. Metadata
-        # only, from the engine cache's index when it has this file: a cached engine needs
-        # no tensors, and no torch import (seconds at start-up).
-        self.checkpoint = ckpt.load_info(self.cfg.weights,
-                                         EngineCache(self.cfg.engine_cache).checkpoint_index)
-        self.task = self.checkpoint.task
+        # publish before any thread starts; open() only builds the engine from it.
+        self.checkpoint = _checkpoint_for(self.cfg)
+        self.prompted = self.cfg.model == "tpsis"
+        self.task = PROMPTS_TASK if self.prompted else self.checkpoint.task
         self._num_classes = len(self.checkpoint.classes)
         self._vote = self.task == "types" and self.cfg.postprocess == "vote"
         self._regions: dict[tuple[int, int], Region] = {}
         self._gpu_prep = None  # CudaFramePrep on device cuda
+        self.prompt_slot: PromptSlot | None = None  # tpsis, once open
 
     def open(self) -> None:
         checkpoint = self.checkpoint
         chosen = resolve(segment_engine_spec(self.cfg))
         self.activity = self._engine_activity(chosen)
+        slot = None
+        if self.prompted:
+            from orstream.engines.tpsis_engine import PromptEncoder
+
+            assert self.cfg.prompts is not None, "the config gives tpsis its prompts"
+            slot = PromptSlot(PromptEncoder(checkpoint), self.cfg.prompts)
         self.engine = open_engine(chosen)
         h, w = self.engine.input_size
         if self.cfg.device == "cuda":
@@ -98,10 +135,22 @@ class SegmentStage(Stage):
 
             # Crop, resize and the model on the GPU, on this stage's own CUDA stream.
             self._gpu_prep = CudaFramePrep((h, w))
+        warm = None if slot is None else slot.upcoming.arrays
         for _ in range(2):  # first calls allocate and pick kernels: not a live frame's cost
-            self.engine(np.zeros((h, w, 3), np.uint8))
-        logger.info("segment: {} ({}) on {}", self.cfg.weights.name, checkpoint.task,
+            self.engine(np.zeros((h, w, 3), np.uint8), warm)
+        self.prompt_slot = slot  # prompt changes are taken from here on
+        logger.info("segment: {} ({}) on {}", self.cfg.weights.name, self.task,
                     self.engine.describe())
+
+    def change_prompts(self, prompts: object) -> dict:
+        """An ask-socket prompt request (pipeline/prompting.py): runs on that thread."""
+        if not self.prompted:
+            return {"error": UNET_REFUSAL}
+        slot = self.prompt_slot
+        if slot is None:
+            return {"error": "segment is still starting (its engine is being opened): send "
+                             "the prompts again in a few seconds"}
+        return slot.change(prompts)
 
     @staticmethod
     def _engine_activity(chosen: Resolved) -> str:
@@ -109,11 +158,14 @@ class SegmentStage(Stage):
         doing = "building" if needs_build(chosen) else "loading"
         return f"{doing} the {chosen.backend} {chosen.precision} engine"
 
-    def _segment_on_gpu(self, image: np.ndarray, region: Region) -> np.ndarray:
+    def _segment_on_gpu(self, image: np.ndarray, region: Region,
+                        inputs: dict[str, np.ndarray] | None) -> np.ndarray:
         import torch
 
         with torch.cuda.stream(self._gpu_prep.stream):
-            labels = self.engine.run_tensor(self._gpu_prep(image, region))
+            frames = self._gpu_prep(image, region)
+            labels = (self.engine.run_tensor(frames) if inputs is None
+                      else self.engine.run_tensor(frames, inputs))
             return labels[0].cpu().numpy()  # waits for this stream's work only
 
     def region(self, height: int, width: int) -> Region:
@@ -125,15 +177,20 @@ class SegmentStage(Stage):
     def process(self, frame: Frame) -> Frame:
         assert self.engine is not None, "segment stage used before open()"
         y, x, h, w = self.region(*frame.image.shape[:2])
+        inputs = None
+        if self.prompt_slot is not None:
+            prompts = self.prompt_slot.take(frame.seq)  # one list for the whole frame
+            inputs = prompts.inputs.arrays
+            frame.classes = prompts.classes
         if self._gpu_prep is not None:
-            labels = self._segment_on_gpu(frame.image, (y, x, h, w))
+            labels = self._segment_on_gpu(frame.image, (y, x, h, w), inputs)
         else:
             mh, mw = self.engine.input_size
             crop = frame.image[y:y + h, x:x + w]
             # uint8 resize only: normalisation runs inside the engine (engines/deploy.py),
             # measured cheaper than cv2.dnn.blobFromImage (benchmarks/engines.py).
             small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
-            labels = self.engine(small)
+            labels = self.engine(small, inputs)
         if self._vote:
             labels = instance_vote(labels, self._num_classes)
         frame.labels = labels
@@ -173,7 +230,8 @@ class RenderStage(Stage):
     """Overlay, outlines, legend, caption and status line at display resolution.
 
     `task` None: segmentation is off and frames come unlabelled; they get the caption and
-    status line only.
+    status line only. `task` "prompts" (TP-SIS): each frame carries its class table (the
+    prompts it was segmented with), and the legend follows it.
     """
 
     name = "render"
@@ -185,8 +243,13 @@ class RenderStage(Stage):
         self.describe = describe
         self.cfg = cfg.render
         # Without a task the class table is background alone, which is never drawn.
-        names, colors = ((CLASSES[task], palette(task)) if task  # type: ignore[index]
-                         else (("background",), ((0, 0, 0),)))
+        self._classes: dict | None = None  # the frame-borne table drawn with (prompts)
+        if task == PROMPTS_TASK:
+            self._classes = prompt_table(cfg.segment.prompts or ())
+            names, colors = self._classes["names"], self._classes["colors"]
+        else:
+            names, colors = ((CLASSES[task], palette(task)) if task  # type: ignore[index]
+                             else (("background",), ((0, 0, 0),)))
         self.renderer = OverlayRenderer(names, colors,  # type: ignore[arg-type]
                                         OverlayStyle(alpha=self.cfg.alpha,
                                                      outline=self.cfg.outlines,
@@ -225,6 +288,11 @@ class RenderStage(Stage):
         if frame.caption is not None:
             caption = frame.caption.text
             age = (frame.t_capture_ns - frame.caption.t_capture_ns) / 1e9
+        table = frame.classes
+        if table is not None and table is not self._classes and table != self._classes:
+            # New prompts: a few names, compared only when the table object changes.
+            self.renderer.set_classes(table["names"], table["colors"])
+            self._classes = table
         if frame.labels is None:
             frame.overlay = frame.image
             if status or caption:
@@ -240,10 +308,11 @@ class RenderStage(Stage):
 
 
 def class_table(task: str | None) -> dict | None:
-    """The header's class table; None without segmentation (no labels to name)."""
+    """The header's class table; None without segmentation (no labels to name) and for
+    TP-SIS, whose frames carry their own (Frame.classes)."""
     from orstream.common.classes import CLASSES
 
-    if task is None:
+    if task is None or task == PROMPTS_TASK:
         return None
     return {"task": task, "names": list(CLASSES[task]),  # type: ignore[index]
             "colors": [list(c) for c in palette(task)]}  # type: ignore[arg-type]

@@ -108,6 +108,8 @@ def encode(frame: Frame, parts: Sequence[str] = ("overlay",),
             "text": frame.caption.text, "seq": frame.caption.seq,
             "t_capture_ns": frame.caption.t_capture_ns},
     }
+    if frame.classes is not None:  # the frame's own table (prompts) wins over the stream's
+        classes = frame.classes
     if classes is not None:
         header["classes"] = classes
     placed = ring.write(arrays) if ring is not None else None
@@ -330,12 +332,36 @@ def decode(message: Sequence[Any], max_bytes: int = DEFAULT_MAX_BYTES,
         if not _time(run):
             raise WireError("bad_header", "run must be an integer in [0, 2^63), or null")
         frame.run = run
+    classes = header.get("classes")
+    if type(classes) is dict and classes.get("task") == "prompts":
+        # A table of the frame's own (TP-SIS prompts, which change while running): render
+        # draws with it. A fixed task's table is the stream's, left in the header, and no
+        # receiver of those pays for its check.
+        frame.classes = class_table(classes)
     offset = header.get("wall_minus_mono_ns")
     if offset is not None:
         if type(offset) is not int or not -INT64 <= offset < INT64:
             raise WireError("bad_header", "wall_minus_mono_ns must be an int64")
         _rebase(frame, offset)
     return frame
+
+
+def _rgb(value: Any) -> bool:
+    return type(value) is list and len(value) == 3 and all(
+        type(v) is int and 0 <= v <= 255 for v in value)
+
+
+def class_table(value: Any) -> dict[str, Any]:
+    """A header's `classes` object, validated: a task, 1-256 names, one [r, g, b] each."""
+    if type(value) is not dict:
+        raise WireError("bad_header", "classes must be an object or null")
+    names, colors = value.get("names"), value.get("colors")
+    if (type(value.get("task")) is not str or type(names) is not list
+            or not 1 <= len(names) <= 256 or not all(type(n) is str for n in names)):
+        raise WireError("bad_header", "classes needs task and 1-256 names")
+    if type(colors) is not list or len(colors) != len(names) or not all(map(_rgb, colors)):
+        raise WireError("bad_header", "classes needs one [r, g, b] (0-255) per name")
+    return value
 
 
 def header_of(message: Sequence[Any]) -> dict:

@@ -12,6 +12,7 @@ from orstream.common.classes import CLASSES
 from orstream.engines import checkpoint as ckpt
 from orstream.engines.postprocess import instance_vote
 from orstream.engines.predict import predict_labels
+from orstream.engines.tpsis_checkpoint import is_tpsis
 from orstream.training.data import load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.metrics import SegmentationMetrics
@@ -23,11 +24,16 @@ def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
     """Metrics of `weights` on `data` (all videos, the given ones, or a fold's validation set).
 
     Frames are scored at the model's input size: the label maps are what the pipeline gets.
+    A TP-SIS checkpoint is scored given the class names as prompts (training/tpsis_eval.py).
     postprocess: "vote" (one type per connected instrument, engines/postprocess.py), "none",
     or "auto": vote for the types task, as the live pipeline does, none otherwise.
     """
     if postprocess not in ("auto", "vote", "none"):
         raise ValueError(f"postprocess {postprocess!r}: expected auto, vote or none")
+    if is_tpsis(weights):  # text-promptable: scored given the class names as prompts
+        from orstream.training.tpsis_eval import evaluate_tpsis
+
+        return evaluate_tpsis(data, weights, videos, fold, batch, workers, postprocess)
     checkpoint = ckpt.load(weights)
     task = checkpoint.task
     samples = discover(Path(data), task, videos)
@@ -76,4 +82,8 @@ def format_table(result: dict) -> str:
               f"{100 * result['isi_iou']:>8.2f} {100 * result['mc_iou']:>8.2f}", "",
               f"{'class':<28} {'IoU, %':>8}"]
     lines += [f"{name:<28} {100 * v:>8.2f}" for name, v in result["per_class_iou"].items()]
+    if "paraphrase" in result:  # a TP-SIS checkpoint: what it does with unseen text
+        from orstream.training.tpsis_eval import format_prompt_table
+
+        lines.append(format_prompt_table(result))
     return "\n".join(lines)

@@ -11,13 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(history: list[dict], path: Path, metric: str) -> Path:
+def plot_curves(history: list[dict], path: Path, metric: str,
+                loss_label: str = "Dice + CE loss") -> Path:
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("Dice + CE loss")
+    ax1.set_ylabel(loss_label)
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.plot(epochs, [h["val"][metric] for h in history], "o-", color="C2")

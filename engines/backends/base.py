@@ -171,15 +171,20 @@ class Engine:
         raise NotImplementedError(f"backend {cls.name} builds nothing ahead of time")
 
     # ------------------------------------------------------------------- running
-    def run(self, frames: np.ndarray) -> np.ndarray:
+    def run(self, frames: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+            ) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, H, W) uint8. `inputs`: the model's other inputs by name
+        (TP-SIS: the prompt state, engines/tpsis_engine.py); None for a U-Net."""
         raise NotImplementedError
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+                 ) -> np.ndarray:
         """One (H, W, 3) uint8 frame -> (H, W) uint8 label map."""
         if image.shape[:2] != self.input_size:
             raise ValueError(f"{self.name} engine expects {self.input_size} frames, got "
                              f"{image.shape[:2]}")
-        return self.run(np.ascontiguousarray(image)[None])[0]
+        frames = np.ascontiguousarray(image)[None]
+        return (self.run(frames) if inputs is None else self.run(frames, inputs))[0]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,

@@ -75,5 +75,7 @@ class OnnxRuntimeEngine(Engine):
                                             providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
 
-    def run(self, frames: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: frames})[0]
+    def run(self, frames: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+            ) -> np.ndarray:
+        feeds = {self._input: frames} if inputs is None else {self._input: frames, **inputs}
+        return self.session.run(None, feeds)[0]

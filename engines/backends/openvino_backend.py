@@ -119,6 +119,10 @@ class OpenVinoEngine(Engine):
             raise BackendError(f"openvino runs this engine in {running}, not the {precision} "
                                f"asked for")
         self.request = self.compiled.create_infer_request()
+        self._input = self.compiled.inputs[0].get_any_name()
 
-    def run(self, frames: np.ndarray) -> np.ndarray:
-        return self.request.infer({0: frames}, share_inputs=True)[0]
+    def run(self, frames: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+            ) -> np.ndarray:
+        if inputs is None:
+            return self.request.infer({0: frames}, share_inputs=True)[0]
+        return self.request.infer({self._input: frames, **inputs}, share_inputs=True)[0]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from orstream.engines.backends.base import BackendError, Engine, refuse_precision, require_cuda
-from orstream.engines.checkpoint import load as load_checkpoint
 from orstream.engines.preprocess import normalize
+from orstream.engines.tpsis_checkpoint import TPSISCheckpoint, load_any
 
 __all__ = ["BackendError", "TorchSegmenter", "cpu_bf16_supported"]
 
@@ -62,28 +62,45 @@ class TorchSegmenter(TorchPrecisions):
         super().__init__(artifact, size, precision, device, threads)
         if threads is not None:
             torch.set_num_threads(threads)
-        checkpoint = load_checkpoint(artifact)
+        checkpoint = load_any(artifact)
         self.checkpoint = checkpoint
+        # TP-SIS: the prompt state comes with every call (engines/tpsis_engine.py).
+        self.prompted = isinstance(checkpoint, TPSISCheckpoint)
         self._device = torch.device(device)
         self.model = checkpoint.build().to(self._device, memory_format=torch.channels_last)
         self._mean, self._std = checkpoint.mean, checkpoint.std
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     @torch.inference_mode()
-    def run(self, frames: np.ndarray) -> np.ndarray:
+    def run(self, frames: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+            ) -> np.ndarray:
         x = torch.from_numpy(frames)
         if self._device.type == "cuda":
             x = x.pin_memory().to(self._device, non_blocking=True)
-        return self.run_tensor(x).cpu().numpy()
+        return self.run_tensor(x, inputs).cpu().numpy()
 
     @torch.inference_mode()
-    def run_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+    def run_tensor(self, frames: torch.Tensor, inputs: dict[str, np.ndarray] | None = None
+                   ) -> torch.Tensor:
         """(N, H, W, 3) uint8 already on the engine's device -> (N, H, W) uint8 there."""
         x = normalize(frames, self._mean, self._std)
+        if self.prompted != (inputs is not None):
+            raise ValueError("a TP-SIS engine takes the prompt state with every frame, a "
+                             "U-Net none")
         with torch.autocast(self._device.type, dtype=self._autocast_dtype or torch.float32,
                             enabled=self._autocast_dtype is not None):
-            logits = self.model(x)  # (N, K, H, W)
-        return logits.argmax(dim=1).to(torch.uint8)
+            if inputs is None:
+                return self.model(x).argmax(dim=1).to(torch.uint8)  # (N, K, H, W) -> labels
+            return self._prompted(x, inputs)
+
+    def _prompted(self, x: torch.Tensor, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        """What engines/deploy.py's PromptLabelNet computes, eagerly."""
+        from orstream.engines.tpsis import PromptState, labels_from_logits, singleton_groups
+        from orstream.engines.tpsis_engine import ENGINE_STATE
+
+        arrays = [torch.from_numpy(inputs[n]).to(self._device) for n in ENGINE_STATE]
+        groups = singleton_groups(len(inputs["bias"])).to(self._device)  # each its own
+        return labels_from_logits(self.model(x, PromptState(*arrays, groups)).float())
 
     def describe(self) -> dict:
         return {**super().describe(), "threads": torch.get_num_threads()}
