@@ -1,7 +1,7 @@
 """Capture to painted in a browser (`orstream web`) beside `orstream view`'s capture to receipt.
 
     python -m orstream.benchmarks.web [--seconds 30] [--warmup 10] [--set KEY=VALUE]
-                                      [--out ...] [--screenshot PNG] [--describe]
+                                      [--out ...] [--screenshot PNG] [--describe] [--full]
 
 The default live pipeline (synthetic 1080p30, the shipped U-Net on the auto engine; the VLM
 off unless `--describe`, which also asks a question on the page before the screenshot) runs
@@ -12,7 +12,9 @@ Headless Chromium (Debian's, driven by Playwright) opens the page and warms up f
 animation frame after drawImage) while `orstream view`'s receiver, in this process,
 measures capture to receipt of the same stream. Everything is on one host over loopback,
 so the difference is what the browser display adds: JPEG encoding, the WebSocket, decoding
-and painting.
+and painting. The page reports the size it shows the video at and gets frames scaled to it
+(1280x720 viewport: a canvas narrower than 1080p); `--full` opens it as `?full=1`, which
+gets full resolution, for the comparison.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from orstream.benchmarks.common import machine, stats, table, write_json
+from orstream.benchmarks.common import machine, table, write_json
 from orstream.common.net import free_port
 from orstream.pipeline.ports import free_port_pair
 from orstream.pipeline.view import view
@@ -91,7 +93,7 @@ def _measure(args: argparse.Namespace) -> dict:
                                              args=CHROMIUM_ARGS)
             # bypass_csp: the page forbids eval, which this script's own probe needs
             page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)
-            page.goto(url)
+            page.goto(url + ("?full=1" if args.full else ""))
             time.sleep(args.warmup)
             page.reload()  # a new tab: its figures are the measured window's only
             stop = threading.Event()
@@ -140,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, help="save the page as this PNG")
     parser.add_argument("--describe", action="store_true",
                         help="the VLM on (captions at 1 Hz) and the page's question box")
+    parser.add_argument("--full", action="store_true",
+                        help="the page as ?full=1: frames at full resolution, not scaled to "
+                             "the canvas (the behaviour before frames were scaled)")
     args = parser.parse_args(argv)
     if not Path(args.chromium).exists():
         print(f"no Chromium at {args.chromium} (Debian: apt-get install chromium)")
         return 2
     out = _measure(args)
     tab, server, summary = out["tab"], out["server"], out["view"]
-    receipt = stats(np.asarray(summary.latencies_ms)) if summary.latencies_ms else None
+    receipt = summary.latencies_ms.stats() if summary.latencies_ms.count else None
     painted = {"n": tab["painted"], **tab["latency_ms"]}
     rows = [
         {"what": "orstream view: capture -> receipt", **(receipt or {})},
@@ -154,16 +159,22 @@ def main(argv: list[str] | None = None) -> int:
          **server["receipt_ms"], "n": server["received"]},
         {"what": "orstream web: capture -> arrival at the page", **tab["arrived_ms"],
          "n": tab["painted"]},
+        {"what": "orstream web: capture -> decoded on the page", **tab["decoded_ms"],
+         "n": tab["painted"]},
         {"what": "orstream web: capture -> painted (Chromium)", **painted},
     ]
-    print(f"\n1080p30 on loopback, {args.seconds:g} s measured after {args.warmup:g} s")
+    sent = "x".join(map(str, tab["sent_size"])) if tab["sent_size"] else "-"
+    shown = ("canvas " + "x".join(map(str, tab["box"])) + " device px" if tab["box"]
+             else "canvas size not reported")
+    print(f"\n1080p30 on loopback, {args.seconds:g} s measured after {args.warmup:g} s; "
+          f"{shown}, frames sent at {sent}")
     print(table(rows, [("what", "", "s"), ("n", "frames", "d"), ("p50", "p50 ms", ".1f"),
                        ("p95", "p95 ms", ".1f"), ("p99", "p99 ms", ".1f"),
                        ("max", "max ms", ".1f")]))
     fps = tab["painted"] / args.seconds
     print(f"painted {fps:.1f} fps; skipped for the tab {tab['skipped']}, superseded on the "
-          f"page {tab['page_dropped']}; JPEG {server['jpeg_bytes'] / 1024:.0f} KB, encode "
-          f"p50 {server['encode_ms']['p50']} ms")
+          f"page {tab['page_dropped']}; JPEG {tab['jpeg_bytes'] / 1024:.0f} KB, scale + "
+          f"encode p50 {server['encode_ms']['p50']} ms")
     met = (painted["p50"] is not None and painted["p50"] <= GOAL["p50"]
            and painted["p99"] <= GOAL["p99"])
     added = (painted["p50"] - receipt["p50"]) if receipt and painted["p50"] else None
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(args.out, {
         "machine": machine(), "chromium": _chromium_version(args.chromium),
         "seconds": args.seconds, "warmup_s": args.warmup, "set": args.set,
-        "describe": args.describe,
+        "describe": args.describe, "full": args.full,
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
         "web_server": server, "web_tab": tab, "goal_ms": GOAL, "goal_met": met,
         "view_dropped": summary.dropped})

@@ -303,7 +303,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
     from orstream.pipeline.web import WebOptions, serve
     from orstream.pipeline.web.access import TOKEN_ENV
 
-    opts = WebOptions(args.endpoint, listen=args.listen, ask=args.ask,
+    opts = WebOptions(args.endpoint, listen=args.listen, ask=args.ask, full=args.full,
                       curve=_client_curve(args, "web", "the publisher's"),
                       token=args.token or os.environ.get(TOKEN_ENV) or None,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
@@ -647,13 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "only; any other address needs --tls-cert/--tls-key and a token)")
     wb.add_argument("--ask", metavar="ENDPOINT",
                     help="the pipeline's describe.ask_endpoint (e.g. tcp://127.0.0.1:5601): "
-                         "questions from the page")
+                         "questions, and prompt changes for TP-SIS, from the page")
     wb.add_argument("--token", help="required in the page's URL (?token=...) and by its "
                     "WebSocket and API (default $ORSTREAM_WEB_TOKEN)")
     wb.add_argument("--tls-cert", dest="tls_cert", type=Path, help="HTTPS: PEM certificate")
     wb.add_argument("--tls-key", dest="tls_key", type=Path, help="HTTPS: its PEM private key")
     wb.add_argument("--insecure", action="store_true",
                     help="serve off loopback without TLS or token (logged as a warning)")
+    wb.add_argument("--full", action="store_true",
+                    help="send every tab full-resolution frames, not scaled to its canvas")
     wb.add_argument("--quality", type=int, default=80, choices=range(30, 101),
                     metavar="30-100", help="JPEG quality (default 80)")
     wb.add_argument("--stall", type=float, default=2.0, metavar="S",

@@ -1,5 +1,7 @@
 """`orstream web`: a real pipeline feeding the browser display's server, read by plain Python
-WebSocket clients (tests/test_web_browser.py drives a real browser)."""
+WebSocket clients (tests/test_web_browser.py drives a real browser). The prompts box's server
+side runs against a real TP-SIS pipeline, its weights from tests/test_tpsis_pipeline.py's
+`tpsis_weights` fixture (the shipped ones once they exist, else a dev checkpoint)."""
 
 from __future__ import annotations
 
@@ -22,28 +24,39 @@ import numpy as np
 import pytest
 from loguru import logger
 
+# A fixture: the TP-SIS checkpoint every TP-SIS pipeline test uses (see its docstring).
+from test_tpsis_pipeline import tpsis_weights  # noqa: F401
+
 from orstream.common.net import free_port
+from orstream.engines.tpsis_engine import DEFAULT_PROMPTS
 from orstream.pipeline.cli import main
 from orstream.pipeline.config import load_config
 from orstream.pipeline.describe import EMPTY_QUESTION
 from orstream.pipeline.runner import Pipeline
 from orstream.pipeline.web import WebOptions, serve
 from orstream.pipeline.web.access import WebAccessError
-from orstream.pipeline.web.hub import unpack
-from orstream.pipeline.web.server import NO_PROMPTS
+from orstream.pipeline.web.hub import MIN_WIDTH, scale, sent_size, unpack
 
 
 class LivePipeline:
-    """`orstream run` at 640x360 on free ports, in this process, counting rendered frames."""
+    """`orstream run` at 640x360 on free ports, in this process, counting rendered frames;
+    `sets`: more --set overrides (a TP-SIS pipeline)."""
 
-    def __init__(self) -> None:
-        self.publish = f"tcp://127.0.0.1:{free_port()}"
+    def __init__(self, *sets: str) -> None:
+        port = free_port()
+        self.publish = f"tcp://127.0.0.1:{port}"
         self.ask = f"tcp://127.0.0.1:{free_port()}"
         self.rendered = 0
-        cfg = load_config(None, ["source.width=640", "source.height=360",
-                                 "segment.backend=torch", "segment.precision=fp32",
-                                 "describe.interval_s=0.5", f"describe.ask_endpoint={self.ask}"],
-                          publish__endpoint=self.publish)
+        sets = ("source.width=640", "source.height=360", "segment.backend=torch",
+                "segment.precision=fp32", "describe.interval_s=0.5",
+                f"describe.ask_endpoint={self.ask}", *sets)
+        # Pipelines in one process share inproc:// mailboxes by name (pipeline/inproc.py):
+        # this one's edges get names of its own, so that two side by side (the module's U-Net
+        # and a TP-SIS one) never take each other's frames.
+        own = [f"edges.{name}.endpoint=inproc://{port}-{edge.endpoint[len('inproc://'):]}"
+               for name, edge in load_config(None, list(sets)).edges.items()
+               if edge.endpoint.startswith("inproc://")]
+        cfg = load_config(None, [*sets, *own], publish__endpoint=self.publish)
         self.pipeline = Pipeline(cfg, on_frame=self._count)
         self.thread = threading.Thread(target=self.pipeline.run, daemon=True)
 
@@ -68,6 +81,13 @@ class LivePipeline:
 def live():
     with LivePipeline() as pipeline:
         yield pipeline
+
+
+def tpsis_pipeline(weights: Path) -> LivePipeline:
+    """A TP-SIS pipeline with the default prompts and no VLM: its ask socket takes prompt
+    changes only."""
+    return LivePipeline("segment.model=tpsis", f"segment.weights={weights}",
+                        "describe.enabled=false")
 
 
 @contextlib.contextmanager
@@ -136,7 +156,9 @@ def test_tabs_get_the_overlay_as_header_and_jpeg_with_increasing_seq(live):
     with web_server(live.publish, ask=live.ask) as url:
         hello, frames = asyncio.run(read_frames(url, 8))
         stats = get(url, "api/stats")[1]
-    assert hello["t"] == "hello" and hello["ask"] is True and hello["prompts"] is False
+    # A U-Net pipeline: no prompts (the page hides its prompts box), no table in the headers.
+    assert hello["t"] == "hello" and hello["ask"] is True and hello["prompts"] is None
+    assert all(header["classes"] is None for header, _ in frames)
     seqs = [h["seq"] for h, _ in frames]
     assert seqs == sorted(set(seqs)), seqs
     for header, jpeg in frames:
@@ -181,14 +203,145 @@ def test_stats_endpoint_reports_each_tabs_painted_latency_and_the_servers_figure
     assert stats["painted"]["frames"] == 6
 
 
-def _stalled_tab(url: str) -> socket.socket:
-    """A tab that opens the WebSocket and then never reads a byte."""
+def test_sent_size_fits_the_box_keeps_the_aspect_and_never_scales_up():
+    assert sent_size(1920, 1080, None) == (1920, 1080)  # no size reported: full resolution
+    assert sent_size(1920, 1080, (960, 540)) == (960, 540)
+    assert sent_size(1920, 1080, (960, 2000)) == (960, 540)  # a tall box: the width binds
+    assert sent_size(1920, 1080, (3000, 540)) == (960, 540)  # a wide box: the height binds
+    # Widths are rounded down to the step: tabs a few pixels apart share one encoding.
+    assert sent_size(1920, 1080, (957, 539)) == sent_size(1920, 1080, (950, 536)) == (944, 531)
+    for box in [(1920, 1080), (1920, 1200), (3840, 2160)]:
+        assert sent_size(1920, 1080, box) == (1920, 1080)  # never larger than the frame
+    assert sent_size(1920, 1080, (1919, 1080)) == (1904, 1071)  # nor than the box
+    assert sent_size(1920, 1080, (100, 60)) == (MIN_WIDTH, 180)  # never below MIN_WIDTH
+    assert sent_size(300, 200, (100, 60)) == (300, 200)  # a small frame is never scaled
+    for box in [(1024, 700), (801, 333), (640, 480), (1366, 768), (333, 1000)]:
+        width, height = sent_size(1920, 1080, box)
+        assert width <= box[0] and height <= box[1] and width % 16 == 0, (box, width, height)
+        assert abs(width / height - 16 / 9) < 0.01, (box, width, height)
+
+
+def test_scaling_keeps_one_pixel_lines_at_every_size_a_tab_may_show():
+    # 1-pixel lines, as mask outlines are drawn, at every offset a scaling could miss.
+    picture = np.zeros((1080, 1920, 3), np.uint8)
+    picture[:, 100:1900:7] = 255  # columns: the same holds for rows, the scaling is separable
+    for box in [(1904, 1071), (1264, 711), (960, 540), (848, 477), (448, 252), (320, 180)]:
+        size = sent_size(1920, 1080, box)
+        small = scale(picture, size)
+        assert small.shape == (size[1], size[0], 3)
+        # Each line still shows where it was: no stretch of the sent frame lost one.
+        columns = small[small.shape[0] // 2, round(100 * size[0] / 1920) + 2:
+                        round(1890 * size[0] / 1920) - 2, 0]
+        window = max(2, -(-7 * size[0] // 1920) + 1)  # the line spacing, sent, rounded up
+        lows = np.lib.stride_tricks.sliding_window_view(columns, window).max(axis=1)
+        assert lows.min() >= 25, (size, lows.min())  # INTER_LINEAR alone: 0 from 848 down
+
+
+async def _tab_frames(url: str, count: int, query: str = "",
+                      resize: tuple[int, int, int] | None = None,
+                      linger: asyncio.Event | None = None) -> list[tuple[dict, bytes]]:
+    """A tab that opens /ws with `query`, reads `count` frames and reports each painted;
+    resize (after, w, h): after that many frames it reports a new size as the page does;
+    linger: stays open (reading nothing more) until that is set. Each frame as (header, the
+    whole message)."""
+    frames = []
+    async with open_tab(url, query) as (_, ws):
+        while len(frames) < count:
+            message = await ws.receive(timeout=30)
+            if message.type != aiohttp.WSMsgType.BINARY:
+                continue
+            header, _ = unpack(message.data)
+            frames.append((header, message.data))
+            await ws.send_json({"t": "painted", "seq": header["seq"], "dropped": 0,
+                                "latency_ms": 1.0})
+            if resize is not None and len(frames) == resize[0]:
+                await ws.send_json({"t": "size", "w": resize[1], "h": resize[2]})
+        if linger is not None:
+            await linger.wait()
+    return frames
+
+
+def _picture_size(frame: tuple[dict, bytes]) -> tuple[int, int]:
+    """The decoded JPEG's width and height, checked against the header's sent size."""
+    header, jpeg = unpack(frame[1])
+    picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[:2] == (header["sent_height"], header["sent_width"])
+    assert picture.std() > 10  # the scene, not a blank picture
+    # The frame's own size stays in the header (what overlay coordinates refer to).
+    assert (header["width"], header["height"]) == (640, 360)
+    return picture.shape[1], picture.shape[0]
+
+
+def test_each_tab_gets_frames_scaled_to_the_size_it_reports_each_size_encoded_once(live):
+    async def scenario(url: str) -> tuple[list, dict]:
+        read = asyncio.Event()
+        tabs = [asyncio.create_task(_tab_frames(url, 12, query, linger=read)) for query in (
+            "?w=480&h=270",
+            "?w=400&h=300",  # a 4:3 box: the width binds
+            "",  # no size: full resolution
+            "?w=960&h=540")]  # larger than the frame: not scaled up
+        try:
+            stats = await stats_once_read(url, tabs)
+        finally:
+            read.set()
+        return await asyncio.gather(*tabs), stats
+
+    async def stats_once_read(url: str, tabs: list[asyncio.Task]) -> dict:
+        """/api/stats once every tab read its frames, while all are still open."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(url + "api/stats") as response:
+                    stats = await response.json()
+                if sum(tab["painted"] >= 12 for tab in stats["tabs"]) == len(tabs):
+                    return stats
+                if any(task.done() for task in tabs):  # one failed: its error, not a hang
+                    await asyncio.gather(*tabs)
+                await asyncio.sleep(0.1)
+
+    with web_server(live.publish) as url:
+        (small, four_three, no_size, large), stats = asyncio.run(scenario(url))
+    # The 640x360 test stream: each tab's frames at the size that fits its box.
+    assert {_picture_size(f) for f in small} == {(480, 270)}
+    assert {_picture_size(f) for f in four_three} == {(400, 225)}
+    assert {_picture_size(f) for f in no_size} == {(640, 360)}
+    assert {_picture_size(f) for f in large} == {(640, 360)}
+    for frames in (small, four_three, no_size, large):
+        seqs = [header["seq"] for header, _ in frames]
+        assert seqs == sorted(set(seqs)), seqs
+    # One encoding per frame and size: tabs of the same sent size get the same message.
+    full = {header["index"]: data for header, data in no_size}
+    shared = [index for index, _ in ((h["index"], d) for h, d in large) if index in full]
+    assert shared, "the two full-size tabs never got the same frame"
+    assert all(full[h["index"]] == d for h, d in large if h["index"] in full)
+    server = stats["server"]
+    assert set(server["sizes"]) <= {"480x270", "400x225", "640x360"}, server["sizes"]
+    boxes = sorted((tab["box"] or [0, 0]) for tab in stats["tabs"])
+    assert boxes == [[0, 0], [400, 300], [480, 270], [960, 540]]
+
+
+def test_a_tab_that_reports_a_new_size_gets_frames_at_it_and_full_forces_full_size(live):
+    with web_server(live.publish) as url:
+        frames = asyncio.run(_tab_frames(url, 12, resize=(3, 336, 189)))
+    sizes = [_picture_size(frame) for frame in frames]
+    assert sizes[:3] == [(640, 360)] * 3
+    # Frames asked for before the report come at the old size (at most the window and the
+    # one being waited for), every one after the first new one at the new size.
+    first = sizes.index((336, 189))
+    assert first <= 3 + 3 and set(sizes[first:]) == {(336, 189)}, sizes
+
+    with web_server(live.publish, full=True) as url:
+        frames = asyncio.run(_tab_frames(url, 6, "?w=480&h=270", resize=(2, 336, 189)))
+    assert {_picture_size(frame) for frame in frames} == {(640, 360)}
+
+
+def _stalled_tab(url: str, query: str = "") -> socket.socket:
+    """A tab that opens the WebSocket (/ws`query`) and then never reads a byte."""
     host, port = url.split("//")[1].strip("/").rsplit(":", 1)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full with the first frame
     sock.connect((host, int(port)))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    sock.sendall(f"GET /ws{query} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
     return sock
@@ -225,7 +378,9 @@ def test_a_stalled_or_closed_tab_costs_the_pipeline_and_other_tabs_nothing(live)
         return got
 
     with web_server(live.publish) as url:
-        stalled, liar, closed = _stalled_tab(url), _stalled_tab(url), _stalled_tab(url)
+        # The stalled one shows a smaller size: nobody reads it, so it is never encoded.
+        stalled, liar, closed = _stalled_tab(url, "?w=400&h=300"), _stalled_tab(url), \
+            _stalled_tab(url)
         lying = threading.Event()
         acks = _ack_blindly(liar, lying)
         time.sleep(0.5)
@@ -255,6 +410,7 @@ def test_a_stalled_or_closed_tab_costs_the_pipeline_and_other_tabs_nothing(live)
     assert sorted(tabs) == [1, 2] and stats["server"]["tabs_closed"] == 2
     stalled_tab = tabs[1]  # sent its window's two frames, nothing since, all counted
     assert stalled_tab["sent"] == 2 and stalled_tab["in_flight"] == 2
+    assert stalled_tab["box"] == [400, 300] and stalled_tab["sent_size"] == [400, 225]
     assert stalled_tab["skipped"] >= received
     # The liar was sent frames into a socket that nobody reads (loopback buffers hold
     # megabytes: at this size its send may never block within 4 s; if it does, only its own
@@ -280,6 +436,7 @@ def test_security_refusals(live, tmp_path):
         assert get(url, "?token=wrong")[0] == 401
         assert get(url, "api/stats?token=s3cret")[0] == 200
         assert get(url, "api/stats", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert get(url, "api/prompts", method="POST", json={"prompts": ["scissors"]})[0] == 401
         with pytest.raises(aiohttp.WSServerHandshakeError, match="401"):
             asyncio.run(read_frames(url, 1))
         hello, frames = asyncio.run(read_frames(url, 2, token="?token=s3cret"))
@@ -297,6 +454,9 @@ def test_security_refusals(live, tmp_path):
                     pass
             asyncio.run(hijack())
         status, _ = get(url, "api/ask", method="POST", json={"question": "is there smoke?"},
+                        headers={"Origin": "http://evil.example"})
+        assert status == 403
+        status, _ = get(url, "api/prompts", method="POST", json={"prompts": ["scissors"]},
                         headers={"Origin": "http://evil.example"})
         assert status == 403
 
@@ -368,7 +528,7 @@ def test_a_silent_endpoint_says_no_frames_yet_on_the_page_and_in_the_log():
     assert stats["server"]["received"] == 0 and stats["painted"]["latency_ms"]["p50"] is None
 
 
-def test_questions_are_proxied_to_the_pipeline_and_prompts_are_refused_clearly(live):
+def test_questions_are_proxied_to_the_pipeline_and_a_unet_refuses_prompts_clearly(live):
     with web_server(live.publish, ask=live.ask) as url:
         deadline = time.monotonic() + 90  # the VLM process may still be starting
         while True:
@@ -382,8 +542,10 @@ def test_questions_are_proxied_to_the_pipeline_and_prompts_are_refused_clearly(l
         assert get(url, "api/ask", method="POST", json={"question": "  "}) == \
             (400, {"error": EMPTY_QUESTION})
         assert get(url, "api/ask", method="POST", data="is there smoke?")[0] == 415
-        assert get(url, "api/prompts", method="POST", json={"prompts": ["gauze"]}) == \
-            (409, {"error": NO_PROMPTS})
+        # A U-Net pipeline segments no prompts: the server says so, the pipeline refuses.
+        assert get(url, "api/prompts") == (200, {"prompts": None})
+        status, reply = get(url, "api/prompts", method="POST", json={"prompts": ["gauze"]})
+        assert status == 502 and "segment.model is unet" in reply["error"], reply
     with web_server(live.publish) as url:
         status, reply = get(url, "api/ask", method="POST", json={"question": "smoke?"})
         assert status == 404 and "--ask" in reply["error"]
@@ -405,3 +567,74 @@ def test_orstream_web_serves_until_ctrl_c_and_exits_0(live):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def frames_through(url: str, seq: int, after: int = 2) -> list[dict]:
+    """The headers of the frames a tab is sent until `after` of them have a seq >= `seq`."""
+    headers: list[dict] = []
+    async with open_tab(url) as (_, ws):
+        while sum(h["seq"] >= seq for h in headers) < after:
+            message = await ws.receive(timeout=60)
+            if message.type != aiohttp.WSMsgType.BINARY:
+                continue
+            header, _ = unpack(message.data)
+            headers.append(header)
+            await ws.send_json({"t": "painted", "seq": header["seq"], "dropped": 0,
+                                "latency_ms": 1.0})
+    return headers
+
+
+def test_a_tpsis_pipelines_prompts_show_and_the_prompts_box_changes_them(
+        tpsis_weights):  # noqa: F811 - the fixture imported above
+    default = ["background", *DEFAULT_PROMPTS]
+    with tpsis_pipeline(tpsis_weights) as tpsis, \
+            web_server(tpsis.publish, ask=tpsis.ask) as url:
+        # The frames carry their own table (task "prompts"): the page shows the prompts box.
+        _, frames = asyncio.run(read_frames(url, 2))
+        for header, _ in frames:
+            assert header["classes"]["task"] == "prompts", header["classes"]
+            assert header["classes"]["names"] == default
+            assert len(header["classes"]["colors"]) == len(default)
+        # Frames have come: a tab opened now is told the prompts before its first frame.
+        hello, _ = asyncio.run(read_frames(url, 1))
+        assert hello["prompts"] == list(DEFAULT_PROMPTS)
+        assert get(url, "api/prompts") == (200, {"prompts": list(DEFAULT_PROMPTS)})
+        assert get(url, "api/stats")[1]["server"]["prompts"] == list(DEFAULT_PROMPTS)
+
+        # The box's prompts reach the pipeline; its reply names the first frame that has them.
+        status, reply = get(url, "api/prompts", method="POST",
+                            json={"prompts": ["scissors", " needle   holder "]})
+        new = ["scissors", "needle holder"]  # whitespace collapsed, as the pipeline shows them
+        assert status == 200 and reply["prompts"] == new and type(reply["seq"]) is int, reply
+        headers = asyncio.run(frames_through(url, reply["seq"]))
+        for header in headers:  # each frame with its own table: old before, new from seq on
+            want = ["background", *new] if header["seq"] >= reply["seq"] else default
+            assert header["classes"]["names"] == want, (header["seq"], reply["seq"])
+        hello, _ = asyncio.run(read_frames(url, 1))
+        assert hello["prompts"] == new and get(url, "api/prompts")[1] == {"prompts": new}
+
+        # Bad requests are 400s naming the problem, refused here before anything is sent.
+        for body, why in [({"prompts": "scissors"}, "must be a list of texts"),
+                          ({"prompts": ["scissors", " "]}, "prompt 2 is empty"),
+                          ({"prompts": ["x"] * 17}, "17 prompts: give 1 to 16"),
+                          ({"prompts": [3]}, "prompt 1 is a int, not a text"),
+                          ({"question": "scissors"}, 'no "prompts" in the body'),
+                          (["scissors"], 'no "prompts" in the body')]:
+            status, reply = get(url, "api/prompts", method="POST", json=body)
+            assert status == 400 and why in reply["error"], (body, reply)
+        status, reply = get(url, "api/prompts", method="POST", data="{prompts: scissors",
+                            headers={"Content-Type": "application/json"})
+        assert status == 400 and "the body is not JSON" in reply["error"], reply
+        assert get(url, "api/prompts", method="POST", data="scissors")[0] == 415
+        # The pipeline's own refusal (more word pieces than the text encoder keeps) is
+        # passed through, and the running prompts stay.
+        words = " ".join("abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrst")
+        status, reply = get(url, "api/prompts", method="POST", json={"prompts": [words]})
+        assert status == 502 and "the running ones stay" in reply["error"], reply
+        headers = asyncio.run(read_frames(url, 2))[1]
+        assert all(h["classes"]["names"] == ["background", *new] for h, _ in headers)
+
+    # Without --ask the box cannot work: a 404 that says how to turn it on.
+    with tpsis_pipeline(tpsis_weights) as tpsis, web_server(tpsis.publish) as url:
+        status, reply = get(url, "api/prompts", method="POST", json={"prompts": ["scissors"]})
+        assert status == 404 and "--ask" in reply["error"], reply

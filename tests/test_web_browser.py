@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 
@@ -12,8 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
+# A fixture: the TP-SIS checkpoint every TP-SIS pipeline test uses.
+from test_tpsis_pipeline import tpsis_weights  # noqa: F401
+
 # The live pipeline and the server in a thread, as tests/test_web.py starts them.
-from test_web import LivePipeline, web_server
+from test_web import LivePipeline, tpsis_pipeline, web_server
+
+from orstream.engines.tpsis_engine import DEFAULT_PROMPTS
+from orstream.pipeline.web.hub import sent_size
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # What works here as root in a container: no sandbox, no GPU, nothing fetched in the
@@ -74,5 +81,105 @@ def test_the_page_shows_live_frames_the_caption_answers_a_question_and_is_not_bl
             x, y = int(video["x"]), int(video["y"])
             picture = shot[y:y + int(video["height"]), x:x + int(video["width"])]
             assert picture.std() > 20, "the video canvas is blank"
+
+            # The canvas is wider than the 640x360 stream here: frames come at full size.
+            shown = _shown(page)
+            assert shown["sent"] == [640, 360] == shown["canvas"], shown
+            # A narrow window: the page reports its smaller canvas (ResizeObserver) and the
+            # frames it paints come scaled to fit it, one canvas pixel per frame pixel.
+            page.set_viewport_size({"width": 480, "height": 600})
+            shown = _settled(page, shown["size"])
+            width, height = shown["size"]
+            assert abs(width - shown["box"][0]) <= 1 and abs(height - shown["box"][1]) <= 1
+            assert shown["sent"] == list(sent_size(640, 360, (width, height))) == \
+                shown["canvas"], shown
+            assert shown["sent"][0] < 640 and shown["frame"] == [640, 360]
+            with urllib.request.urlopen(url + "api/stats", timeout=10) as response:
+                (tab,) = json.load(response)["tabs"]
+            assert tab["box"] == shown["size"] and tab["sent_size"] == shown["sent"], tab
+            painted = page.evaluate("window.orstream.painted")
+            page.wait_for_function(f"window.orstream.painted >= {painted + 10}",
+                                   timeout=30_000)  # and they keep coming
+            shot = cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), cv2.IMREAD_COLOR)
+            video = page.locator("#video").bounding_box()
+            x, y = int(video["x"]), int(video["y"])
+            picture = shot[y:y + int(video["height"]), x:x + int(video["width"])]
+            assert picture.std() > 20, "the scaled video canvas is blank"
         finally:
             browser.close()
+
+
+def test_a_typed_prompt_changes_what_the_page_lists(tpsis_weights):  # noqa: F811 - imported
+    from playwright.sync_api import sync_playwright
+
+    items = "[...document.querySelectorAll('#prompt-list li')].map((li) => li.textContent)"
+    with tpsis_pipeline(tpsis_weights) as live, web_server(live.publish, ask=live.ask) as url, \
+            sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)
+            page.goto(url)
+            page.wait_for_function("window.orstream && window.orstream.painted >= 2",
+                                   timeout=60_000)
+            # A TP-SIS pipeline: the box shows, listing the painted frame's prompts.
+            assert page.is_visible("#prompts-box")
+            assert page.evaluate(items) == list(DEFAULT_PROMPTS)
+            assert page.input_value("#prompts") == "\n".join(DEFAULT_PROMPTS)
+
+            page.fill("#prompts", "scissors")
+            page.press("#prompts", "Enter")
+            page.wait_for_function(f"JSON.stringify({items}) === '[\"scissors\"]'",
+                                   timeout=30_000)
+            reply = page.evaluate("window.orstream.promptsReply")
+            assert reply["prompts"] == ["scissors"] and type(reply["seq"]) is int, reply
+            assert page.evaluate("window.orstream.header.classes.names") == \
+                ["background", "scissors"]
+            assert page.evaluate("window.orstream.header.seq") >= reply["seq"]
+            assert f"from frame {reply['seq']}" in page.text_content("#prompts-reply")
+            # The swatch has the prompt's colour from the frame's table.
+            color = page.evaluate("getComputedStyle(document.querySelector("
+                                  "'#prompt-list .swatch')).backgroundColor")
+            want = page.evaluate("window.orstream.header.classes.colors[1]")
+            assert color == "rgb({}, {}, {})".format(*want), (color, want)
+
+            # A prompt too long: the server's reason on the page, the prompts as they were.
+            page.fill("#prompts", "needle holder, " + "x" * 101)
+            page.click("#prompts-button")
+            page.wait_for_function("document.getElementById('prompts-reply').className"
+                                   ".includes('error')", timeout=10_000)
+            assert "prompt 2 is 101 characters long" in page.text_content("#prompts-reply")
+            painted = page.evaluate("window.orstream.painted")
+            page.wait_for_function(f"window.orstream.painted >= {painted + 3}", timeout=30_000)
+            assert page.evaluate(items) == ["scissors"]
+        finally:
+            browser.close()
+
+
+# What the page shows now: the size it reported, its canvas's box in device pixels, the
+# canvas's own pixels, and the last painted frame's size and sent size (all in one go).
+SHOWN = """() => {
+  const video = document.getElementById("video");
+  const rect = video.getBoundingClientRect();
+  const h = window.orstream.header, size = window.orstream.size;
+  return {size: size && [size.w, size.h], canvas: [video.width, video.height],
+          box: [rect.width * devicePixelRatio, rect.height * devicePixelRatio],
+          sent: h && [h.sent_width, h.sent_height], frame: h && [h.width, h.height]};
+}"""
+
+
+def _shown(page) -> dict:
+    return page.evaluate(SHOWN)
+
+
+def _settled(page, before: list[int], timeout_s: float = 20.0) -> dict:
+    """What the page shows once it reported a size other than `before` and painted a frame
+    at it (the layout settles in a frame or two after a resize: the canvas's height follows
+    its pixels' aspect)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = _shown(page)
+        if shown["size"] and shown["size"] != before and \
+                shown["sent"] == list(sent_size(640, 360, tuple(shown["size"]))):
+            return shown
+        assert time.monotonic() < deadline, f"no frame at the reported size: {shown}"
+        page.wait_for_timeout(100)

@@ -1,13 +1,23 @@
-"""`orstream web`: the page, its WebSocket, /api/stats, /api/ask, on aiohttp.
+"""`orstream web`: the page, its WebSocket, /api/stats, /api/ask, /api/prompts, on aiohttp.
 
 Routes:
 - `GET /` the page (static/index.html), `GET /static/...` its script and style;
-- `GET /ws` the frames (hub.py: binary header + JPEG) and, as text, `hello`, `status`
-  (no frames yet, stalled) and `tab` (this tab's counts, each second); the page answers
-  each frame once done with it: `painted` (with its latency) or `ack` (superseded);
+- `GET /ws[?w=W&h=H]` the frames (hub.py: binary header + JPEG) and, as text, `hello`,
+  `status` (no frames yet, stalled) and `tab` (this tab's counts, each second); the page
+  answers each frame once done with it: `painted` (with its latency) or `ack` (superseded),
+  and says what it shows the video in, in device pixels: `w`/`h` in the URL, then
+  `{"t": "size", "w", "h"}` whenever that changes; frames come scaled to fit (none: full size);
 - `GET /api/stats` the server's and every tab's figures;
 - `POST /api/ask` `{"question"}` -> the pipeline's answer (describe.ask over ZeroMQ);
-- `GET|POST /api/prompts` refused: no pipeline has a text-prompt model yet.
+- `GET /api/prompts` -> `{"prompts": [...] | null}`: what the newest frame was segmented
+  with (null: the stream segments no prompts, a U-Net pipeline);
+- `POST /api/prompts` `{"prompts": [...]}` -> the pipeline's reply to the change,
+  `{"prompts", "seq", "ms"}` (prompting.set_prompts over the same ask socket).
+
+Whether the pipeline segments prompts is read from its frames: a TP-SIS frame carries its own
+class table (task "prompts", hub.py), which the frame header passes on to the page; `hello`
+says the newest frame's prompts (null: none), for the page's prompts box before its first
+frame.
 
 Everything but the static files checks the token when there is one (`?token=` or
 `Authorization: Bearer`), and access.Gate's Host and Origin rules.
@@ -29,8 +39,10 @@ from aiohttp import WSMsgType, web
 from loguru import logger
 
 from orstream.common.errors import UsageError
+from orstream.engines.tpsis_engine import PromptError, check_prompts
 from orstream.pipeline.describe import ASK_MAX_BYTES, EMPTY_QUESTION, ask
 from orstream.pipeline.ports import free_port_pair, in_use
+from orstream.pipeline.prompting import set_prompts
 from orstream.pipeline.security import Curve
 from orstream.pipeline.web.access import (
     Gate,
@@ -41,13 +53,18 @@ from orstream.pipeline.web.access import (
     tls_context,
 )
 from orstream.pipeline.web.hub import FrameHub, percentiles
-from orstream.pipeline.web.tabs import WINDOW, Tab
+from orstream.pipeline.web.tabs import WINDOW, Tab, box_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 HEARTBEAT_S = 10.0  # a tab whose connection died without a FIN is closed after this
 CLOSE_WAIT_S = 1.0  # a closing tab gets this long to answer the close (a stalled one never)
 ASK_TIMEOUT_S = 10.0  # the pipeline answers in tens of ms; its REP side gives up after 4 s
-NO_PROMPTS = "this pipeline has no text-prompt model: there are no prompts to change"
+# A change is encoded in ms, then its reply waits up to 2 s (prompting.APPLY_WAIT_S) for the
+# first frame that uses it; a question already at the socket may hold it up to 4 s before.
+PROMPTS_TIMEOUT_S = 10.0
+PROMPTS_EXAMPLE = '{"prompts": ["scissors", "needle holder"]}'
+NO_ASK = ("this display was started without --ask ENDPOINT (the pipeline's "
+          "describe.ask_endpoint)")
 # What the page may load: its own files, blob: images, its own WebSocket; never framed.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
@@ -71,6 +88,7 @@ class WebOptions:
     quality: int = 80  # JPEG quality: 80 is ~200 KB for a 1080p overlay
     window: int = WINDOW
     stall_warn_s: float = 2.0  # as `orstream view --stall`
+    full: bool = False  # every tab gets full resolution, whatever size it shows the video at
 
 
 class WebServer:
@@ -84,7 +102,9 @@ class WebServer:
         self.closed = {"tabs": 0, "painted": 0, "skipped": 0}
         self.started = time.monotonic()
         self._status = ""  # the warning shown on pages now ("" when frames flow)
-        self._ask_lock = asyncio.Lock()  # the pipeline answers one question at a time
+        # The pipeline's ask socket answers one request (question or prompts) at a time: one
+        # waits here rather than in a worker thread each.
+        self._ask_lock = asyncio.Lock()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
@@ -93,7 +113,8 @@ class WebServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_post("/api/ask", self._ask)
-        app.router.add_route("*", "/api/prompts", self._prompts)
+        app.router.add_get("/api/prompts", self._current_prompts)
+        app.router.add_post("/api/prompts", self._prompts)
         app.on_shutdown.append(self._close_tabs)
         return app
 
@@ -131,11 +152,14 @@ class WebServer:
         await ws.prepare(request)
         self._next_id += 1
         tab = Tab(self._next_id, request.remote or "?", window=self.opts.window)
+        # Its size from the URL, so that its first frame is already of that size.
+        self._resize(tab, request.query.get("w"), request.query.get("h"))
         self.tabs[tab.id], self._sockets[tab.id] = tab, ws
         logger.info("web: tab {} opened from {} ({} open)", tab.id, tab.peer, len(self.tabs))
         await ws.send_str(json.dumps({
             "t": "hello", "tab": tab.id, "endpoint": self.opts.endpoint,
-            "ask": self.opts.ask is not None, "prompts": False, "window": tab.window}))
+            "ask": self.opts.ask is not None, "prompts": self._prompts_now(),
+            "window": tab.window, "full": self.opts.full}))
         if self._status:
             await ws.send_str(json.dumps({"t": "status", "text": self._status}))
         feeder = asyncio.create_task(self._feed(ws, tab), name=f"web-tab-{tab.id}")
@@ -160,8 +184,8 @@ class WebServer:
         try:
             while not ws.closed:
                 await tab.room.wait()
-                frame = await self.hub.next_after(tab.last_index)
-                tab.sending(frame.index, frame.seq)
+                frame = await self.hub.next_after(tab.last_index, tab.box)
+                tab.sending(frame)
                 await ws.send_bytes(frame.data)
         except ConnectionError:  # the tab went away mid-send: its handler ends the rest
             return
@@ -178,7 +202,18 @@ class WebServer:
             tab.acked()
         if kind == "painted":
             tab.painted_report(message.get("seq"), message.get("latency_ms"),
-                               message.get("dropped"), message.get("arrived_ms"))
+                               message.get("dropped"), message.get("arrived_ms"),
+                               message.get("decoded_ms"))
+        elif kind == "size":
+            self._resize(tab, message.get("w"), message.get("h"))
+
+    def _resize(self, tab: Tab, width: object, height: object) -> None:
+        """The box the page shows the video in; a frame already waited for comes at the old
+        size, the next ones at the new. Ignored with `full`, and when not a size."""
+        box = box_of(width, height)
+        if box is not None and not self.opts.full and box != tab.box:
+            tab.box = box
+            logger.debug("web: tab {} shows the video in {}x{} device pixels", tab.id, *box)
 
     async def _close_tabs(self, app: web.Application) -> None:
         for ws in list(self._sockets.values()):
@@ -245,13 +280,12 @@ class WebServer:
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:
         if self.opts.ask is None:
-            return _error(404, "this display was started without --ask ENDPOINT (the "
-                               "pipeline's describe.ask_endpoint): no questions")
+            return _error(404, f"{NO_ASK}: no questions")
         if request.content_type != "application/json":
             return _error(415, 'send {"question": "..."} as application/json')
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested too deep
             return _error(400, 'expected JSON {"question": "..."}')
         question = body.get("question") if isinstance(body, dict) else None
         if not isinstance(question, str) or not question.strip():
@@ -268,8 +302,42 @@ class WebServer:
                 return _error(400, str(exc))
         return web.json_response(reply, status=200 if "error" not in reply else 502)
 
+    def _prompts_now(self) -> list[str] | None:
+        prompts = self.hub.prompts
+        return list(prompts) if prompts is not None else None
+
+    async def _current_prompts(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"prompts": self._prompts_now()})
+
     async def _prompts(self, request: web.Request) -> web.StreamResponse:
-        return _error(409, NO_PROMPTS)
+        """New prompts for the pipeline (the page's prompts box). Prompts that would be refused
+        are answered here (tpsis_engine.check_prompts) before anything is sent; the pipeline's
+        own refusal (a U-Net pipeline, segmentation off) comes back as its error, as
+        /api/ask's do."""
+        if self.opts.ask is None:
+            return _error(404, f"{NO_ASK}: it cannot change the pipeline's prompts; start it "
+                               f"with --ask ENDPOINT, e.g. --ask tcp://127.0.0.1:5601")
+        if request.content_type != "application/json":
+            return _error(415, f"send {PROMPTS_EXAMPLE} as application/json")
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested too deep
+            return _error(400, f"the body is not JSON: expected {PROMPTS_EXAMPLE}")
+        if not isinstance(body, dict) or "prompts" not in body:
+            return _error(400, f"no \"prompts\" in the body: expected {PROMPTS_EXAMPLE}")
+        try:  # here, before anything is sent: a 400 naming the problem
+            prompts = check_prompts(body["prompts"])
+        except PromptError as exc:
+            return _error(400, f"prompts refused: {exc}")
+        async with self._ask_lock:
+            try:
+                reply = await asyncio.to_thread(set_prompts, self.opts.ask, prompts,
+                                                PROMPTS_TIMEOUT_S, self.opts.curve)
+            except TimeoutError as exc:  # prompting.PromptTimeout
+                return _error(504, str(exc))
+            except UsageError as exc:  # as for questions: an --ask that is no endpoint
+                return _error(400, str(exc))
+        return web.json_response(reply, status=200 if "error" not in reply else 502)
 
 
 async def _tell(ws: web.WebSocketResponse, message: dict) -> None:

@@ -10,8 +10,12 @@ the newest frame, and the frames it missed are counted as skipped. Two frames in
 the next frame travel and decode while the page paints the last one.
 
 The page also reports each frame it painted with its capture-to-painted latency (capture
-wall clock in the header to the first animation frame after drawImage), kept here for
-/api/stats.
+wall clock in the header to the first animation frame after drawImage), and the capture to
+the message's arrival and to the JPEG decoded, kept here for /api/stats: where the
+milliseconds go.
+
+And it reports the box it shows the video in (device pixels): the tab is then sent frames
+scaled to fit it (hub.sent_size).
 """
 
 from __future__ import annotations
@@ -21,9 +25,24 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from orstream.pipeline.web.hub import SAMPLES, percentiles
+from orstream.pipeline.web.hub import SAMPLES, Box, Encoded, Size, percentiles
 
 WINDOW = 2  # frames in flight per tab: one being decoded, one on the way
+MAX_SIDE = 16384  # px: no display shows more (Chromium's own canvas limit is 32767)
+
+
+def box_of(width: object, height: object) -> Box:
+    """The box a page reported (whole device pixels, as numbers or the query's strings);
+    None for what no page of ours sends (a hidden canvas measures 0 x 0)."""
+    sides = []
+    for side in (width, height):
+        if isinstance(side, str) and side.isdigit():
+            side = int(side)
+        if isinstance(side, bool) or not isinstance(side, int | float) or \
+                not 1 <= side <= MAX_SIDE:
+            return None
+        sides.append(round(side))
+    return sides[0], sides[1]
 
 
 @dataclass(eq=False)
@@ -36,6 +55,9 @@ class Tab:
     skipped: int = 0  # frames received between two sent to this tab (see skipped_now)
     last_index: int = 0  # server receipt index of the last frame sent (0: none yet)
     last_seq: int | None = None  # seq of the last frame sent
+    box: Box = None  # what the page shows the video in, device pixels; None: full size
+    last_size: Size | None = None  # of the last frame sent
+    last_bytes: int = 0  # its message's length
     in_flight: int = 0  # sent and not yet acknowledged
     painted: int = 0  # frames the page says it painted
     painted_seq: int | None = None  # the last of them
@@ -43,17 +65,20 @@ class Tab:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     arrived_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # capture
     # to the message's arrival at the page: the rest of latencies_ms is decoding and painting
+    decoded_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # capture
+    # to the JPEG decoded (createImageBitmap resolved): after it, drawing and the paint
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set: may be sent a frame
     telling: asyncio.Task | None = None  # the last figures message being sent to it
 
     def __post_init__(self) -> None:
         self.room.set()
 
-    def sending(self, index: int, seq: int) -> None:
-        """Account for the frame of receipt `index` about to be sent."""
+    def sending(self, frame: Encoded) -> None:
+        """Account for `frame` about to be sent."""
         if self.last_index:
-            self.skipped += index - self.last_index - 1
-        self.last_index, self.last_seq = index, seq
+            self.skipped += frame.index - self.last_index - 1
+        self.last_index, self.last_seq = frame.index, frame.seq
+        self.last_size, self.last_bytes = frame.size, len(frame.data)
         self.sent += 1
         self.in_flight += 1
         if self.in_flight >= self.window:
@@ -65,7 +90,7 @@ class Tab:
             self.room.set()
 
     def painted_report(self, seq: object, latency_ms: object, dropped: object,
-                       arrived_ms: object = None) -> None:
+                       arrived_ms: object = None, decoded_ms: object = None) -> None:
         """A page's report of one painted frame; values a page made up are ignored."""
         if type(seq) is not int or not _plausible(latency_ms):
             return
@@ -74,6 +99,8 @@ class Tab:
         self.latencies_ms.append(float(latency_ms))
         if _plausible(arrived_ms):
             self.arrived_ms.append(float(arrived_ms))
+        if _plausible(decoded_ms):
+            self.decoded_ms.append(float(decoded_ms))
         if type(dropped) is int and dropped >= self.page_dropped:
             self.page_dropped = dropped
 
@@ -91,8 +118,12 @@ class Tab:
                 "in_flight": self.in_flight,
                 "last_seq": self.last_seq, "painted": self.painted,
                 "painted_seq": self.painted_seq, "page_dropped": self.page_dropped,
+                "box": list(self.box) if self.box else None,
+                "sent_size": list(self.last_size) if self.last_size else None,
+                "jpeg_bytes": self.last_bytes,
                 "latency_ms": percentiles(self.latencies_ms),
-                "arrived_ms": percentiles(self.arrived_ms)}
+                "arrived_ms": percentiles(self.arrived_ms),
+                "decoded_ms": percentiles(self.decoded_ms)}
 
 
 def _plausible(ms: object) -> bool:

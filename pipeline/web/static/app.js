@@ -4,20 +4,33 @@
 // answers every frame once it is done with it, painted ({t: "painted"}) or superseded by a
 // newer one ({t: "ack"}): the server sends a tab a frame only while few are unanswered, so a
 // hidden or stalled tab is sent nothing, and the frames that come are the newest.
+// It also says what it shows the video in, in device pixels (w, h in the WebSocket's URL,
+// then {t: "size"} on every change), and the server sends frames scaled to fit: decoding and
+// compositing a 1080p JPEG to show it in a smaller canvas is most of a browser's work.
+// ?full=1 in the page's URL: say nothing, get full resolution.
+// Prompts: a TP-SIS frame's header carries its own class table (task "prompts"); the page
+// lists the painted frame's prompts in their colours and shows the prompts box only then
+// (hello's `prompts` until the first frame: null for a pipeline without prompts).
 "use strict";
 
 const KEEP = 300;  // frames in the figures and the plot
-const token = new URLSearchParams(location.search).get("token");
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const full = params.get("full") === "1";
 const query = token ? "?token=" + encodeURIComponent(token) : "";
 const $ = (id) => document.getElementById(id);
 const video = $("video");
-const draw = video.getContext("2d");
+// alpha: false: the frames are opaque, so the compositor need not blend the canvas.
+const draw = video.getContext("2d", {alpha: false});
 const text = new TextDecoder();
 
 // What the page has shown, for people (the table) and for scripts and tests (window.orstream).
 const state = window.orstream = {
   connected: false, painted: 0, lastSeq: null, seqs: [], latencies: [], paintedAt: [],
   dropped: 0, caption: null, header: null, tab: null, status: "",
+  size: null,  // {w, h}: the canvas's box in device pixels, as last told to the server
+  prompts: null,  // the prompts of the frame shown; null: the pipeline segments none
+  promptsReply: null,  // the last reply to the prompts box
 };
 
 function wallNowMs() {
@@ -39,17 +52,57 @@ function keepLast(list, value) {
   if (list.length > KEEP) list.shift();
 }
 
+// -------------------------------------------------------------------------- the size
+
+function boxOf(entry) {
+  // Device pixels exactly where the browser knows them (Chromium), else CSS px x the ratio.
+  const exact = entry.devicePixelContentBoxSize && entry.devicePixelContentBoxSize[0];
+  if (exact) return {w: exact.inlineSize, h: exact.blockSize};
+  const ratio = window.devicePixelRatio || 1;
+  return {w: Math.round(entry.contentRect.width * ratio),
+          h: Math.round(entry.contentRect.height * ratio)};
+}
+
+function observeSize() {
+  // Now, for the WebSocket's URL (the observer's first call comes after the next layout).
+  const rect = video.getBoundingClientRect();
+  const ratio = window.devicePixelRatio || 1;
+  const now = {w: Math.round(rect.width * ratio), h: Math.round(rect.height * ratio)};
+  if (now.w >= 1 && now.h >= 1) state.size = now;
+  const sizer = new ResizeObserver((entries) => {
+    const box = boxOf(entries[entries.length - 1]);
+    if (box.w < 1 || box.h < 1) return;  // hidden: keep the last size
+    if (state.size && state.size.w === box.w && state.size.h === box.h) return;
+    state.size = box;
+    send({t: "size", w: box.w, h: box.h});
+  });
+  try {
+    sizer.observe(video, {box: "device-pixel-content-box"});
+  } catch (error) {  // a browser without that box: CSS pixels, scaled in boxOf
+    sizer.observe(video);
+  }
+}
+
+function sizeQuery() {
+  if (!state.size) return "";
+  return (query ? "&" : "?") + "w=" + state.size.w + "&h=" + state.size.h;
+}
+
 // ------------------------------------------------------------------------------ frames
 
 let socket = null;
-let pending = null;  // the newest frame not yet drawn: {header, jpeg}
+let pending = null;  // the newest frame not yet drawn: {header, jpeg, arrived}
 let drawing = false;
 
 function connect() {
+  // The size known now in the URL: the first frame already comes at it.
   socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") +
-                         location.host + "/ws" + query);
+                         location.host + "/ws" + query + sizeQuery());
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => { state.connected = true; };
+  socket.onopen = () => {
+    state.connected = true;
+    if (state.size) send({t: "size", w: state.size.w, h: state.size.h});  // changed since?
+  };
   socket.onmessage = (event) => {
     if (typeof event.data === "string") return onText(JSON.parse(event.data));
     const arrived = wallNowMs();
@@ -81,11 +134,16 @@ async function drawPending() {
     pending = null;
     let bitmap;
     try {
-      bitmap = await createImageBitmap(jpeg);  // decoded off the main thread
+      // Decoded off the main thread, at the size sent: the server scaled it to this
+      // canvas's box already, so nothing is scaled here (no resizeWidth/resizeQuality).
+      bitmap = await createImageBitmap(jpeg);
     } catch (error) {
       send({t: "ack", seq: header.seq});
       continue;
     }
+    const decoded = wallNowMs();
+    // The canvas has the JPEG's pixels, its CSS box the page's layout: drawImage copies
+    // 1:1 and the compositor scales only by what the size step rounded off.
     if (video.width !== bitmap.width || video.height !== bitmap.height) {
       video.width = bitmap.width;
       video.height = bitmap.height;
@@ -96,7 +154,7 @@ async function drawPending() {
     const latency = wallNowMs() - header.t_wall_ms;
     painted(header, latency);
     send({t: "painted", seq: header.seq, latency_ms: latency, dropped: state.dropped,
-          arrived_ms: arrived - header.t_wall_ms});
+          arrived_ms: arrived - header.t_wall_ms, decoded_ms: decoded - header.t_wall_ms});
   }
   drawing = false;
 }
@@ -109,6 +167,7 @@ function painted(header, latency) {
   keepLast(state.latencies, latency);
   keepLast(state.paintedAt, performance.now());
   if (header.caption) state.caption = header.caption;
+  showPrompts(promptsOf(header.classes), header.classes ? header.classes.colors : null);
 }
 
 // -------------------------------------------------------------------- server's messages
@@ -119,7 +178,11 @@ function onText(message) {
     $("endpoint").textContent = message.endpoint;
     $("question").disabled = $("ask-button").disabled = !message.ask;
     if (!message.ask) $("answer").textContent = "questions need `orstream web ... --ask ENDPOINT`";
-    $("prompts-box").hidden = !message.prompts;
+    $("prompts").disabled = $("prompts-button").disabled = !message.ask;
+    if (!message.ask) {
+      $("prompts-reply").textContent = "changing prompts needs `orstream web ... --ask ENDPOINT`";
+    }
+    showPrompts(message.prompts, null);
   } else if (message.t === "status") {
     showStatus(message.text);
   } else if (message.t === "tab") {
@@ -146,7 +209,9 @@ function showFigures() {
     const times = state.paintedAt;
     const recent = times.length > 1 && performance.now() - times[times.length - 1] < 1000;
     const fps = recent ? (times.length - 1) / ((times[times.length - 1] - times[0]) / 1000) : 0;
-    $("seq").textContent = header.seq + " (" + header.width + "×" + header.height + ")";
+    const sent = header.sent_width === header.width ? "" :
+      ", sent at " + header.sent_width + "×" + header.sent_height;
+    $("seq").textContent = header.seq + " (" + header.width + "×" + header.height + sent + ")";
     $("fps").textContent = fps.toFixed(1);
     $("latency").textContent = "p50 " + ms(percentile(sorted, 50)) + " · p95 " +
       ms(percentile(sorted, 95)) + " · p99 " + ms(percentile(sorted, 99));
@@ -221,11 +286,70 @@ $("ask-form").addEventListener("submit", async (event) => {
   }
 });
 
+// --------------------------------------------------------------------------- prompts
+
+let shownPrompts = "null";  // what the list shows now, to redraw it only when it changes
+
+function promptsOf(classes) {
+  // A frame's own class table (TP-SIS): the names after "background" are its prompts.
+  return classes && classes.task === "prompts" ? classes.names.slice(1) : null;
+}
+
+function showPrompts(prompts, colors) {
+  const key = JSON.stringify([prompts, colors]);
+  if (key === shownPrompts) return;
+  shownPrompts = key;
+  state.prompts = prompts;
+  $("prompts-box").hidden = prompts === null;
+  $("prompt-list").replaceChildren(...(prompts || []).map((prompt, i) => {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    if (colors) swatch.style.backgroundColor = "rgb(" + colors[i + 1].join(",") + ")";
+    item.append(swatch, prompt);  // as text: a prompt is never markup
+    return item;
+  }));
+  // The box shows what runs, unless someone is typing in it.
+  const box = $("prompts");
+  if (prompts && document.activeElement !== box) box.value = prompts.join("\n");
+}
+
+function parsePrompts(text) {
+  // One per line; a single line may list them comma separated (a prompt with a comma in it
+  // goes on a line of its own). The server says what is wrong with what is left.
+  const parts = text.includes("\n") ? text.split("\n") : text.split(",");
+  return parts.map((part) => part.trim()).filter((part) => part);
+}
+
 $("prompts-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const reply = await post("/api/prompts", {prompts: $("prompts").value});
-  $("prompts-reply").textContent = reply.error || "prompts set";
+  const reply = $("prompts-reply");
+  reply.className = "answer";
+  reply.textContent = "setting…";
+  try {
+    const answer = state.promptsReply =
+      await post("/api/prompts", {prompts: parsePrompts($("prompts").value)});
+    if (answer.error) {
+      reply.className = "answer error";
+      reply.textContent = answer.error;
+    } else {
+      reply.textContent = "set: " + answer.prompts.join(" · ") + (answer.seq === null ?
+        "  (no frame has used them yet)" :
+        "  (from frame " + answer.seq + ", encoded in " + answer.ms.toFixed(0) + " ms)");
+    }
+  } catch (error) {
+    reply.className = "answer error";
+    reply.textContent = "no reply: " + error;
+  }
+});
+
+$("prompts").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();  // Enter sets the prompts; Shift+Enter starts a new line
+    $("prompts-form").requestSubmit();
+  }
 });
 
 setInterval(showFigures, 250);
+if (!full) observeSize();
 connect();
