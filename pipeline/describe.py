@@ -46,7 +46,13 @@ from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.leftovers import sweep_dead
 from orstream.pipeline.ports import endpoint_in_use, in_use
 from orstream.pipeline.security import Curve
-from orstream.pipeline.transport import RateLimitedLog, context, normalize_endpoint
+from orstream.pipeline.transport import (
+    NO_REPLY_KEYS_HINT,
+    RateLimitedLog,
+    context,
+    normalize_endpoint,
+    request_json,
+)
 
 ASK_MAX_BYTES = 4096  # a question is a sentence; anything longer is refused unread
 # What the socket itself takes: up to here a longer request is answered (and counted) as too
@@ -466,21 +472,10 @@ def ask(endpoint: str, question: str, timeout_s: float = 5.0,
     and the pipeline's public key, for a pipeline that runs with security.curve."""
     if not question.strip():
         raise UsageError(EMPTY_QUESTION)
-    socket = context().socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-    try:
-        endpoint = normalize_endpoint(endpoint)
-        if curve is not None:
-            curve.apply(socket, endpoint, bind=False)
-        socket.connect(endpoint)
-        socket.send(json.dumps({"question": question}).encode())
-        try:
-            return json.loads(socket.recv())
-        except zmq.Again:
-            keys = "" if curve is not None else (
-                " (a pipeline with security.curve answers only --key/--server-key clients)")
-            raise TimeoutError(f"no reply from {endpoint} within {timeout_s:g} s: is "
-                               f"`orstream run` running with describe on?{keys}") from None
-    finally:
-        socket.close(0)
+    endpoint = normalize_endpoint(endpoint)
+    reply = request_json(endpoint, {"question": question}, timeout_s, curve)
+    if reply is None:
+        keys = "" if curve is not None else NO_REPLY_KEYS_HINT
+        raise TimeoutError(f"no reply from {endpoint} within {timeout_s:g} s: is "
+                           f"`orstream run` running with describe on?{keys}")
+    return reply

@@ -14,21 +14,19 @@ and the running ones stay.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import zmq
 from loguru import logger
 
 from orstream.common.classes import prompt_table
 from orstream.common.errors import OrstreamError
 from orstream.engines.tpsis_engine import PromptEncoder, PromptError, PromptInputs, check_prompts
 from orstream.pipeline.security import Curve
-from orstream.pipeline.transport import context, normalize_endpoint
+from orstream.pipeline.transport import NO_REPLY_KEYS_HINT, normalize_endpoint, request_json
 
 # How long a prompt change waits for the frame that first uses it before replying without
 # its seq: two frames at 1 fps, far above a live feed's frame time; below the asker's 4 s.
@@ -114,25 +112,14 @@ def set_prompts(endpoint: str, prompts: Sequence[str], timeout_s: float = 5.0,
     is sent. `curve`: this client's keys and the pipeline's public key."""
     # One text is one prompt, not a list of its letters.
     shown = check_prompts([prompts] if isinstance(prompts, str) else list(prompts))
-    socket = context().socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-    try:
-        endpoint = normalize_endpoint(endpoint)
-        if curve is not None:
-            curve.apply(socket, endpoint, bind=False)
-        socket.connect(endpoint)
-        socket.send(json.dumps({"prompts": list(shown)}).encode())
-        try:
-            return json.loads(socket.recv())
-        except zmq.Again:
-            keys = "" if curve is not None else (
-                " (a pipeline with security.curve answers only --key/--server-key clients)")
-            raise PromptTimeout(f"no reply from {endpoint} within {timeout_s:g} s: is "
-                                f"`orstream run` running with segment.model tpsis and this "
-                                f"describe.ask_endpoint?{keys}") from None
-    finally:
-        socket.close(0)
+    endpoint = normalize_endpoint(endpoint)
+    reply = request_json(endpoint, {"prompts": list(shown)}, timeout_s, curve)
+    if reply is None:
+        keys = "" if curve is not None else NO_REPLY_KEYS_HINT
+        raise PromptTimeout(f"no reply from {endpoint} within {timeout_s:g} s: is "
+                            f"`orstream run` running with segment.model tpsis and this "
+                            f"describe.ask_endpoint?{keys}")
+    return reply
 
 
 class PromptTimeout(OrstreamError, TimeoutError):

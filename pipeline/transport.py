@@ -36,6 +36,7 @@ EndpointInUseError.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket as stdsocket
 import threading
@@ -72,6 +73,30 @@ _CONTEXT: zmq.Context | None = None
 # Without them a SUB waits on the dead connection forever. A PING is a few bytes a second.
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 4000
+
+
+NO_REPLY_KEYS_HINT = " (a pipeline with security.curve answers only --key/--server-key clients)"
+
+
+def request_json(endpoint: str, message: dict, timeout_s: float,
+                 curve: Curve | None = None) -> dict | None:
+    """One JSON request and its JSON reply over a REQ socket (the ask socket's clients:
+    `orstream ask`, `orstream prompt`); None when no reply came within `timeout_s`.
+    `endpoint` as normalize_endpoint gives it; `curve`: this client's keys and the server's."""
+    socket = context().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    try:
+        if curve is not None:
+            curve.apply(socket, endpoint, bind=False)
+        socket.connect(endpoint)
+        socket.send(json.dumps(message).encode())
+        try:
+            return json.loads(socket.recv())
+        except zmq.Again:
+            return None
+    finally:
+        socket.close(0)
 
 
 def context() -> zmq.Context:
