@@ -205,6 +205,10 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
     outages = (f", source down {result.source_reconnects} time(s) for "
                f"{result.source_outage_s:.1f} s (~{result.source_missed} frames missed)"
                if result.source_reconnects else "")
+    if result.inference_outages:
+        outages += (f", inference server down {result.inference_outages} time(s) for "
+                    f"{result.inference_outage_s:.1f} s ({result.unlabelled} frames shown "
+                    f"unlabelled)")
     logger.info("{} frames in {:.1f} s, {} dropped, {} rejected{}", result.frames_out,
                 result.elapsed_s, result.dropped, result.rejected, outages)
     return 0
@@ -355,10 +359,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.weights is None or args.backend is None:
         logger.error("export needs --weights and --backend (or --list)")
         return 2
+    if args.backend == "triton":
+        return _export_triton(args, cache.root)
     entry = export_engine(EngineSpec(args.weights, args.backend, args.precision, args.size,
                                      args.device, cache=cache.root), rebuild=args.rebuild)
     print(entry.folder)
     return 0
+
+
+def _export_triton(args: argparse.Namespace, cache: Path) -> int:
+    from orstream.common.errors import UsageError
+    from orstream.engines.triton_repo import TritonModelOptions, export_triton_repo
+
+    if args.out is None:
+        raise UsageError("export --backend triton needs --out MODEL_REPO: the folder Triton "
+                         "serves (--model-repository)")
+    options = TritonModelOptions(args.triton_runtime, args.model_name, args.max_batch,
+                                 args.queue_delay_us, args.instances, args.threads,
+                                 args.device == "cuda", args.precision)
+    folder = export_triton_repo(args.weights, args.out, options, args.size, cache)
+    print(folder)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    from orstream.common.errors import UsageError
+    from orstream.engines.triton_server import Ports, serve
+
+    stop = threading.Event()
+    _install_signal_handlers(stop.set)
+    tls = None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("serve: --tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        tls = (args.tls_cert, args.tls_key)
+    return serve(args.triton, Ports(args.http_port, args.grpc_port, args.metrics_port),
+                 args.address, stop.is_set, tls=tls, insecure=args.insecure)
 
 
 def _cmd_calibrate_collect(args: argparse.Namespace) -> int:
@@ -449,6 +487,9 @@ EXAMPLES = """examples:
   orstream bench --frames 300                    latency against the device's budgets
   orstream export --weights W.pt --backend openvino
                                                  build an inference engine
+  orstream export --weights W.pt --backend triton --out model_repo
+  orstream serve --triton model_repo             one Triton server for many rooms'
+                                                 pipelines (segment.backend: triton)
   orstream synth dataset data/synth17            a synthetic EndoVis-style dataset
   orstream train unet --config configs/train/unet_xs_types.yaml
   orstream eval --data data/synth17 --weights W.pt
@@ -459,7 +500,9 @@ exit 2; --debug shows their traceback too."""
 
 def build_parser() -> argparse.ArgumentParser:
     from orstream import __version__
-    from orstream.engines.backends import INT8_DEVICE, NAMES
+    from orstream.engines.backends import INT8_DEVICE, NAMES, TRITON
+    from orstream.engines.triton_repo import DEFAULT_MODEL as TRITON_MODEL
+    from orstream.engines.triton_repo import RUNTIMES as TRITON_RUNTIMES
 
     parser = argparse.ArgumentParser(prog="orstream", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -672,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="build an inference engine into the engine cache")
     ex.add_argument("--weights", type=_weights, help="checkpoint (e.g. engines/weights/...pt)")
-    ex.add_argument("--backend", choices=NAMES)
+    ex.add_argument("--backend", choices=[*NAMES, TRITON],
+                    help="triton: a Triton model repository in --out instead of a cached engine")
     ex.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
     ex.add_argument("--size", type=_size_hw, help="model input WxH, e.g. 320x256 (default: "
                     "as trained)")
@@ -682,7 +726,38 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--rebuild", action="store_true", help="build even if cached")
     ex.add_argument("--list", action="store_true", help="show the cache's entries")
     ex.add_argument("--json", action="store_true", help="--list as JSON")
+    tr = ex.add_argument_group("--backend triton")
+    tr.add_argument("--out", type=Path, help="the model repository folder (made if missing)")
+    tr.add_argument("--triton-runtime", dest="triton_runtime", default="python",
+                    choices=TRITON_RUNTIMES,
+                    help="python: ONNX Runtime inside Triton's Python backend (what `orstream "
+                         "serve --triton` runs); onnxruntime, tensorrt (ONNX Runtime with "
+                         "TensorRT, GPU), openvino: the official container's backends")
+    tr.add_argument("--model-name", dest="model_name", default=TRITON_MODEL,
+                    help="the model's name on the server (segment.triton.model)")
+    tr.add_argument("--max-batch", dest="max_batch", type=_positive, default=8,
+                    help="largest batch the server forms from the rooms' frames")
+    tr.add_argument("--instances", type=_positive, default=1, help="model instances")
+    tr.add_argument("--threads", type=int, default=0,
+                    help="python runtime: inference threads per instance (0: all cores)")
+    tr.add_argument("--queue-delay-us", dest="queue_delay_us", type=int, default=0,
+                    help="how long a frame may wait for others to batch with (0: never)")
     ex.set_defaults(func=_cmd_export)
+
+    sv = sub.add_parser("serve", help="run a Triton Inference Server for many rooms' pipelines")
+    sv.add_argument("--triton", type=Path, required=True, metavar="MODEL_REPO",
+                    help="the model repository (orstream export --backend triton --out ...)")
+    sv.add_argument("--address", default="127.0.0.1",
+                    help="where to listen (default loopback; another address needs --tls-cert "
+                         "and --tls-key, or --insecure)")
+    sv.add_argument("--grpc-port", dest="grpc_port", type=int, default=8001)
+    sv.add_argument("--http-port", dest="http_port", type=int, default=8000)
+    sv.add_argument("--metrics-port", dest="metrics_port", type=int, default=8002)
+    sv.add_argument("--tls-cert", dest="tls_cert", type=Path, help="gRPC TLS certificate (PEM)")
+    sv.add_argument("--tls-key", dest="tls_key", type=Path, help="its private key (PEM)")
+    sv.add_argument("--insecure", action="store_true",
+                    help="allow a non-loopback address without TLS (a closed network only)")
+    sv.set_defaults(func=_cmd_serve)
 
     be = sub.add_parser("bench", help="per-frame latency against a device's budgets")
     be.add_argument("--source", default="synthetic", help="synthetic, a recording, a URL")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +30,11 @@ from pydantic import (
 from orstream.common.errors import UsageError
 from orstream.common.sizes import check_unet_input, format_hw, parse_hw
 from orstream.common.yamlio import load_mapping
+from orstream.engines.backends import TRITON
 from orstream.pipeline.endpoints import is_loopback, normalize_endpoint
+
+if TYPE_CHECKING:
+    from orstream.engines.backends.triton_backend import TritonTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_OVERRIDES = "ORSTREAM_SET"
@@ -146,6 +150,73 @@ SHIPPED_WEIGHTS = {"unet": REPO_ROOT / "engines" / "weights" / "unet_xs_types.pt
                    "tpsis": REPO_ROOT / "engines" / "weights" / "tpsis_xs.pt"}
 
 
+class TritonConfig(_Strict):
+    # segment.backend triton: a Triton Inference Server holds the model (exported with
+    # `orstream export --backend triton`, served by `orstream serve --triton` or the official
+    # container); engines/backends/triton_backend.py
+    url: str = "127.0.0.1:8001"  # host:port of its gRPC endpoint
+    model: str = "orstream_unet"  # the model's name in the repository (--model-name)
+    version: str = ""  # "": the newest version the server has ready
+    # One request's limit: a hung server costs one frame this long, then counts as down
+    timeout_ms: int = Field(1000, ge=10, le=60_000)
+    # Frames and labels through Triton system shared memory, not the socket. auto: where the
+    # url is on this host (a remote server cannot map this host's memory)
+    shared_memory: Literal["auto", "on", "off"] = "auto"
+    # Probing a server that went down: from the first delay, doubling to the last (a probe
+    # is one loopback health call; a long wait would leave a restarted server unused)
+    reconnect_ms: tuple[int, int] = (100, 500)
+    tls: bool = False  # gRPC over TLS (the server started with --grpc-use-ssl)
+    root_certificates: Path | None = None  # PEM of the CA that signed the server's certificate
+    # A url off this host without TLS sends patient video in clear: refused unless set
+    allow_insecure: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in value:
+            raise ValueError(f"{value!r}: give HOST:PORT of the server's gRPC endpoint, e.g. "
+                             f"127.0.0.1:8001 (no scheme)")
+        return value
+
+    @field_validator("reconnect_ms")
+    @classmethod
+    def _backoff(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 10 <= value[0] <= value[1]:
+            raise ValueError(f"{list(value)}: [first, last] delays in ms, 10 <= first <= last")
+        return value
+
+    @model_validator(mode="after")
+    def _exposure(self) -> TritonConfig:
+        if not self.on_this_host and not self.tls and not self.allow_insecure:
+            raise ValueError(f"url {self.url} is off this host and tls is false: frames would "
+                             f"cross the network in clear. Set segment.triton.tls: true (with "
+                             f"root_certificates), or allow_insecure: true on a closed network")
+        if self.shared_memory == "on" and not self.on_this_host:
+            raise ValueError(f"shared_memory on: the server at {self.url} is not on this host; "
+                             f"set it to auto or off")
+        return self
+
+    @property
+    def on_this_host(self) -> bool:
+        import ipaddress
+
+        host = self.url.rpartition(":")[0].strip("[]")
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a name: only localhost is sure to stay on this host
+            return host.lower() == "localhost"
+
+    def target(self) -> TritonTarget:
+        from orstream.engines.backends.triton_backend import TritonTarget
+
+        shared = self.shared_memory == "on" or (self.shared_memory == "auto"
+                                                and self.on_this_host)
+        return TritonTarget(self.url, self.model, self.version, self.timeout_ms / 1000, shared,
+                            self.reconnect_ms[0] / 1000, self.reconnect_ms[1] / 1000, self.tls,
+                            self.root_certificates)
+
+
 class SegmentConfig(_Strict):
     # false: no model is loaded and frames go to render unlabelled, to record or stream a
     # feed as it is (and to measure capture without inference)
@@ -173,6 +244,7 @@ class SegmentConfig(_Strict):
     engine_cache: Path | None = None  # None: $ORSTREAM_ENGINE_CACHE or ~/.cache/orstream/engines
     crop: Literal["endovis", "none"] = "endovis"  # EndoVis crop (1024x1280 of 1080p, scaled)
     postprocess: Literal["vote", "none"] = "vote"  # types: one type per connected instrument
+    triton: TritonConfig = TritonConfig()  # backend triton: the server and model
 
     @model_validator(mode="before")
     @classmethod
@@ -236,9 +308,24 @@ class SegmentConfig(_Strict):
     def _known_backend(cls, value: str) -> str:
         from orstream.engines.backends import NAMES
 
-        if value != "auto" and value not in NAMES:
-            raise ValueError(f"backend {value!r}: choose auto or one of {', '.join(NAMES)}")
+        if value not in ("auto", TRITON, *NAMES):
+            raise ValueError(f"backend {value!r}: choose auto, {TRITON} (a Triton server) or "
+                             f"one of {', '.join(NAMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _remote(self) -> SegmentConfig:
+        if self.backend != TRITON:
+            return self
+        if self.model == "tpsis":
+            raise ValueError("backend triton serves U-Net models (the server holds no prompt "
+                             "state): set segment.backend to auto, onnxruntime or openvino for "
+                             "tpsis")
+        if self.precision != "auto":
+            raise ValueError(f"precision {self.precision} with backend triton: the server's "
+                             f"model repository decides it (orstream export --backend triton "
+                             f"--precision); leave segment.precision at auto")
+        return self
 
     @field_validator("auto_backends")
     @classmethod

@@ -35,6 +35,11 @@ class RunResult:
     source_reconnects: int = 0
     source_outage_s: float = 0.0
     source_missed: int = 0
+    # segment.backend triton: frames passed on unlabelled while the server was down, and
+    # the outages (each logged once when it starts and once when it ends)
+    unlabelled: int = 0
+    inference_outages: int = 0
+    inference_outage_s: float = 0.0
 
 
 class Metrics:
@@ -62,6 +67,17 @@ class Metrics:
             return 0
         return receiver.dropped if receiver is not None else 0
 
+    def segment_engine(self) -> object | None:
+        """The engine of the segment stage run here, if any (its outage counters)."""
+        node = self.executor.nodes.get("segment")
+        return getattr(node.stage, "engine", None) if node is not None else None
+
+    def segment_note(self) -> str | None:
+        """What the status line adds about segmentation (the Triton server down), or None."""
+        node = self.executor.nodes.get("segment")
+        status = getattr(node.stage, "status", None) if node is not None else None
+        return status() if status is not None else None
+
     def rejected(self) -> dict[str, dict[str, int]]:
         """Invalid messages per input edge of each stage run here: node -> reason -> count."""
         return {name: dict(node.inputs[0].stats.rejected)
@@ -85,7 +101,14 @@ class Metrics:
                                if first is not None and not (first.name == "segment"
                                                              and self.dealt_out) else {}),
             source_reconnects=source.reconnects, source_outage_s=source.outage_s,
-            source_missed=source.missed)
+            source_missed=source.missed, **self._inference_outages())
+
+    def _inference_outages(self) -> dict[str, float]:
+        engine = self.segment_engine()
+        if not hasattr(engine, "unlabelled"):
+            return {}
+        return {"unlabelled": engine.unlabelled, "inference_outages": engine.outages,
+                "inference_outage_s": engine.outage_s}
 
 
 class StatusLog:
@@ -147,8 +170,9 @@ class StatusLog:
                 latency = f"e2e p50 {p50:.0f} ms p99 {p99:.0f} ms"
             else:
                 latency = "e2e -"  # the window holds the last frames seen, however old
+            note = self.metrics.segment_note()
             return (f"{fps:.1f} fps | {latency} | {ex.frames_out} frames | "
-                    f"dropped {self.metrics.dropped()}")
+                    f"dropped {self.metrics.dropped()}" + (f" | {note}" if note else ""))
         segment = ex.nodes.get("segment")
         if segment is None:  # capture only
             return f"{fps:.1f} fps | {ex.frames_out} frames sent"
@@ -156,4 +180,6 @@ class StatusLog:
         lost = segment.inputs[0].stats.lost_by_stream
         counts = ", ".join(f"{k} {v}" + ("" if self.metrics.dealt_out else f" (dropped {lost[k]})")
                            for k, v in sorted(segment.by_stream.items()))
-        return f"{fps:.1f} fps | {ex.frames_out} frames | {counts or 'no frames yet'}"
+        note = self.metrics.segment_note()
+        return (f"{fps:.1f} fps | {ex.frames_out} frames | {counts or 'no frames yet'}"
+                + (f" | {note}" if note else ""))

@@ -7,10 +7,12 @@ each stage a thread, feeds it from its input edge, stamps the trace and sends th
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +22,9 @@ from orstream.common.classes import PROMPTS_TASK, palette, prompt_table
 from orstream.common.crop import Region, crop_region
 from orstream.engines import checkpoint as ckpt
 from orstream.engines import tpsis_checkpoint as tckpt
-from orstream.engines.backends import Engine
-from orstream.engines.cache import EngineCache
+from orstream.engines.backends import TRITON, Engine
+from orstream.engines.backends.triton_backend import TritonOffline
+from orstream.engines.cache import EngineCache, file_sha256
 from orstream.engines.export import EngineSpec, Resolved, needs_build, open_engine, resolve
 from orstream.engines.postprocess import instance_vote
 from orstream.engines.tpsis_checkpoint import TPSISCheckpoint
@@ -56,6 +59,10 @@ class Stage:
 
     def close(self) -> None:
         """Release resources; called once, also after an error."""
+
+
+def _no_buffer() -> None:
+    return None
 
 
 def segment_engine_spec(cfg: SegmentConfig) -> EngineSpec:
@@ -119,6 +126,9 @@ class SegmentStage(Stage):
         self.prompt_slot: PromptSlot | None = None  # tpsis, once open
 
     def open(self) -> None:
+        if self.cfg.backend == TRITON:
+            self._open_triton()
+            return
         checkpoint = self.checkpoint
         chosen = resolve(segment_engine_spec(self.cfg))
         self.activity = self._engine_activity(chosen)
@@ -141,6 +151,33 @@ class SegmentStage(Stage):
         self.prompt_slot = slot  # prompt changes are taken from here on
         logger.info("segment: {} ({}) on {}", self.cfg.weights.name, self.task,
                     self.engine.describe())
+
+    def _open_triton(self) -> None:
+        """segment.backend triton: a Triton server holds the model; checked at start (live,
+        model ready, orstream's tensors, the same weights as segment.weights)."""
+        from orstream.engines.backends.triton_backend import SHM_PREFIX, TritonEngine
+        from orstream.pipeline.leftovers import sweep_dead
+
+        # Regions a SIGKILLed pipeline left (its pid in the name): removed, as for shm://
+        sweep_dead(Path("/dev/shm"), f"{SHM_PREFIX}*",
+                   re.compile(re.escape(SHM_PREFIX) + r"(\d+)-.*"), Path.unlink)
+        self.activity = f"connecting to Triton at {self.cfg.triton.url}"
+        engine = TritonEngine(self.cfg.triton.target(), self.cfg.size,
+                              file_sha256(self.cfg.weights),
+                              f"segment.weights ({self.cfg.weights.name})")
+        self.engine = engine  # type: ignore[assignment]
+        logger.info("segment: {} ({}) on {}", self.cfg.weights.name, self.task,
+                    engine.describe())
+
+    def status(self) -> str | None:
+        """A note for the status line (the Triton server down), or None."""
+        status = getattr(self.engine, "status", None)
+        return status() if status is not None else None
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def change_prompts(self, prompts: object) -> dict:
         """An ask-socket prompt request (pipeline/prompting.py): runs on that thread."""
@@ -188,9 +225,16 @@ class SegmentStage(Stage):
             mh, mw = self.engine.input_size
             crop = frame.image[y:y + h, x:x + w]
             # uint8 resize only: normalisation runs inside the engine (engines/deploy.py),
-            # measured cheaper than cv2.dnn.blobFromImage (benchmarks/engines.py).
-            small = cv2.resize(crop, (mw, mh), interpolation=cv2.INTER_LINEAR)
-            labels = self.engine(small, inputs)
+            # measured cheaper than cv2.dnn.blobFromImage (benchmarks/engines.py). Triton on
+            # this host: resized straight into the shared region the server reads.
+            buffer = getattr(self.engine, "frame_buffer", _no_buffer)()
+            small = cv2.resize(crop, (mw, mh), dst=buffer, interpolation=cv2.INTER_LINEAR)
+            try:
+                labels = self.engine(small, inputs)
+            except TritonOffline:
+                # The model server is down: the surgeon keeps the video, unlabelled, while
+                # the engine reconnects (counted in its `unlabelled`, on the status line).
+                return frame
         if self._vote:
             labels = instance_vote(labels, self._num_classes)
         frame.labels = labels

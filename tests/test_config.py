@@ -197,8 +197,14 @@ def _line_of(text: str, section: str, name: str) -> str | None:
     if not section:
         found = re.search(rf"^{re.escape(name)}:.*$", text, re.M)
         return found.group(0) if found else None
-    body = re.search(rf"^{re.escape(section)}:\n((?:[ #].*\n|\n)*)", text, re.M)
-    found = body and re.search(rf"^  {re.escape(name)}:.*$", body.group(1), re.M)
+    indent = ""
+    for part in section.split("."):  # segment.triton: the triton block inside segment's
+        body = re.search(rf"^{indent}{re.escape(part)}:.*\n((?:{indent}[ #].*\n|\n)*)", text,
+                         re.M)
+        if body is None:
+            return None
+        text, indent = body.group(1), indent + "  "
+    found = re.search(rf"^{indent}{re.escape(name)}:.*$", text, re.M)
     return found.group(0) if found else None
 
 

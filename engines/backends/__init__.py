@@ -58,8 +58,11 @@ class _Registry(Mapping[str, type[Engine]]):
 BACKENDS: Mapping[str, type[Engine]] = _Registry()
 
 NAMES: tuple[str, ...] = tuple(_MODULES)  # every backend, for choices and validation
+# The remote backend: a Triton Inference Server holds the model, so nothing is built or cached
+# here and it is not in the registry (engines/backends/triton_backend.py, segment.triton).
+TRITON = "triton"
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "INT8_DEVICE", "NAMES", "BackendError", "Engine",
+__all__ = ["AUTO_ORDER", "BACKENDS", "INT8_DEVICE", "NAMES", "TRITON", "BackendError", "Engine",
            "backend_class"]
 
 

@@ -68,6 +68,14 @@ def _engine_info(cfg: PipelineConfig) -> dict[str, Any]:
     engine, a backend this machine lacks) stops the bench before it starts."""
     if not cfg.segment.enabled:
         return {"backend": None, "note": "segmentation off"}
+    if cfg.segment.backend == "triton":  # the server holds the engine: check it is there
+        from orstream.engines.backends.triton_backend import TritonEngine
+
+        engine = TritonEngine(cfg.segment.triton.target(), cfg.segment.size)
+        try:
+            return {**engine.describe(), "precision": "as the server's model repository says"}
+        finally:
+            engine.close()
     from orstream.engines.export import describe_origin, open_engine
     from orstream.pipeline.stages import segment_engine_spec
 
