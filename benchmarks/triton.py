@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,12 +94,14 @@ def overhead(url: str, weights: Path, threads: int | None, iters: int, cache: Pa
     return {"input": list(local.input_size), "iters": iters, "idle_ms": idle_ms, "rows": rows}
 
 
-def _room(url: str, seconds: float, start: mp.Event, out: mp.Queue) -> None:
-    engine = TritonEngine(TritonTarget(url, timeout_s=10.0))
+def closed_loop(engine: Any, seconds: float, start: Any = None) -> list[float]:
+    """Frames through `engine` back to back for `seconds` (after warm-up calls, and after
+    `start` is set when given): each call's milliseconds."""
     frames = synthetic_frames(engine.input_size, 4)
     for frame in frames:
         engine(frame)  # warm
-    start.wait()
+    if start is not None:
+        start.wait()
     latencies = []
     t_end = time.perf_counter() + seconds
     i = 0
@@ -107,8 +110,15 @@ def _room(url: str, seconds: float, start: mp.Event, out: mp.Queue) -> None:
         engine(frames[i % len(frames)])
         latencies.append((time.perf_counter() - t0) * 1e3)
         i += 1
-    engine.close()
-    out.put(latencies)
+    return latencies
+
+
+def _room(url: str, seconds: float, start: mp.Event, out: mp.Queue) -> None:
+    engine = TritonEngine(TritonTarget(url, timeout_s=10.0))
+    try:
+        out.put(closed_loop(engine, seconds, start))
+    finally:
+        engine.close()
 
 
 def _batch_stats(url: str, model: str) -> tuple[int, int]:
@@ -149,17 +159,7 @@ def rooms(url: str, model: str, counts: list[int], seconds: float) -> list[dict]
 def local_closed_loop(weights: Path, threads: int | None, seconds: float, cache: Path) -> dict:
     engine = open_engine(EngineSpec(weights, "onnxruntime", "fp32", threads=threads,
                                     cache=cache))
-    frames = synthetic_frames(engine.input_size, 4)
-    for frame in frames:
-        engine(frame)
-    latencies = []
-    t_end = time.perf_counter() + seconds
-    i = 0
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        engine(frames[i % len(frames)])
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        i += 1
+    latencies = closed_loop(engine, seconds)
     return {"rooms": "local (1)", "fps_total": len(latencies) / seconds,
             **stats(np.asarray(latencies))}
 

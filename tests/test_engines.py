@@ -260,7 +260,8 @@ def test_backend_names_come_from_the_registry():
 
     assert load_config(None, []).segment.auto_backends == {d: list(n) for d, n in
                                                           AUTO_ORDER.items()}
-    with pytest.raises(ConfigError, match="openvin.*choose auto or one of torch, compile"):
+    with pytest.raises(ConfigError,
+                       match="openvin.*choose auto, triton .* or one of torch, compile"):
         load_config(None, ["segment.backend=openvin"])
     parser = build_parser()
     for argv in (["export", "--backend", "nope"],
