@@ -211,6 +211,13 @@ def _run_pipeline(args: argparse.Namespace, **source: object) -> int:
                     f"unlabelled)")
     logger.info("{} frames in {:.1f} s, {} dropped, {} rejected{}", result.frames_out,
                 result.elapsed_s, result.dropped, result.rejected, outages)
+    if result.recording_failed is not None:
+        # The cause was logged when it happened; the exit status tells a script that the
+        # run went on but its recording did not reach the end.
+        logger.warning("the recording is incomplete: it stopped mid-run (the error above) and "
+                       "{} frames after it were not recorded; exit status 1",
+                       result.unrecorded)
+        return 1
     return 0
 
 

@@ -40,6 +40,10 @@ class RunResult:
     unlabelled: int = 0
     inference_outages: int = 0
     inference_outage_s: float = 0.0
+    # record: the error that stopped the recording mid-run (it was logged then), and the
+    # frames rendered after it that were not recorded; None: recorded to the end (or no record)
+    recording_failed: str | None = None
+    unrecorded: int = 0
 
 
 class Metrics:
@@ -101,7 +105,14 @@ class Metrics:
                                if first is not None and not (first.name == "segment"
                                                              and self.dealt_out) else {}),
             source_reconnects=source.reconnects, source_outage_s=source.outage_s,
-            source_missed=source.missed, **self._inference_outages())
+            source_missed=source.missed, **self._inference_outages(), **self._recording())
+
+    def _recording(self) -> dict[str, object]:
+        node = self.executor.nodes.get("record")
+        failed = getattr(node.stage, "failed", None) if node is not None else None
+        if failed is None:
+            return {}
+        return {"recording_failed": str(failed), "unrecorded": node.stage.unrecorded}
 
     def _inference_outages(self) -> dict[str, float]:
         engine = self.segment_engine()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_tpsis_pipeline import tpsis_weights  # noqa: F401
 # The live pipeline and the server in a thread, as tests/test_web.py starts them.
 from test_web import LivePipeline, tpsis_pipeline, web_server
 
+from orstream.common.net import free_port
 from orstream.engines.tpsis_engine import DEFAULT_PROMPTS
 from orstream.pipeline.web.hub import sent_size
 
@@ -153,6 +155,46 @@ def test_a_typed_prompt_changes_what_the_page_lists(tpsis_weights):  # noqa: F81
             assert page.evaluate(items) == ["scissors"]
         finally:
             browser.close()
+
+
+def test_the_page_picks_up_a_publisher_killed_and_started_again():
+    """Issue 23's restarts, for the browser display: the page and `orstream web` stay up
+    while the publisher is SIGKILLed and started again; the page says the frames stopped,
+    then paints the new run's frames (seq from 0 again) without a reload."""
+    from playwright.sync_api import sync_playwright
+    from test_restarts import LIGHT, ORSTREAM, kill
+
+    publish = f"tcp://127.0.0.1:{free_port()}"
+    run = [*ORSTREAM, "run", "--publish", publish, *LIGHT]
+    publishers: list[subprocess.Popen] = []
+    with web_server(publish, stall_warn_s=0.5) as url, sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)
+            page.goto(url)
+            publishers.append(subprocess.Popen(run, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+            page.wait_for_function("window.orstream.painted >= 120", timeout=60_000)
+            kill(publishers[0])  # a crash: no goodbye
+            before = page.evaluate("[window.orstream.painted, window.orstream.lastSeq]")
+            page.wait_for_function("document.getElementById('status').textContent"
+                                   ".includes('the publisher stopped or stalls')",
+                                   timeout=15_000)
+            publishers.append(subprocess.Popen(run, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+            # The new run's frames, painted: seq starts again, below where the first run was
+            # (polled every animation frame, long before the new run's seq passes it).
+            page.wait_for_function(f"window.orstream.painted >= {before[0] + 20} && "
+                                   f"window.orstream.lastSeq < {before[1]}", timeout=60_000)
+            page.wait_for_function("document.getElementById('status').textContent === ''",
+                                   timeout=10_000)  # the warning went with the silence
+            with urllib.request.urlopen(url + "api/stats", timeout=10) as response:
+                stats = json.load(response)
+            assert stats["server"]["rejected"] == 0, stats["server"]
+        finally:
+            browser.close()
+            for proc in publishers:
+                kill(proc)
 
 
 # What the page shows now: the size it reported, its canvas's box in device pixels, the
