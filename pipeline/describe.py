@@ -44,7 +44,7 @@ from orstream.common.errors import UsageError
 from orstream.pipeline.config import DescribeConfig
 from orstream.pipeline.frame import Caption, Frame
 from orstream.pipeline.leftovers import sweep_dead
-from orstream.pipeline.ports import endpoint_in_use, in_use
+from orstream.pipeline.ports import bind_as
 from orstream.pipeline.security import Curve
 from orstream.pipeline.transport import (
     NO_REPLY_KEYS_HINT,
@@ -225,11 +225,12 @@ class DescribeWorker:
                     # The same keys as the publisher: a question and its answer describe
                     # the scene, which must not cross a network in the clear either.
                     curve.apply(socket, endpoint, bind=True)
-                socket.bind(endpoint)
+                bind_as("describe.ask_endpoint", endpoint, lambda: socket.bind(endpoint))
+            except UsageError:
+                socket.close(0)
+                raise
             except zmq.ZMQError as exc:
                 socket.close(0)
-                if in_use(exc):
-                    raise endpoint_in_use("describe.ask_endpoint", endpoint) from None
                 raise UsageError(f"describe.ask_endpoint: cannot bind {endpoint} ({exc}); "
                                  f"set another port, or null for no questions") from None
             self._socket = socket

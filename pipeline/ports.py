@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,17 +13,27 @@ from orstream.common.errors import UsageError
 
 T = TypeVar("T")
 SUGGEST_STEP = 10  # suggested port bases go up in tens from the taken port: easy to read
+# ZeroMQ closes a socket on its I/O thread, after close() returns: a pipeline that stops and
+# starts again in one process (a supervisor, an embedding application, the test suite) can
+# find its own port still held for a few milliseconds. A port still taken after this long
+# is someone else's.
+IN_USE_GRACE_S = 1.0
+IN_USE_RETRY_S = 0.02
 
 
 def bind_as(key: str, endpoint: str, bind: Callable[[], T]) -> T:
-    """`bind()`, with "address in use" turned into a UsageError naming `key` and `endpoint`;
-    any other failure goes through unchanged."""
-    try:
-        return bind()
-    except Exception as exc:
-        if not in_use(exc):
-            raise
-        raise endpoint_in_use(key, endpoint) from None
+    """`bind()`, with "address in use" turned into a UsageError naming `key` and `endpoint`
+    (after IN_USE_GRACE_S of retries); any other failure goes through unchanged."""
+    deadline = time.monotonic() + IN_USE_GRACE_S
+    while True:
+        try:
+            return bind()
+        except Exception as exc:
+            if not in_use(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise endpoint_in_use(key, endpoint) from None
+        time.sleep(IN_USE_RETRY_S)
 
 
 def in_use(exc: BaseException | None) -> bool:

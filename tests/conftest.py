@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from loguru import logger
 
 from orstream.common.net import free_port
 from orstream.pipeline.config import DEFAULT_CONFIG
@@ -37,6 +39,17 @@ def synth_cache(tmp_path_factory) -> Path:
     patch.setenv("ORSTREAM_SYNTH_CACHE", str(root))
     yield root
     patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def loguru_on_the_current_stderr():
+    """A test that calls the CLI's main() leaves loguru writing to that test's captured
+    stderr, closed once the test ends: threads a later test starts would then print
+    "Logging error ... I/O operation on closed file" over the real failure. Each test
+    ends with the one usual handler back."""
+    yield
+    logger.remove()
+    logger.add(sys.stderr)
 
 
 @pytest.fixture(scope="session")

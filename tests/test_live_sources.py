@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -282,12 +281,8 @@ def test_a_source_down_longer_than_reconnect_max_s_gives_up_naming_it():
 
 def test_replay_of_an_unreachable_url_exits_non_zero_naming_it(capsys):
     url = f"tcp://127.0.0.1:{free_port()}"
-    try:
-        code = main(["replay", url, "--set", "source.reconnect_max_s=0",
-                     "--set", "publish.endpoint=null"])
-    finally:
-        logger.remove()
-        logger.add(sys.stderr)
+    code = main(["replay", url, "--set", "source.reconnect_max_s=0",
+                 "--set", "publish.endpoint=null"])
     assert code == 2
     err = capsys.readouterr().err
     assert f"source {url}: cannot connect" in err and "Traceback" not in err

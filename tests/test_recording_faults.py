@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from loguru import logger
 
 from orstream.benchmarks import crash_safety, disk_full
 from orstream.pipeline.cli import main
@@ -34,9 +32,7 @@ def replay(capsys) -> Iterator:
                      "--set", "segment.enabled=false", "--set", "describe.enabled=false"])
         return code, crash_safety.replayed_frames(capsys.readouterr().err)
 
-    yield run
-    logger.remove()  # main() put a handler on this test's stderr: put the usual one back
-    logger.add(sys.stderr)
+    return run
 
 
 @pytest.mark.slow

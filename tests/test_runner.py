@@ -85,6 +85,43 @@ def test_a_port_in_use_is_one_line_naming_the_key_the_port_and_the_fix(key):
     assert _orstream_threads() == []  # nothing left running
 
 
+def test_a_port_freed_a_moment_later_is_waited_for_and_one_kept_is_not():
+    """ZeroMQ closes a socket on its I/O thread after close() returns, so a pipeline that
+    stops and starts again in one process (a supervisor, an embedding app) can find its
+    own port still held for a few milliseconds: that start must not fail. A port someone
+    keeps fails within the grace, naming the key."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    overrides = [*SMALL, "segment.enabled=false", "publish.endpoint=null"]
+    overrides.remove("describe.enabled=false")
+    cfg = load_config(None, [*overrides, f"describe.ask_endpoint={endpoint}"])
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    threading.Timer(0.3, taken.close).start()  # released while the pipeline starts
+    assert Pipeline(cfg, max_frames=3).run().frames_out == 3
+    for _ in range(3):  # back to back: each start meets the last one's closing socket
+        assert Pipeline(cfg, max_frames=3).run().frames_out == 3
+    kept = socket.socket()
+    deadline = time.monotonic() + 2  # the last run's socket, too, is closed a moment late
+    while True:
+        try:
+            kept.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    kept.listen()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UsageError, match=f"describe.ask_endpoint {endpoint}: port"):
+            Pipeline(cfg, max_frames=3).run()
+    finally:
+        kept.close()
+    assert time.monotonic() - started < 5
+
+
 def test_status_of_a_render_process_whose_upstream_is_silent_says_0_fps_and_warns():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(None, [*SMALL, "publish.endpoint=null", "status.stall_warn_s=0.5",

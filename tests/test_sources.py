@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -113,14 +112,6 @@ def pipeline_config(path: Path, *overrides: str):
 def clip(tmp_path_factory) -> Path:
     """2 s at 30 fps, H.264 in MP4 with a keyframe every 10 frames (so seeks really jump)."""
     return encode(tmp_path_factory.mktemp("clip") / "clip.mp4", 60, options={"g": "10"})
-
-
-@pytest.fixture()
-def cli() -> Iterator[None]:
-    """`main` replaces loguru's handlers with one on this test's stderr: put it back."""
-    yield
-    logger.remove()
-    logger.add(sys.stderr)
 
 
 @pytest.fixture()
@@ -291,14 +282,14 @@ def test_unopenable_files_fail_before_the_pipeline_starts_naming_file_and_fix(tm
             open_source(SourceConfig(spec=str(path)))
 
 
-def test_replay_command_reports_a_bad_file_without_a_traceback(tmp_path, capsys, cli):
+def test_replay_command_reports_a_bad_file_without_a_traceback(tmp_path, capsys):
     code = main(["replay", str(tmp_path / "missing.mp4"), "--set",
                  f"segment.weights={weights()}", "--set", "publish.endpoint=null"])
     assert code == 2
     assert "missing.mp4: no such file" in capsys.readouterr().err
 
 
-def test_replay_command_runs_the_pipeline_with_the_run_options(tmp_path, clip, cli):
+def test_replay_command_runs_the_pipeline_with_the_run_options(tmp_path, clip):
     out = tmp_path / "overlay.mp4"
     code = main(["replay", str(clip), "--mode", "lossless", "--start", "1", "--frames", "8",
                  "--record", str(out), "--set", f"segment.weights={weights()}",
