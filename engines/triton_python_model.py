@@ -1,5 +1,5 @@
 """The Triton Python-backend model that `orstream export --backend triton --triton-runtime
-python` copies into a model repository as `<model>/1/model.py`.
+python` copies into a model repository as `<model>/<version>/model.py`.
 
 Triton's own process runs it inside a Python-backend stub: it serves the exported ONNX graph
 (uint8 NHWC frames -> uint8 labels, normalisation and argmax inside the graph) with ONNX

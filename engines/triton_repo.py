@@ -1,8 +1,10 @@
 """A Triton Inference Server model repository for a U-Net: `orstream export --backend triton`.
 
     OUT/<model>/config.pbtxt       uint8 NHWC `frames` in, uint8 `labels` out, dynamic batching
-    OUT/<model>/1/model.onnx       the deployable graph (engines/deploy.py) as ONNX
-    OUT/<model>/1/model.py         runtime python only: the Python-backend model
+    OUT/<model>/V/model.onnx       the deployable graph (engines/deploy.py) as ONNX
+    OUT/<model>/V/model.py         runtime python only: the Python-backend model
+
+V, the version, comes from the checkpoint's SHA-256 (weights_version).
 
 The graph is the one the local onnxruntime backend runs, taken from (or built into) the
 engine cache, so the server computes exactly what a local engine does. The runtimes:
@@ -75,6 +77,14 @@ class TritonModelOptions:
                                   f"onnxruntime or tensorrt for a GPU")
 
 
+def weights_version(weights_sha256: str) -> int:
+    """The model version a checkpoint is exported as: the first 7 hex digits of its SHA-256
+    as a number (1 to 2^28). Every inference response names the version that computed it, so
+    a room checks on each frame that the server still runs its weights, even across a
+    server restart it never noticed (over plain gRPC nothing else would tell it)."""
+    return int(weights_sha256[:7], 16) or 1
+
+
 def config_pbtxt(options: TritonModelOptions, size: tuple[int, int],
                  meta: dict[str, str]) -> str:
     """The model's config.pbtxt (Triton's ModelConfig in protobuf text format)."""
@@ -125,12 +135,13 @@ def export_triton_repo(weights: Path, out: Path, options: TritonModelOptions,
     folder = Path(out) / options.name
     if folder.exists():
         shutil.rmtree(folder)  # a stale model.py or version folder would be served too
-    version = folder / "1"
+    sha = file_sha256(Path(weights))
+    version = folder / str(weights_version(sha))
     version.mkdir(parents=True)
     shutil.copyfile(entry.engine_file, version / "model.onnx")
     if options.runtime == "python":
         shutil.copyfile(MODEL_PY, version / "model.py")
-    meta = {"orstream_weights_sha256": file_sha256(Path(weights)), "orstream_task": info.task,
+    meta = {"orstream_weights_sha256": sha, "orstream_task": info.task,
             "orstream_classes": ",".join(info.classes)}
     (folder / "config.pbtxt").write_text(config_pbtxt(options, size, meta))
     logger.info("Triton model {} ({} runtime, {}, batch <= {}) -> {}", options.name,
@@ -139,4 +150,4 @@ def export_triton_repo(weights: Path, out: Path, options: TritonModelOptions,
 
 
 __all__ = ["DEFAULT_MODEL", "RUNTIMES", "TritonModelOptions", "TritonRepoError",
-           "config_pbtxt", "export_triton_repo"]
+           "config_pbtxt", "export_triton_repo", "weights_version"]

@@ -19,11 +19,13 @@ import pytest
 from orstream.common.errors import UsageError
 from orstream.common.net import free_port
 from orstream.engines.backends import BackendError
+from orstream.engines.cache import file_sha256
 from orstream.engines.triton_repo import (
     RUNTIMES,
     TritonModelOptions,
     TritonRepoError,
     export_triton_repo,
+    weights_version,
 )
 from orstream.engines.triton_server import Distribution, TritonServer, TritonServerError
 from orstream.pipeline.config import ConfigError, load_config
@@ -57,8 +59,11 @@ def test_export_writes_a_config_triton_parses(tmp_path, runtime):
     assert config.HasField("dynamic_batching")
     assert config.instance_group[0].count == 2
     assert config.instance_group[0].kind == (1 if gpu else 2)  # KIND_GPU / KIND_CPU
-    assert (folder / "1" / "model.onnx").stat().st_size > 1_000_000
-    assert (folder / "1" / "model.py").exists() == (runtime == "python")
+    # The version folder is the weights' (every response names it: checked per frame)
+    (version,) = [p for p in folder.iterdir() if p.is_dir()]
+    assert version.name == str(weights_version(file_sha256(TYPES)))
+    assert (version / "model.onnx").stat().st_size > 1_000_000
+    assert (version / "model.py").exists() == (runtime == "python")
     if runtime == "tensorrt":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
         assert accelerator.name == "tensorrt"
@@ -376,3 +381,47 @@ def test_tls_server_serves_tls_rooms_only(repo, tmp_path):
             engine.close()
         with pytest.raises(BackendError, match="needs segment.triton.tls"):
             TritonEngine(TritonTarget(server.url, timeout_s=2))
+
+
+@needs_server
+@pytest.mark.parametrize("shared", [True, False], ids=["shm", "grpc"])
+def test_a_server_back_with_other_weights_is_never_used(tmp_path, shared):
+    """A server restarted with a repository exported from another checkpoint (same model
+    name, same size): the room stays unlabelled and says why, instead of drawing the other
+    model's labels with its own class names. Over plain gRPC the restart itself goes
+    unnoticed: the version each response names is what catches it."""
+    from loguru import logger
+
+    from orstream.engines.backends.triton_backend import (
+        TritonEngine,
+        TritonOffline,
+        TritonTarget,
+    )
+    repo = tmp_path / "repo"
+    export_triton_repo(TYPES, repo, TritonModelOptions(threads=1))
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="ERROR")
+    server = TritonServer(repo)
+    server.start()
+    server.wait_ready()
+    engine = TritonEngine(TritonTarget(server.url, shared_memory=shared, reconnect_min_s=0.05,
+                                       reconnect_max_s=0.1),
+                          weights_sha256=file_sha256(TYPES), weights_name="segment.weights")
+    try:
+        frame = _frames(1)[0]
+        assert engine(frame).shape == (256, 320)
+        server.stop()
+        export_triton_repo(BINARY, repo, TritonModelOptions(threads=1))  # same name and size
+        server.start()
+        server.wait_ready()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            with pytest.raises(TritonOffline):
+                engine(frame)
+            time.sleep(0.1)
+        assert not engine.online
+        assert sum("exported from other weights" in line for line in lines) == 1, lines
+    finally:
+        logger.remove(sink)
+        engine.close()
+        server.stop()

@@ -30,12 +30,17 @@ import numpy as np
 from loguru import logger
 
 from orstream.engines.backends.base import BackendError, import_backend
+from orstream.engines.triton_repo import weights_version
 
 SHM_PREFIX = "orstream-triton-"  # this client's regions: /dev/shm/orstream-triton-<pid>-...
 
 
 class TritonUnreachable(BackendError):
     """Nothing answers at the url: expected while a server restarts."""
+
+
+class WrongModel(Exception):
+    """A response computed by other weights than the room's: never used."""
 
 
 class TritonOffline(Exception):
@@ -194,12 +199,11 @@ class TritonEngine:
             raise BackendError(f"segment.size is {size[1]}x{size[0]} but Triton's model "
                                f"{target.model!r} takes {served.size[1]}x{served.size[0]}: "
                                f"remove segment.size, or export the model at that size")
-        if weights_sha256 and served.weights_sha256 and served.weights_sha256 != weights_sha256:
-            raise BackendError(f"Triton's model {target.model!r} was exported from other "
-                               f"weights than {weights_name} (sha256 {served.weights_sha256[:12]}"
-                               f" vs {weights_sha256[:12]}): its labels would be drawn with "
-                               f"the wrong class names. Point segment.weights at the checkpoint "
-                               f"the server's model came from, or re-export it")
+        self._weights = (weights_sha256, weights_name)
+        self._check_weights(served)
+        # What every response must name (engines/triton_repo.weights_version): None where
+        # the room's weights are not known (benchmarks, the bench's engine check)
+        self._version = str(weights_version(weights_sha256)) if weights_sha256 else None
         self.input_size = served.size
         self.served = served
         self._grpc = _client_module()
@@ -216,6 +220,15 @@ class TritonEngine:
         self._reason = ""
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
+
+    def _check_weights(self, served: ServedModel) -> None:
+        expected, name = self._weights
+        if expected and served.weights_sha256 and served.weights_sha256 != expected:
+            raise BackendError(f"Triton's model {self.target.model!r} was exported from other "
+                               f"weights than {name} (sha256 {served.weights_sha256[:12]} vs "
+                               f"{expected[:12]}): its labels would be drawn with the wrong "
+                               f"class names. Point segment.weights at the checkpoint the "
+                               f"server's model came from, or re-export it")
 
     # ------------------------------------------------------------------ the frame path
     def frame_buffer(self) -> np.ndarray | None:
@@ -239,7 +252,7 @@ class TritonEngine:
     def _errors(self) -> tuple[type[Exception], ...]:
         from tritonclient.utils import InferenceServerException
 
-        return (InferenceServerException,)
+        return (InferenceServerException, WrongModel)
 
     def _request(self) -> tuple[Any, Any]:
         """The request's input and output descriptions. With shared memory they never
@@ -265,6 +278,12 @@ class TritonEngine:
         result = self.client.infer(self.target.model, [request],
                                    model_version=self.target.version, outputs=[wanted],
                                    client_timeout=self.target.timeout_s)
+        served = result.get_response().model_version
+        if self._version is not None and served != self._version:
+            raise WrongModel(f"Triton answered with version {served} of "
+                             f"{self.target.model!r}, not {self._version} (the weights of "
+                             f"{self._weights[1]}): the server was restarted with another "
+                             f"model")
         if shared is not None:
             return shared.labels[0].copy()  # the region is overwritten by the next frame
         return result.as_numpy("labels")[0]
@@ -290,9 +309,11 @@ class TritonEngine:
             while not self._stop.wait(delay):
                 try:
                     served = check_served(probe, self.target)
+                    # A server restarted with another repository: never its labels here
                     if served.size != self.input_size:
                         raise BackendError(f"the model now takes {served.size}, this "
                                            f"pipeline sends {self.input_size}")
+                    self._check_weights(served)
                     if self.shared is not None:
                         self.shared.register(probe)
                 except Exception as exc:  # noqa: BLE001 - anything: stay down, keep trying
