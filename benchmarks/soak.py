@@ -72,7 +72,15 @@ SHM = Path("/dev/shm")
 # orstream's files that outlive a SIGKILL carry their maker's pid (pipeline/leftovers.py):
 # orstream-PID-HEX in /dev/shm, orstream-describe-PID-XXXX in the temp folder.
 _ORSTREAM_NAME = re.compile(r"orstream-(?:[a-z]+-)?([0-9]{1,10})-\w+")
-_RECORD_DTYPE = np.dtype([("seq", "<i8"), ("t_capture", "<i8"), ("t_received", "<i8")])
+_RECORD_DTYPE = np.dtype([("seq", "<i8"), ("t_capture", "<i8"), ("t_received", "<i8"),
+                          ("segment_in", "<i8"), ("segment_out", "<i8"),
+                          ("render_in", "<i8"), ("render_out", "<i8")])
+# Where a frame's end-to-end latency went, from its trace: waiting for segment (capture's own
+# work included), segment, waiting for render, render, and render to the display (publish,
+# the socket, the display's receiver).
+PARTS = {"to_segment": ("t_capture", "segment_in"), "segment": ("segment_in", "segment_out"),
+         "to_render": ("segment_out", "render_in"), "render": ("render_in", "render_out"),
+         "to_display": ("render_out", "t_received")}
 assert _RECORD_DTYPE.itemsize == RECORD.size
 
 
@@ -242,6 +250,18 @@ class Display:
 
 def latency_ms(records: np.ndarray) -> np.ndarray:
     return (records["t_received"] - records["t_capture"]) / 1e6
+
+
+def parts_ms(records: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """p50/p99/max and mean of each of PARTS over `records` (frames whose trace has both
+    stages), and of the `whole` capture -> display latency of those frames: the parts'
+    means add up to its mean."""
+    whole = records[(records["segment_in"] > 0) & (records["render_out"] > 0)]
+    parts = {}
+    for name, (a, b) in (*PARTS.items(), ("whole", ("t_capture", "t_received"))):
+        ms = (whole[b] - whole[a]) / 1e6
+        parts[name] = {**percentiles(ms), "mean": float(ms.mean()) if ms.size else None}
+    return parts
 
 
 def percentiles(values: np.ndarray) -> dict[str, float | None]:
@@ -470,7 +490,7 @@ class Soak:
         per_display = {}
         t0_ns = int(t0 * 1e9) if t0 is not None else 0
         end_ns = int(t_end * 1e9)
-        first_lat, last_lat = [], []
+        first_lat, last_lat, first_recs, last_recs = [], [], [], []
         for d, rec in zip(displays, everything, strict=True):
             first = rec[(rec["t_received"] >= t0_ns)
                         & (rec["t_received"] < t0_ns + int(window * 1e9))]
@@ -478,12 +498,17 @@ class Soak:
                           & (rec["t_received"] < end_ns)]
             first_lat.append(latency_ms(first))
             last_lat.append(latency_ms(final_w))
+            first_recs.append(first)
+            last_recs.append(final_w)
             seqs = rec["seq"]
             gaps = int(np.clip(np.diff(seqs) - 1, 0, None).sum()) if seqs.size > 1 else 0
             per_display[d.name] = {"frames": int(rec.size), "seq_gaps": gaps,
                                    "all": percentiles(latency_ms(rec)), **d.summary}
         first_w = percentiles(np.concatenate(first_lat))
         last_w = percentiles(np.concatenate(last_lat))
+        # Where a drift comes from: each part of the latency in the first and last sixth
+        first_w["parts"] = parts_ms(np.concatenate(first_recs))
+        last_w["parts"] = parts_ms(np.concatenate(last_recs))
         drift = (last_w["p99"] / first_w["p99"] - 1) if first_w["p99"] and last_w["p99"] \
             else None
         def other_cpu(rows: list[dict]) -> float | None:
@@ -664,6 +689,16 @@ def print_report(report: dict) -> None:
                 [("window", "capture -> display", "s"), ("p50", "p50 ms", ".1f"),
                  ("p99", "p99 ms", ".1f"), ("max", "max ms", ".1f"),
                  ("other", "other processes' CPU %", ".1f")]))
+    first_parts, last_parts = (lat[w].get("parts") or {} for w in ("first_window",
+                                                                   "last_window"))
+    if first_parts and last_parts:
+        print()  # where the latency went, first vs last sixth: a drift's source
+        print(table([{"part": name, "p50_first": first_parts[name]["p50"],
+                      "p50_last": last_parts[name]["p50"], "p99_first": first_parts[name]["p99"],
+                      "p99_last": last_parts[name]["p99"]} for name in (*PARTS, "whole")],
+                    [("part", "part of the latency", "s"), ("p50_first", "p50 first ms", ".1f"),
+                     ("p50_last", "p50 last ms", ".1f"), ("p99_first", "p99 first ms", ".1f"),
+                     ("p99_last", "p99 last ms", ".1f")]))
     counts = report["lossless"]["counts"]
     drops = report["drops"]
     print(f"\nframes: rendered {counts.get('rendered')}, recorded {counts.get('recorded')}, "

@@ -5,9 +5,11 @@ would itself look like the RSS growth the soak is looking for).
 
     python -m orstream.benchmarks.soak_display ENDPOINT RECORDS
 
-RECORDS gets (seq, capture ns, received ns) per frame, little-endian int64, both times on
-this host's monotonic clock. SIGINT or SIGTERM ends it; it then prints a JSON line of its
-receiver's counters (received, lost, superseded, rejected) and exits 0.
+RECORDS gets (seq, capture ns, received ns, segment in ns, segment out ns, render in ns,
+render out ns) per frame, little-endian int64, all on this host's monotonic clock (the
+stage times from the frame's trace, 0 where a stage is not in it): the soak splits the
+end-to-end latency by where it was spent. SIGINT or SIGTERM ends it; it then prints a JSON
+line of its receiver's counters (received, lost, superseded, rejected) and exits 0.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-RECORD = struct.Struct("<qqq")  # seq, t_capture_ns, t_received_ns
+# seq, t_capture_ns, t_received_ns, then (t_in, t_out) of each of STAGES
+RECORD = struct.Struct("<qqqqqqq")
+STAGES = ("segment", "render")
+
+
+def stage_times(trace: list[tuple[str, int, int]]) -> list[int]:
+    """(t_in, t_out) of each of STAGES in a frame's trace, flattened; 0 where absent."""
+    times = {name: (t_in, t_out) for name, t_in, t_out in trace}
+    return [t for name in STAGES for t in times.get(name, (0, 0))]
 
 
 def serve(endpoint: str, records: Path, stop: threading.Event) -> dict:
@@ -35,7 +45,9 @@ def serve(endpoint: str, records: Path, stop: threading.Event) -> dict:
             frame = receiver.recv(timeout_ms=200)
             if frame is None:
                 continue
-            out.write(RECORD.pack(frame.seq, frame.t_capture_ns, time.monotonic_ns()))
+            received = time.monotonic_ns()
+            out.write(RECORD.pack(frame.seq, frame.t_capture_ns, received,
+                                  *stage_times(frame.trace)))
             # What a display does with the picture: view's headless path only looks at it;
             # touching a row keeps the part from being an unread buffer.
             picture = frame.overlay if frame.overlay is not None else frame.image

@@ -67,6 +67,16 @@ def test_the_report_has_every_figure_the_long_run_states(soak):
         assert 0 < latency[window]["p50"] <= latency[window]["p99"] <= latency[window]["max"]
     assert latency["p99_drift"] == pytest.approx(
         latency["last_window"]["p99"] / latency["first_window"]["p99"] - 1)
+    # Where the latency went, from each frame's trace: every part measured, none negative
+    # (one clock), and their means add up to the whole.
+    for window in ("first_window", "last_window"):
+        parts = dict(latency[window]["parts"])
+        whole = parts.pop("whole")
+        assert set(parts) == {"to_segment", "segment", "to_render", "render", "to_display"}
+        assert all(p["p50"] is not None and p["p50"] >= 0 for p in parts.values()), parts
+        assert parts["segment"]["p50"] > 1  # a model ran: milliseconds, not nothing
+        assert sum(p["mean"] for p in parts.values()) == pytest.approx(whole["mean"])
+        assert whole["p50"] <= latency[window]["max"]
     for display in ("display-1", "display-2"):
         d = latency["displays"][display]
         assert d["frames"] > 0 and d["exit_code"] == 0 and d["rejected"] == 0
