@@ -364,6 +364,8 @@ def bad_shm(draw: st.DrawFn, t: Template, forge: ShmForge | None) -> Case:
         ref["stamp"] = stamp if stamp >= 2 else now + 2_000_000 + 2 * k
         # Its own stream: `latest` keeps one pending frame per stream, and this one is only
         # refused when taken (the stamp is read then), so a later frame must not supersede it.
+        # Past the receiver's MAX_STREAMS new ids, these are refused as too_many_streams
+        # instead: that rule is reached too.
         header["stream"] = f"fz{draw(st.integers(0, 10 ** 9))}"
     elif how == "offset":
         k = draw(st.integers(0, len(header["parts"]) - 1))

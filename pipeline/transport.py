@@ -75,6 +75,10 @@ HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 4000
 
 
+# Distinct stream ids one input takes (operating rooms feeding one stage). Each id costs
+# state downstream (a seq counter, a reorder head, a sender socket per room on a
+# `{stream}` edge), so a peer inventing ids must hit a wall, not grow the process.
+MAX_STREAMS = 256
 NO_REPLY_KEYS_HINT = " (a pipeline with security.curve answers only --key/--server-key clients)"
 
 
@@ -510,6 +514,7 @@ class ZmqReceiver(Receiver):
         # (operating rooms) may feed one stage; each keeps its own newest frame, so a busy
         # room never starves a quiet one.
         self._pending: dict[str, Frame] = {}
+        self._streams: set[str] = set()  # every stream id taken so far (at most MAX_STREAMS)
         self._bound = _attach(self._socket, self.endpoint, bind, curve)
 
     def close(self) -> None:
@@ -526,6 +531,13 @@ class ZmqReceiver(Receiver):
                 self._reject("missing_part", f"missing_part: frame {frame.seq} has no "
                              f"{name!r} part")
                 return None
+        if frame.stream not in self._streams:
+            if len(self._streams) >= MAX_STREAMS:
+                self._reject("too_many_streams", f"too_many_streams: frame {frame.seq} is "
+                             f"of a new stream {frame.stream!r} past the {MAX_STREAMS} "
+                             f"streams this input takes")
+                return None
+            self._streams.add(frame.stream)
         return frame
 
     def _reject(self, reason: str, detail: str) -> None:

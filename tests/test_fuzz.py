@@ -60,6 +60,28 @@ def test_a_stage_input_refuses_a_frame_without_the_picture_it_needs(tmp_path):
     assert receiver.stats.rejected == {"missing_part": 1}
 
 
+def test_an_input_takes_a_bounded_number_of_streams_and_its_known_ones_keep_flowing(tmp_path):
+    """Each stream id costs state downstream (a sender socket per room on a {stream} edge):
+    a peer inventing ids is refused past MAX_STREAMS, counted, and the rooms already
+    there are not disturbed."""
+    from orstream.pipeline.transport import MAX_STREAMS
+
+    endpoint = f"ipc://{tmp_path}/in"
+    streams = [f"room-{i}" for i in range(MAX_STREAMS + 3)]
+    with Receiver(endpoint, "lossless", bind=True, require=("image",)) as receiver:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(endpoint)
+        for stream in [*streams, streams[0]]:
+            push.send_multipart(wire.encode(_frame(1, stream), ("image",)))
+        got = []
+        while (frame := receiver.recv(2000)) is not None:
+            got.append(frame.stream)
+        push.close(0)
+    assert got == [*streams[:MAX_STREAMS], streams[0]]
+    assert receiver.stats.rejected == {"too_many_streams": 3}
+
+
 def test_a_refused_shm_frame_does_not_hold_back_the_frame_behind_it(tmp_path):
     """latest over shm://: a frame whose slot stamp is stale is refused when taken; the
     next waiting frame must come out of the same recv, not after another timeout."""
