@@ -5,8 +5,9 @@ endoscope's field of view) while the display runs at 1080p30 on a small CPU, so 
 per-pixel at display resolution happens in one fused numba kernel (`_blend_kernel`): the
 nearest-neighbour upsampling of the label map (index arithmetic, no full-size label map),
 the palette lookup, the alpha blend and the outlines, in a single pass over the frame with
-rows split across threads. Text (legend, caption, status) is drawn with cv2.putText and
-its boxes are darkened on their own sub-rectangles only.
+rows split across threads. Text (legend, caption, status) is drawn with cv2.putText, or,
+where it goes beyond ASCII (a typed prompt "pince à biopsie"), from a cached FreeType
+raster (pipeline/glyphs.py); text boxes are darkened on their own sub-rectangles only.
 
 Conventions:
 
@@ -23,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numba
 import numpy as np
 from numba import njit, prange
+
+from orstream.pipeline import glyphs
 
 Region = tuple[int, int, int, int]  # (y0, x0, h, w) in image pixels
 RGB = tuple[int, int, int]
@@ -350,15 +354,17 @@ class OverlayRenderer:
     @staticmethod
     def _text(img: np.ndarray, text: str, x: int, y: int, scale: float, thick: int,
               color: RGB = WHITE) -> None:
-        cv2.putText(img, text, (x, y), _FONT, scale, color, thick, cv2.LINE_AA)
+        if text.isascii():
+            cv2.putText(img, text, (x, y), _FONT, scale, color, thick, cv2.LINE_AA)
+        else:  # Hershey fonts are ASCII only: they would draw "?" for each other letter
+            glyphs.draw(img, text, x, y, _cap_height(scale, thick), color)
 
     def _legend(self, img: np.ndarray, present: list[int], scale: float, thick: int) -> None:
         (_, th), base = cv2.getTextSize("Ag", _FONT, scale, thick)
         pad = max(2, th // 2)
         row = th + base + pad
         sw = th + base  # swatch side
-        widths = [cv2.getTextSize(self.class_names[c], _FONT, scale, thick)[0][0]
-                  for c in present]
+        widths = [_text_width(self.class_names[c], scale, thick) for c in present]
         x0 = y0 = pad
         x1 = x0 + pad + sw + pad + max(widths) + pad
         y1 = y0 + pad + row * len(present)
@@ -371,7 +377,8 @@ class OverlayRenderer:
             self._text(img, self.class_names[c], x0 + 2 * pad + sw, top + th, scale, thick)
 
     def _status(self, img: np.ndarray, text: str, scale: float, thick: int) -> None:
-        (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+        (_, th), base = cv2.getTextSize(text if text.isascii() else "Ag", _FONT, scale, thick)
+        tw = _text_width(text, scale, thick)
         pad = max(2, th // 2)
         w = img.shape[1]
         x1, y0 = w - pad, pad
@@ -385,7 +392,7 @@ class OverlayRenderer:
         (_, th), base = cv2.getTextSize("Ag", _FONT, scale, thick)
         pad = max(2, th // 2)
         lines = _wrap(text, w - 4 * pad, scale, thick, max_lines)
-        widths = [cv2.getTextSize(line, _FONT, scale, thick)[0][0] for line in lines]
+        widths = [_text_width(line, scale, thick) for line in lines]
         row = th + base + pad
         x0 = max((w - max(widths)) // 2 - pad, 0)
         y1 = h - pad
@@ -396,7 +403,20 @@ class OverlayRenderer:
 
 
 def _text_width(text: str, scale: float, thick: int) -> int:
-    return cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+    if text.isascii():
+        return cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+    return glyphs.width(text, _cap_height(scale, thick))
+
+
+@lru_cache(maxsize=32)
+def _cap_height(scale: float, thick: int) -> int:
+    """Inked height of a capital in the Hershey font at `scale` (getTextSize's height adds
+    room for the stroke): what non-ASCII text is sized to, measured by drawing an "H"."""
+    h = cv2.getTextSize("H", _FONT, scale, thick)[0][1]
+    probe = np.zeros((2 * h + 4, h + 4), np.uint8)
+    cv2.putText(probe, "H", (2, h + 2), _FONT, scale, 255, thick, cv2.LINE_AA)
+    rows = np.flatnonzero(probe.max(axis=1) > 127)
+    return int(rows[-1] - rows[0] + 1) if rows.size else h
 
 
 def _wrap(text: str, width: int, scale: float, thick: int, max_lines: int) -> list[str]:

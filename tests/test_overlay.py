@@ -290,3 +290,43 @@ def test_num_threads_gives_same_frame_and_restores_setting(renderer):
     assert np.array_equal(one.draw(image, labels, status="s"),
                           renderer.draw(image, labels, status="s"))
     assert numba.get_num_threads() == before
+
+
+def _ink_columns(img: np.ndarray) -> np.ndarray:
+    """Columns holding white text ink (the legend's swatches are coloured, not white)."""
+    return np.flatnonzero((img.min(axis=2) > 200).any(axis=0))
+
+
+def test_a_prompt_beyond_ascii_is_drawn_with_its_letters_not_question_marks():
+    """cv2's Hershey fonts draw "?" for any non-ASCII letter: a prompt typed in French or
+    German must read as typed, sized like the ASCII text beside it, inside the legend box."""
+    colors = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    image = np.full((540, 960, 3), 60, np.uint8)
+    labels = np.zeros((64, 80), np.uint8)
+    labels[40:50, 10:30], labels[52:60, 10:30] = 1, 2
+
+    def legend(names: list[str]) -> np.ndarray:
+        return OverlayRenderer(["background", *names], colors).draw(image, labels)[:90, :480]
+
+    typed = legend(["pince à biopsie", "Nadelhalter für"])
+    folded = legend(["pince a biopsie", "Nadelhalter fur"])
+    hershey = legend(["pince ? biopsie", "Nadelhalter f?r"])  # what cv2 alone drew
+    assert not np.array_equal(typed, hershey)
+    typed_ink, folded_ink = _ink_columns(typed), _ink_columns(folded)
+    assert typed_ink.size and abs(int(typed_ink[-1]) - int(folded_ink[-1])) < 0.15 * folded_ink[-1]
+    # The accents sit above the letters, inside the darkened box: outside the box's
+    # rectangle the frame is untouched.
+    rows, cols = np.nonzero((typed < 60).all(axis=2))  # the box's shading
+    changed = (typed != image[:90, :480]).any(axis=2)
+    changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = False
+    assert not changed.any()
+
+
+def test_text_no_font_covers_and_text_off_the_frame_do_not_break_the_frame():
+    from orstream.pipeline import glyphs
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    glyphs.draw(image, "持针器", 5, 30, 12, (255, 255, 255))  # DejaVu lacks CJK: its empty boxes
+    assert image.any()
+    for x, y in [(-500, 20), (55, 20), (10, -50), (10, 500)]:
+        glyphs.draw(image, "Ножницы", x, y, 12, (255, 255, 255))  # clipped, never raises
