@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("endpoint")
     parser.add_argument("records", type=Path)
     args = parser.parse_args(argv)
+    from orstream.pipeline.capture import keep_frame_memory
+
+    keep_frame_memory()  # as `orstream view` does
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

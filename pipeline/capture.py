@@ -45,7 +45,11 @@ def keep_frame_memory() -> bool:
     kernel and the next ones fault their pages in again: 200-440 page faults and 0.3-0.6 ms
     of system time per frame, which kept lossless replay with segmentation off 12 % behind
     raw decode (benchmarks/replay.py); with these two settings the faults go and so does the
-    gap. Process-wide, so for entry points (the CLI, benchmarks) to call, not library code.
+    gap. A display (`orstream view`, `orstream web`) gets a 6 MB message per frame from
+    ZeroMQ's I/O thread and frees it on its own: with glibc's defaults its RSS moved up and
+    down by one frame as the dynamic mmap threshold came and went (52 vs 58 MiB in the
+    soak); with these settings it holds the few frames in flight from the start.
+    Process-wide, so for entry points (the CLI, benchmarks) to call, not library code.
     Returns False, changing nothing, where the C library is not glibc.
     """
     if platform.libc_ver()[0] != "glibc":

@@ -234,8 +234,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     import threading
 
+    from orstream.pipeline.capture import keep_frame_memory
     from orstream.pipeline.view import no_frames_message, view
 
+    keep_frame_memory()  # each frame's message buffer reused, not faulted in afresh
     curve = _client_curve(args, "view", "the publisher's")
     stop = threading.Event()
     _install_signal_handlers(stop.set)
@@ -311,9 +313,11 @@ def _cmd_web(args: argparse.Namespace) -> int:
     import os
     import threading
 
+    from orstream.pipeline.capture import keep_frame_memory
     from orstream.pipeline.web import WebOptions, serve
     from orstream.pipeline.web.access import TOKEN_ENV
 
+    keep_frame_memory()  # as `view`: each frame's message buffer reused
     opts = WebOptions(args.endpoint, listen=args.listen, ask=args.ask, full=args.full,
                       curve=_client_curve(args, "web", "the publisher's"),
                       token=args.token or os.environ.get(TOKEN_ENV) or None,
