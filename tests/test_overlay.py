@@ -330,3 +330,17 @@ def test_text_no_font_covers_and_text_off_the_frame_do_not_break_the_frame():
     assert image.any()
     for x, y in [(-500, 20), (55, 20), (10, -50), (10, 500)]:
         glyphs.draw(image, "Ножницы", x, y, 12, (255, 255, 255))  # clipped, never raises
+
+
+def test_a_long_caption_beyond_ascii_is_measured_not_drawn_for_each_try_at_wrapping():
+    """Wrapping trims a caption a character at a time; rasterising each try made a frame
+    whose header carried 200 accented characters cost the render stage 270 ms. Only the
+    lines that are drawn are rasterised, and the result stays two lines ending in '...'."""
+    from orstream.pipeline import glyphs
+
+    renderer = OverlayRenderer(["background", "a"], [(0, 0, 0), (255, 0, 0)])
+    image = np.zeros((256, 320, 3), np.uint8)
+    glyphs.rasterise.cache_clear()
+    out = renderer.draw(image, np.zeros((8, 8), np.uint8), caption="é " * 100)
+    assert glyphs.rasterise.cache_info().misses <= 2  # the two lines drawn
+    assert out[128:].any() and not out[:128].any()  # drawn at the bottom, nowhere else
