@@ -87,15 +87,20 @@ def request_json(endpoint: str, message: dict, timeout_s: float,
     """One JSON request and its JSON reply over a REQ socket (the ask socket's clients:
     `orstream ask`, `orstream prompt`); None when no reply came within `timeout_s`.
     `endpoint` as normalize_endpoint gives it; `curve`: this client's keys and the server's."""
+    deadline = time.monotonic() + timeout_s
     socket = context().socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    # The send is bounded too: once a handshake has failed (keys the server refuses, or
+    # none where it wants them) a REQ socket has no peer, and an unbounded send blocked
+    # forever instead of giving up after `timeout_s`.
+    socket.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
     try:
         if curve is not None:
             curve.apply(socket, endpoint, bind=False)
         socket.connect(endpoint)
-        socket.send(json.dumps(message).encode())
         try:
+            socket.send(json.dumps(message).encode())
+            socket.setsockopt(zmq.RCVTIMEO, max(1, int((deadline - time.monotonic()) * 1000)))
             return json.loads(socket.recv())
         except zmq.Again:
             return None
