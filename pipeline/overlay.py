@@ -377,8 +377,9 @@ class OverlayRenderer:
             self._text(img, self.class_names[c], x0 + 2 * pad + sw, top + th, scale, thick)
 
     def _status(self, img: np.ndarray, text: str, scale: float, thick: int) -> None:
-        (_, th), base = cv2.getTextSize(text if text.isascii() else "Ag", _FONT, scale, thick)
-        tw = _text_width(text, scale, thick)
+        (tw, th), base = cv2.getTextSize(text if text.isascii() else "Ag", _FONT, scale, thick)
+        if not text.isascii():
+            tw = _text_width(text, scale, thick)
         pad = max(2, th // 2)
         w = img.shape[1]
         x1, y0 = w - pad, pad
@@ -419,7 +420,8 @@ def _cap_height(scale: float, thick: int) -> int:
     return int(rows[-1] - rows[0] + 1) if rows.size else h
 
 
-def _wrap(text: str, width: int, scale: float, thick: int, max_lines: int) -> list[str]:
+@lru_cache(maxsize=16)  # a caption stays up for many frames: wrap it once, not per frame
+def _wrap(text: str, width: int, scale: float, thick: int, max_lines: int) -> tuple[str, ...]:
     """Greedy word wrap to `width` pixels; the last line is cut with '...' if text remains."""
     words = text.split()
     lines: list[str] = []
@@ -434,4 +436,4 @@ def _wrap(text: str, width: int, scale: float, thick: int, max_lines: int) -> li
         while rest and _text_width(rest + "...", scale, thick) > width:
             rest = rest[:-1]
         lines[-1] = rest.rstrip() + "..."
-    return lines or [""]
+    return tuple(lines) or ("",)
