@@ -447,9 +447,13 @@ def adversarial_frame(draw: st.DrawFn) -> FrameSpec:
         draw(st.booleans()), draw(st.booleans()))
 
 
+# Every header field PROTOCOL.md defines (tests/test_fuzz.py holds this to its tables): an
+# unknown field of a good frame must be unknown. Hypothesis draws text from the string
+# constants of this project's code, so it does write "run" or "prev_seq" as a key, and a
+# missing name here made good frames invalid (the stage-ipc finding of 2026-12-06).
 KNOWN_FIELDS = {"v", "stream", "seq", "t_capture_ns", "t_wall_ns", "t_send_ns", "parts",
                 "trace", "media_s", "caption", "classes", "prev_seq", "wall_minus_mono_ns",
-                "shm", "kind", "image", "labels", "polygons"}
+                "run", "shm", "kind", "image", "labels", "polygons"}
 
 
 # ----------------------------------------------------------------- the mask stream

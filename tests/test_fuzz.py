@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
-from orstream.benchmarks import fuzz
+from orstream.benchmarks import fuzz, fuzz_cases
 from orstream.common.net import free_port
 from orstream.pipeline import wire
 from orstream.pipeline.config import DescribeConfig
@@ -38,6 +39,29 @@ def test_malformed_messages_are_all_counted_and_every_good_frame_arrives(socket)
                                                                          DEFAULT_BUDGET), report
     assert tally.good_delivered == tally.good_sent > 0, report
     assert len(tally.rejected) >= 5, report  # the cases reach many rules, not one
+
+
+def _header_fields(protocol: str) -> set[str]:
+    """The first column of PROTOCOL.md's header tables (frame stream and mask stream)."""
+    fields, in_table = set(), False
+    for line in protocol.splitlines():
+        if line.startswith("| field | type | unit / meaning |"):
+            in_table = True
+        elif in_table and line.startswith("| `"):
+            fields.add(line.split("`")[1])
+        elif in_table and not line.startswith("|"):
+            in_table = False
+    return fields
+
+
+def test_the_unknown_fields_of_good_frames_are_never_fields_the_protocol_defines():
+    # Hypothesis writes the project's own string constants ("run") as dictionary keys: a
+    # good frame's "unknown" field named like a real one made it invalid, and the stage-ipc
+    # fuzz run counted seven good frames refused.
+    protocol = (Path(__file__).parents[1] / "PROTOCOL.md").read_text()
+    defined = _header_fields(protocol)
+    assert {"v", "seq", "run", "prev_seq", "wall_minus_mono_ns", "polygons"} <= defined
+    assert defined <= fuzz_cases.KNOWN_FIELDS, defined - fuzz_cases.KNOWN_FIELDS
 
 
 def _frame(seq: int, stream: str = "or-1") -> Frame:
