@@ -11,20 +11,22 @@ frames, so one engine serves any prompts and changing them rebuilds nothing:
   MAX_WORDS word pieces), the padding masked out by a key bias of MASKED, which softmax turns
   into exact zeros: padded or not, the attention is the same.
 
-`PromptEncoder` computes those inputs in torch, once per prompt list, off the frame path.
+`PromptEncoder` computes those inputs in torch, once per prompt list, off the frame path,
+after reading each prompt against the trained ones (engines/tpsis_reading.py).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from orstream.common.errors import UsageError
 from orstream.engines.text_encoder import MAX_WORDS, default_encoder, normalize_prompt
+from orstream.engines.tpsis_reading import PromptReader, Reading
 
 if TYPE_CHECKING:
     from orstream.engines.tpsis import PromptState
@@ -86,6 +88,11 @@ class PromptInputs:
 
     prompts: tuple[str, ...]
     arrays: dict[str, np.ndarray]  # ENGINE_STATE -> float32, token axis at PROMPT_TOKENS
+    readings: tuple[Reading, ...] = field(default=())  # one per prompt; () when not read
+
+    def reread(self) -> list[dict]:
+        """The prompts given to the model as a trained prompt, for logs and replies."""
+        return [r.to_json() for r in self.readings if r.reread]
 
 
 def pad_state(state: PromptState) -> dict[str, np.ndarray]:
@@ -111,12 +118,17 @@ class PromptEncoder:
     """The frame-independent half of a TP-SIS checkpoint, in torch: prompts -> PromptInputs
     (a few milliseconds, once per prompt list)."""
 
-    def __init__(self, checkpoint: TPSISCheckpoint) -> None:
+    def __init__(self, checkpoint: TPSISCheckpoint, read: bool = True) -> None:
+        """`read`: give the model a prompt it was not trained on as the trained prompt it
+        means (engines/tpsis_reading.py); False: every prompt as typed."""
         from orstream.engines.tpsis import PromptState
 
         assert PromptState._fields == STATE_NAMES, PromptState._fields
         self.model = checkpoint.build()
-        default_encoder()  # the embedding table is read now, not on the first prompt change
+        # The embedding table (and the trained prompts' features) are read now, not on the
+        # first prompt change.
+        self.reader = PromptReader(checkpoint.prompts) if read else None
+        default_encoder()
 
     def __call__(self, prompts: Sequence[str]) -> PromptInputs:
         import torch
@@ -128,9 +140,11 @@ class PromptEncoder:
             if pieces > MAX_WORDS:
                 raise PromptError(f"prompt {i + 1} is {pieces} word pieces long: at most "
                                   f"{MAX_WORDS}")
+        readings = tuple(self.reader.read_all(shown)) if self.reader else ()
+        texts = [r.text for r in readings] if readings else list(shown)
         with torch.inference_mode():
-            state = self.model.encode_texts(list(shown))
-        return PromptInputs(shown, pad_state(state))
+            state = self.model.encode_texts(texts)
+        return PromptInputs(shown, pad_state(state), readings)
 
 
 def example_inputs(checkpoint: TPSISCheckpoint, prompts: Sequence[str]) -> dict[str, np.ndarray]:

@@ -306,6 +306,9 @@ def _cmd_prompt(args: argparse.Namespace) -> int:
         since = (f"from frame {reply['seq']}" if reply.get("seq") is not None
                  else "from the next frame")
         print(f"segmenting {', '.join(repr(p) for p in reply['prompts'])} {since}")
+        for r in reply.get("read_as", []):
+            print(f"  {r['prompt']!r} read as {r['read_as']!r} ({r['class']}, similarity "
+                  f"{r['similarity']:.2f}; segment.read_prompts: false to turn off)")
     return 1 if "error" in reply else 0
 
 

@@ -229,6 +229,10 @@ class SegmentConfig(_Strict):
     # tpsis: 1-16 free-text prompts, each drawn in its own colour with its text in the
     # legend; changed while running with `orstream prompt`. null: tpsis_engine.DEFAULT_PROMPTS
     prompts: tuple[str, ...] | None = None
+    # tpsis: a prompt the model was not trained on is given to it as the trained prompt it
+    # means when the text encoder is sure ("needle holder" -> "needle driver";
+    # engines/tpsis_reading.py); false: every prompt exactly as typed
+    read_prompts: bool = True
     # auto: the first backend in auto_backends[device] this machine can serve; otherwise a
     # name from the registry in engines/backends/__init__.py
     backend: str = "auto"

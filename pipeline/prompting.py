@@ -2,7 +2,9 @@
 
 `orstream prompt ENDPOINT "scissors" "needle holder"` (or any client of the ask socket,
 describe.ask_endpoint) sends `{"prompts": ["scissors", "needle holder"]}`; the reply is
-`{"prompts": [...], "seq": int | null, "ms": float}` or `{"error": str}`.
+`{"prompts": [...], "seq": int | null, "ms": float, "read_as": [...]}` or `{"error": str}`;
+`read_as` lists each prompt the model is given as a trained prompt (engines/tpsis_reading.py:
+`{"prompt", "read_as", "class", "similarity"}`), empty when every prompt is read as typed.
 
 The new prompt state is computed on the ask socket's thread, in torch, never on the frame
 path (`PromptSlot.change`); the segment stage picks it up at the start of its next frame with
@@ -58,6 +60,9 @@ class PromptSlot:
 
     def _make(self, prompts: Sequence[str]) -> ActivePrompts:
         inputs = self._encoder(prompts)
+        for r in inputs.reread():
+            logger.info("segment: prompt {!r} read as {!r} ({}, similarity {:.2f})",
+                        r["prompt"], r["read_as"], r["class"], r["similarity"])
         return ActivePrompts(inputs, prompt_table(inputs.prompts))
 
     @property
@@ -89,7 +94,7 @@ class PromptSlot:
         logger.info("segment: prompts changed to {} (encoded in {:.1f} ms)", shown, ms)
         applied = new.applied.wait(wait_s)
         return {"prompts": shown, "seq": new.first_seq if applied else None,
-                "ms": round(ms, 1)}
+                "ms": round(ms, 1), "read_as": new.inputs.reread()}
 
 
 def refuse(reason: str) -> PromptHandler:

@@ -20,6 +20,8 @@ from orstream.engines.tpsis_prompts import (
     ALL_TRAIN_PROMPTS,
     NEGATIVES,
     PARAPHRASES,
+    SECOND_ABSENT,
+    SECOND_PARAPHRASES,
     SYNONYMS,
     TRAIN_PROMPTS,
 )
@@ -66,6 +68,8 @@ def test_prompt_sets_are_disjoint_where_training_must_not_see_them():
     trained = {t.lower() for ts in ALL_TRAIN_PROMPTS.values() for t in ts} | set(NEGATIVES)
     held_out = {t.lower() for ts in PARAPHRASES.values() for t in ts} | set(ABSENT)
     assert not trained & held_out
+    second = {t for ts in SECOND_PARAPHRASES.values() for t in ts} | set(SECOND_ABSENT)
+    assert not trained & second and not held_out & second
     # A synonym may not smuggle in a paraphrase's word that the paper's three prompts of its
     # class lack ("needle" of "needle holder" is in the class name; "holder" is held out).
     for name, paraphrases in PARAPHRASES.items():
@@ -182,8 +186,14 @@ def test_eval_of_the_shipped_weights_reports_the_types_metrics_and_prompt_checks
     assert para["prompts"]["Large Needle Driver"] == "needle holder"
     assert set(result["absent"]["prompts"]) == set(ABSENT)
     assert 0.0 <= result["absent"]["mean_coverage"] <= 1.0
+    # Also as the pipeline gives them by default: read against the trained prompts.
+    read = result["paraphrase_read"]["sets"][0]
+    assert read["prompts"] == para["prompts"]
+    assert read["given"]["Large Needle Driver"] == "needle driver"
+    assert result["absent_read"]["prompts"]["suction"]["given"] == "suction"
     table = format_table(result)
     assert "Ch_IoU" in table and "the cutting tool" in table and "suction" in table
+    assert "needle driver" in table and "read as" in table
     # The shipped weights find the instruments from their names on unseen synthetic frames
     # about as well as the types U-Net does on the same frames (held out: 2 points below).
     unet = evaluate(tiny_dataset, shipped("types"), videos=[1], batch=4)

@@ -38,6 +38,7 @@ from orstream.engines.tpsis_engine import (
     PromptError,
 )
 from orstream.engines.tpsis_prompts import TRAIN_PROMPTS
+from orstream.engines.tpsis_reading import PromptReader
 from orstream.pipeline import cli, masks, wire
 from orstream.pipeline import config as config_module
 from orstream.pipeline.config import ConfigError, load_config
@@ -164,6 +165,30 @@ def test_bad_prompts_are_refused_before_encoding(tpsis_weights):
             encoder(bad)
 
 
+def test_a_prompt_never_trained_on_is_given_to_the_model_as_the_trained_prompt_it_means():
+    checkpoint = tckpt.load(tckpt.SHIPPED)
+    reader = PromptReader(checkpoint.prompts)
+    same = reader.read("large needle driver")  # a trained prompt, typed another way
+    assert not same.reread and same.class_name == "Large Needle Driver"
+    holder = reader.read("needle holder")  # held out; shares only "needle" with training
+    assert holder.reread and holder.class_name == "Large Needle Driver"
+    assert holder.text in checkpoint.prompts["Large Needle Driver"]
+    for text in ("suction", "the liver"):  # absent; near a trained empty-target prompt
+        nothing = reader.read(text)
+        assert not nothing.reread and nothing.class_name is None, nothing
+    # The model gets exactly the trained prompt's state; with reading off, the typed text.
+    encoder, literal = PromptEncoder(checkpoint), PromptEncoder(checkpoint, read=False)
+    read = encoder(["needle holder", "suction"])
+    assert read.prompts == ("needle holder", "suction")  # the legend shows what was typed
+    assert [r["prompt"] for r in read.reread()] == ["needle holder"]
+    given = literal([holder.text, "suction"]).arrays
+    typed = literal(["needle holder", "suction"]).arrays
+    assert literal(["needle holder"]).reread() == []
+    for name, array in read.arrays.items():
+        np.testing.assert_allclose(array, given[name], atol=1e-6, err_msg=name)
+    assert not np.allclose(read.arrays["coarse_kernel"], typed["coarse_kernel"])
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -205,6 +230,9 @@ def test_prompts_change_while_running_within_two_frames(tpsis_weights, capsys):
         reply = json.loads(capsys.readouterr().out)
         after = len(seen)
         assert reply["prompts"] == NEW and type(reply["seq"]) is int
+        # "needle holder" was never trained on: the reply says how the model was given it.
+        read = {r["prompt"]: r for r in reply["read_as"]}
+        assert read["needle holder"]["class"] == "Large Needle Driver", reply
         _run_until(pipeline, seen, after + 4)
         late = [f for f in seen[after:] if f.classes["names"] != ["background", *NEW]]
         assert len(late) <= 2, f"old prompts on {len(late)} frames after the reply"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +21,12 @@ from orstream.training.metrics import SegmentationMetrics
 
 def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
              fold: int | None = None, batch: int = 8, workers: int = 2,
-             postprocess: str = "auto") -> dict:
+             postprocess: str = "auto", **tpsis_sets: Any) -> dict:
     """Metrics of `weights` on `data` (all videos, the given ones, or a fold's validation set).
 
     Frames are scored at the model's input size: the label maps are what the pipeline gets.
-    A TP-SIS checkpoint is scored given the class names as prompts (training/tpsis_eval.py).
+    A TP-SIS checkpoint is scored given the class names as prompts (training/tpsis_eval.py;
+    `tpsis_sets`: its held-out `paraphrases` and `absent_prompts`, instead of the default ones).
     postprocess: "vote" (one type per connected instrument, engines/postprocess.py), "none",
     or "auto": vote for the types task, as the live pipeline does, none otherwise.
     """
@@ -33,7 +35,8 @@ def evaluate(data: Path, weights: Path, videos: Iterable[int] | None = None,
     if is_tpsis(weights):  # text-promptable: scored given the class names as prompts
         from orstream.training.tpsis_eval import evaluate_tpsis
 
-        return evaluate_tpsis(data, weights, videos, fold, batch, workers, postprocess)
+        return evaluate_tpsis(data, weights, videos, fold, batch, workers, postprocess,
+                              **tpsis_sets)
     checkpoint = ckpt.load(weights)
     task = checkpoint.task
     samples = discover(Path(data), task, videos)

@@ -14,7 +14,7 @@ the other prompts).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +26,28 @@ from orstream.engines.postprocess import instance_vote
 from orstream.engines.preprocess import normalize
 from orstream.engines.tpsis import THRESHOLD, labels_from_logits
 from orstream.engines.tpsis_prompts import ABSENT, PARAPHRASES
+from orstream.engines.tpsis_reading import PromptReader
 from orstream.training.data import load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.metrics import SegmentationMetrics
 
 
-def paraphrase_sets() -> list[tuple[str, ...]]:
+def paraphrase_sets(paraphrases: Mapping[str, Sequence[str]] = PARAPHRASES
+                    ) -> list[tuple[str, ...]]:
     """Sets of seven prompts, one per type; set k takes each type's k-th paraphrase (its last
     where it has fewer), so every paraphrase is scored once."""
-    n = max(len(v) for v in PARAPHRASES.values())
-    return [tuple(v[min(k, len(v) - 1)] for v in PARAPHRASES.values()) for k in range(n)]
+    n = max(len(v) for v in paraphrases.values())
+    return [tuple(v[min(k, len(v) - 1)] for v in paraphrases.values()) for k in range(n)]
 
 
 def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = None,
                    fold: int | None = None, batch: int = 8, workers: int = 2,
-                   postprocess: str = "auto") -> dict:
+                   postprocess: str = "auto",
+                   paraphrases: Mapping[str, Sequence[str]] = PARAPHRASES,
+                   absent_prompts: Sequence[str] = ABSENT) -> dict:
     """Metrics of TP-SIS `weights` on `data`, as training/evaluate.evaluate reports them for a
-    types U-Net, plus "paraphrase" and "absent" (see the module's docstring)."""
+    types U-Net, plus "paraphrase" and "absent" (see the module's docstring), each also as
+    read against the trained prompts ("paraphrase_read", "absent_read")."""
     if postprocess not in ("auto", "vote", "none"):
         raise ValueError(f"postprocess {postprocess!r}: expected auto, vote or none")
     postprocess = "vote" if postprocess == "auto" else postprocess
@@ -54,11 +59,17 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
     images, labels = load_arrays(samples, "types", checkpoint.input_size, workers,
                                  "evaluating")
     model = checkpoint.build()
+    reader = PromptReader(checkpoint.prompts)
     names = list(classes[1:])
-    sets = [tuple(names), *paraphrase_sets()]  # set 0: the class names
-    texts = [t for s in sets for t in s] + list(ABSENT)
+    assert list(paraphrases) == list(classes[1:]), "one paraphrase list per type, in order"
+    typed = paraphrase_sets(paraphrases)
+    read = [tuple(reader.read(t).text for t in s) for s in typed]
+    sets = [tuple(names), *typed, *read]  # set 0: the class names
+    absent_typed = list(absent_prompts)
+    absent_read = [reader.read(a).text for a in absent_typed]
+    texts = [t for s in sets for t in s] + absent_typed + absent_read
     metrics = [SegmentationMetrics(len(classes), "types") for _ in sets]
-    coverage = np.empty((len(images), len(ABSENT)))
+    coverage = np.empty((len(images), 2 * len(absent_typed)))  # as typed, then as read
     k = len(names)
     with torch.inference_mode():
         state = model.encode_texts(texts)
@@ -72,7 +83,7 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
                     if postprocess == "vote":
                         pred = instance_vote(pred, len(classes))
                     m.update(labels[i + j], pred)
-            absent = logits[:, len(sets) * k:].sigmoid() >= THRESHOLD  # (B, A, H, W)
+            absent = logits[:, len(sets) * k:].sigmoid() >= THRESHOLD  # (B, 2A, H, W)
             coverage[i:i + len(x)] = absent.float().mean(dim=(2, 3)).numpy()
 
     def named(result: dict) -> dict:
@@ -80,16 +91,32 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
         return result
 
     result = named(metrics[0].compute())
-    para = []
-    for s, m in zip(sets[1:], metrics[1:], strict=True):
-        r = named(m.compute())
-        para.append({"prompts": dict(zip(names, s, strict=True)), "mc_iou": r["mc_iou"],
-                     "ch_iou": r["ch_iou"], "isi_iou": r["isi_iou"],
-                     "per_class_iou": r["per_class_iou"],
-                     "of_class_names": r["mc_iou"] / max(result["mc_iou"], 1e-12),
-                     "per_class_of_class_names": {
-                         c: v / max(result["per_class_iou"].get(c, 0.0), 1e-12)
-                         for c, v in r["per_class_iou"].items()}})
+
+    def paraphrases(shown: list[tuple[str, ...]], given: list[tuple[str, ...]],
+                    scored: list[SegmentationMetrics]) -> dict:
+        out = []
+        for s, g, m in zip(shown, given, scored, strict=True):
+            r = named(m.compute())
+            out.append({"prompts": dict(zip(names, s, strict=True)),
+                        "given": dict(zip(names, g, strict=True)), "mc_iou": r["mc_iou"],
+                        "ch_iou": r["ch_iou"], "isi_iou": r["isi_iou"],
+                        "per_class_iou": r["per_class_iou"],
+                        "of_class_names": r["mc_iou"] / max(result["mc_iou"], 1e-12),
+                        "per_class_of_class_names": {
+                            c: v / max(result["per_class_iou"].get(c, 0.0), 1e-12)
+                            for c, v in r["per_class_iou"].items()}})
+        return {"sets": out, "of_class_names": float(np.mean([p["of_class_names"]
+                                                               for p in out]))}
+
+    def absent(columns: np.ndarray, given: list[str]) -> dict:
+        return {"prompts": {a: {"given": g, "mean_coverage": float(columns[:, j].mean()),
+                                "max_coverage": float(columns[:, j].max())}
+                            for j, (a, g) in enumerate(zip(absent_typed, given,
+                                                           strict=True))},
+                "mean_coverage": float(columns.mean())}
+
+    n = len(typed)
+    a = len(absent_typed)
     return {
         "task": "types",
         "model": checkpoint.model_name,
@@ -101,38 +128,55 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
         "postprocess": postprocess,
         "prompts": names,
         "threshold": THRESHOLD,
+        "read_as_min_similarity": reader.min_similarity,
         **result,
-        "paraphrase": {
-            "sets": para,
-            "of_class_names": float(np.mean([p["of_class_names"] for p in para])),
-        },
-        "absent": {
-            "prompts": {a: {"mean_coverage": float(coverage[:, j].mean()),
-                            "max_coverage": float(coverage[:, j].max())}
-                        for j, a in enumerate(ABSENT)},
-            "mean_coverage": float(coverage.mean()),
-        },
+        # The model alone: every prompt as typed (segment.read_prompts: false).
+        "paraphrase": paraphrases(typed, typed, metrics[1:1 + n]),
+        "absent": absent(coverage[:, :a], absent_typed),
+        # What the pipeline does by default: each prompt read against the trained ones.
+        "paraphrase_read": paraphrases(typed, read, metrics[1 + n:]),
+        "absent_read": absent(coverage[:, a:], absent_read),
     }
 
 
 def format_prompt_table(result: dict) -> str:
-    """The lines `orstream eval` adds for TP-SIS under the types table."""
+    """The lines `orstream eval` adds for TP-SIS under the types table: each held-out prompt
+    given to the model as typed, then as read against the trained prompts (the pipeline's
+    default, engines/tpsis_reading.py)."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    def of(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.0f} %"
+
     lines = ["", f"prompts: the class names (threshold {result['threshold']})", "",
-             "held-out paraphrases (in place of the class names):",
-             f"{'class':<28} {'paraphrase':<22} {'IoU, %':>8} {'of name':>8}"]
-    for s in result["paraphrase"]["sets"]:
-        for cls, text in s["prompts"].items():
-            iou = s["per_class_iou"].get(cls)
-            ratio = s["per_class_of_class_names"].get(cls)
-            lines.append(f"{cls:<28} {text:<22} "
-                         f"{'-' if iou is None else f'{100 * iou:.2f}':>8} "
-                         f"{'-' if ratio is None else f'{100 * ratio:.0f} %':>8}")
-        lines.append(f"{'mc_IoU':<28} {'':<22} {100 * s['mc_iou']:>8.2f} "
-                     f"{100 * s['of_class_names']:>6.0f} %")
-    lines += ["", "absent instruments (each prompt alone): pixels marked, %",
-              f"{'prompt':<28} {'mean':>8} {'worst frame':>12}"]
+             "held-out paraphrases (in place of the class names), IoU % and % of the name's; "
+             f"read: given as the nearest trained prompt at cosine >= "
+             f"{result['read_as_min_similarity']}",
+             f"{'class':<26} {'paraphrase':<20} {'typed':>7} {'of name':>8}  "
+             f"{'read as':<24} {'read':>7} {'of name':>8}"]
+    for typed, read in zip(result["paraphrase"]["sets"], result["paraphrase_read"]["sets"],
+                           strict=True):
+        for cls, text in typed["prompts"].items():
+            given = read["given"][cls]
+            lines.append(
+                f"{cls:<26} {text:<20} {pct(typed['per_class_iou'].get(cls)):>7} "
+                f"{of(typed['per_class_of_class_names'].get(cls)):>8}  "
+                f"{given if given != text else '(as typed)':<24} "
+                f"{pct(read['per_class_iou'].get(cls)):>7} "
+                f"{of(read['per_class_of_class_names'].get(cls)):>8}")
+        lines.append(f"{'mc_IoU':<26} {'':<20} {100 * typed['mc_iou']:>7.2f} "
+                     f"{of(typed['of_class_names']):>8}  {'':<24} {100 * read['mc_iou']:>7.2f} "
+                     f"{of(read['of_class_names']):>8}")
+    lines += ["", "absent instruments (each prompt alone): pixels marked, % (mean / worst "
+              "frame)", f"{'prompt':<26} {'typed':>16}  {'read as':<24} {'read':>16}"]
     for text, c in result["absent"]["prompts"].items():
-        lines.append(f"{text:<28} {100 * c['mean_coverage']:>8.3f} "
-                     f"{100 * c['max_coverage']:>12.3f}")
-    lines.append(f"{'all absent prompts':<28} {100 * result['absent']['mean_coverage']:>8.3f}")
+        r = result["absent_read"]["prompts"][text]
+        lines.append(f"{text:<26} {100 * c['mean_coverage']:>7.3f} / "
+                     f"{100 * c['max_coverage']:>6.3f}  "
+                     f"{r['given'] if r['given'] != text else '(as typed)':<24} "
+                     f"{100 * r['mean_coverage']:>7.3f} / {100 * r['max_coverage']:>6.3f}")
+    lines.append(f"{'all absent prompts':<26} {100 * result['absent']['mean_coverage']:>7.3f}"
+                 f"{'':<35} {100 * result['absent_read']['mean_coverage']:>7.3f}")
     return "\n".join(lines)

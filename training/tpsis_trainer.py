@@ -41,6 +41,7 @@ from orstream.engines.tpsis_prompts import (
     PARAPHRASES,
     TRAIN_PROMPTS,
 )
+from orstream.engines.tpsis_reading import READ_AS_MIN_SIMILARITY
 from orstream.training.augment import AugmentConfig
 from orstream.training.data import SegmentationSet, load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
@@ -101,7 +102,9 @@ class TPSISTrainConfig(BaseModel):
         return json.loads(self.model_dump_json())
 
 
-RANDOM_NEGATIVE_MAX_SIM = 0.25
+# A random negative word must stay below the similarity at which a prompt is read as a class
+# (engines/tpsis_reading.py): the model is never taught to leave empty what reads as a class.
+RANDOM_NEGATIVE_MAX_SIM = READ_AS_MIN_SIMILARITY
 
 
 def _held_out_words() -> set[str]:

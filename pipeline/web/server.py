@@ -12,7 +12,7 @@ Routes:
 - `GET /api/prompts` -> `{"prompts": [...] | null}`: what the newest frame was segmented
   with (null: the stream segments no prompts, a U-Net pipeline);
 - `POST /api/prompts` `{"prompts": [...]}` -> the pipeline's reply to the change,
-  `{"prompts", "seq", "ms"}` (prompting.set_prompts over the same ask socket).
+  `{"prompts", "seq", "ms", "read_as"}` (prompting.set_prompts over the same ask socket).
 
 Whether the pipeline segments prompts is read from its frames: a TP-SIS frame carries its own
 class table (task "prompts", hub.py), which the frame header passes on to the page; `hello`

@@ -335,7 +335,9 @@ $("prompts-form").addEventListener("submit", async (event) => {
     } else {
       reply.textContent = "set: " + answer.prompts.join(" · ") + (answer.seq === null ?
         "  (no frame has used them yet)" :
-        "  (from frame " + answer.seq + ", encoded in " + answer.ms.toFixed(0) + " ms)");
+        "  (from frame " + answer.seq + ", encoded in " + answer.ms.toFixed(0) + " ms)") +
+        (answer.read_as || []).map((r) =>
+          "; “" + r.prompt + "” read as “" + r.read_as + "”").join("");
     }
   } catch (error) {
     reply.className = "answer error";
