@@ -50,7 +50,7 @@ ENGINE_STATE = STATE_NAMES[:-1]
 FRAMES_INPUT = "frames"
 # The exported graph's name in the engine cache key: changed whenever its inputs or what it
 # computes change, so an engine of another graph is never loaded.
-ENGINE_GRAPH = "tpsis-per-frame/1"
+ENGINE_GRAPH = "tpsis-per-frame/2"
 
 
 class PromptError(UsageError):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from orstream.engines import tpsis_checkpoint as tckpt
 from orstream.engines.checkpoint import CheckpointError, shipped
@@ -200,6 +201,27 @@ def test_eval_of_the_shipped_weights_reports_the_types_metrics_and_prompt_checks
     assert result["frames"] == unet["frames"]
     assert result["ch_iou"] > unet["ch_iou"] - 0.10, (result["ch_iou"], unet["ch_iou"])
     assert result["mc_iou"] > unet["mc_iou"] - 0.10, (result["mc_iou"], unet["mc_iou"])
+
+
+def test_the_exported_graph_computes_the_models_own_convolution_and_upsampling():
+    # ExportableTPSIS rewrites the dynamic convolution as a MatMul and shifted slices, and
+    # the bilinear upsampling as two MatMuls, for speed: a wrong shift or weight would move
+    # every mask by a pixel, which the 99.5 % engine parity could let through.
+    from orstream.engines.deploy import ExportableTPSIS, bilinear_matrix
+    from orstream.engines.tpsis import TPSIS
+
+    torch.manual_seed(0)
+    model = ExportableTPSIS(build_tpsis("tpsis_xs").cfg).eval()
+    state = model.encode_texts(["scissors", "needle driver", "the retractor"])
+    fine = torch.randn(2, model.cfg.unet.width, 24, 40)
+    torch.testing.assert_close(model.fine_logits(fine, state),
+                               TPSIS.fine_logits(model, fine, state), atol=1e-4, rtol=1e-4)
+    for h, w, hh, ww in ((16, 20, 256, 320), (5, 7, 33, 50), (8, 10, 4, 5)):
+        x = torch.randn(2, 3, h, w)
+        torch.testing.assert_close(
+            bilinear_matrix(h, hh) @ (x @ bilinear_matrix(w, ww).T),
+            F.interpolate(x, size=(hh, ww), mode="bilinear", align_corners=False),
+            atol=1e-5, rtol=1e-5)
 
 
 def test_per_frame_part_exports_to_onnx_with_the_prompt_state_as_inputs(tmp_path):
