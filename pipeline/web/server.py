@@ -98,6 +98,7 @@ class WebServer:
         self.gate = gate
         self.tabs: dict[int, Tab] = {}
         self._sockets: dict[int, web.WebSocketResponse] = {}
+        self._transports: dict[int, asyncio.BaseTransport | None] = {}
         self._next_id = 0
         self.closed = {"tabs": 0, "painted": 0, "skipped": 0}
         self.started = time.monotonic()
@@ -155,6 +156,7 @@ class WebServer:
         # Its size from the URL, so that its first frame is already of that size.
         self._resize(tab, request.query.get("w"), request.query.get("h"))
         self.tabs[tab.id], self._sockets[tab.id] = tab, ws
+        self._transports[tab.id] = request.transport
         logger.info("web: tab {} opened from {} ({} open)", tab.id, tab.peer, len(self.tabs))
         await ws.send_str(json.dumps({
             "t": "hello", "tab": tab.id, "endpoint": self.opts.endpoint,
@@ -171,7 +173,7 @@ class WebServer:
             feeder.cancel()
             if tab.telling is not None:
                 tab.telling.cancel()
-            del self.tabs[tab.id], self._sockets[tab.id]
+            del self.tabs[tab.id], self._sockets[tab.id], self._transports[tab.id]
             self.closed["tabs"] += 1
             self.closed["painted"] += tab.painted
             self.closed["skipped"] += tab.skipped_now(self.hub.received)
@@ -216,12 +218,20 @@ class WebServer:
             logger.debug("web: tab {} shows the video in {}x{} device pixels", tab.id, *box)
 
     async def _close_tabs(self, app: web.Application) -> None:
-        for ws in list(self._sockets.values()):
-            try:  # a stalled tab never answers the close: its connection is cut instead
+        """Every tab at once gets CLOSE_WAIT_S to answer the close. One that does not (a
+        stalled tab, or one whose socket is full so that the close cannot even be sent) has
+        its connection cut: closing it politely would wait for its buffer to drain, which
+        for a tab that reads nothing is forever, and held serve() past its stop."""
+        async def close(tab_id: int, ws: web.WebSocketResponse) -> None:
+            try:
                 await asyncio.wait_for(ws.close(code=1001, message=b"server stopping"),
                                        CLOSE_WAIT_S)
             except (TimeoutError, ConnectionError):
-                continue
+                transport = self._transports.get(tab_id)
+                if transport is not None:
+                    transport.abort()
+
+        await asyncio.gather(*(close(i, ws) for i, ws in list(self._sockets.items())))
 
     # ---------------------------------------------------------------------- status push
 
