@@ -120,17 +120,16 @@ def bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in): row o holds the weights F.interpolate(mode="bilinear",
     align_corners=False, size=...) gives input samples for output sample o along one axis
     (source coordinate (o + 0.5) * in / out - 0.5, clamped at 0; the two neighbours, the
-    last one repeated at the far edge)."""
-    scale = size_in / size_out
-    m = torch.zeros(size_out, size_in)
-    for o in range(size_out):
-        src = max((o + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(src), size_in - 1)
-        i1 = min(i0 + 1, size_in - 1)
-        frac = src - i0
-        m[o, i0] += 1.0 - frac
-        m[o, i1] += frac
-    return m
+    last one repeated at the far edge). A few whole-tensor ops of constants: an export
+    folds them into one initializer (a Python loop of indexed writes took minutes to trace)."""
+    src = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out)
+           - 0.5).clamp(min=0.0)
+    i0 = src.floor().clamp(max=size_in - 1)
+    i1 = (i0 + 1).clamp(max=size_in - 1)
+    frac = (src - i0)[:, None]
+    cols = torch.arange(size_in, dtype=torch.float64)[None]
+    weights = (cols == i0[:, None]) * (1.0 - frac) + (cols == i1[:, None]) * frac
+    return weights.to(torch.float32)
 
 
 class PromptLabelNet(nn.Module):
