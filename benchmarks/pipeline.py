@@ -52,7 +52,16 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
     engine = open_engine(segment_engine_spec(cfg.segment))
     chosen = engine.origin.resolved
     image = np.zeros((*engine.input_size, 3), np.uint8)
-    baseline = stats(time_calls(lambda: engine(image), iters=50, warmup=5))
+    prompts = None
+    if cfg.segment.enabled and cfg.segment.model == "tpsis":
+        # TP-SIS takes its prompt state beside the frame, computed once as the stage does.
+        from orstream.engines import tpsis_checkpoint
+        from orstream.engines.tpsis_engine import PromptEncoder
+
+        encoder = PromptEncoder(tpsis_checkpoint.load(cfg.segment.weights),
+                                cfg.segment.read_prompts)
+        prompts = encoder(cfg.segment.prompts).arrays
+    baseline = stats(time_calls(lambda: engine(image, prompts), iters=50, warmup=5))
     jitter = jitter_floor(cfg.source.fps)
 
     pipeline = Pipeline(cfg, max_frames=frames + warmup, keep_traces=True)
