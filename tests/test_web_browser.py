@@ -128,16 +128,19 @@ def test_a_typed_prompt_changes_what_the_page_lists(tpsis_weights):  # noqa: F81
             assert page.evaluate(items) == list(DEFAULT_PROMPTS)
             assert page.input_value("#prompts") == "\n".join(DEFAULT_PROMPTS)
 
-            page.fill("#prompts", "scissors")
+            # A prompt never trained on: the list shows it as typed, the reply how it was read.
+            page.fill("#prompts", "needle holder")
             page.press("#prompts", "Enter")
-            page.wait_for_function(f"JSON.stringify({items}) === '[\"scissors\"]'",
+            page.wait_for_function(f"JSON.stringify({items}) === '[\"needle holder\"]'",
                                    timeout=30_000)
             reply = page.evaluate("window.orstream.promptsReply")
-            assert reply["prompts"] == ["scissors"] and type(reply["seq"]) is int, reply
+            assert reply["prompts"] == ["needle holder"] and type(reply["seq"]) is int, reply
             assert page.evaluate("window.orstream.header.classes.names") == \
-                ["background", "scissors"]
+                ["background", "needle holder"]
             assert page.evaluate("window.orstream.header.seq") >= reply["seq"]
-            assert f"from frame {reply['seq']}" in page.text_content("#prompts-reply")
+            shown = page.text_content("#prompts-reply")
+            assert f"from frame {reply['seq']}" in shown
+            assert "“needle holder” read as “" in shown, shown
             # The swatch has the prompt's colour from the frame's table.
             color = page.evaluate("getComputedStyle(document.querySelector("
                                   "'#prompt-list .swatch')).backgroundColor")
@@ -152,7 +155,7 @@ def test_a_typed_prompt_changes_what_the_page_lists(tpsis_weights):  # noqa: F81
             assert "prompt 2 is 101 characters long" in page.text_content("#prompts-reply")
             painted = page.evaluate("window.orstream.painted")
             page.wait_for_function(f"window.orstream.painted >= {painted + 3}", timeout=30_000)
-            assert page.evaluate(items) == ["scissors"]
+            assert page.evaluate(items) == ["needle holder"]
         finally:
             browser.close()
 
