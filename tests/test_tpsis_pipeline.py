@@ -257,6 +257,12 @@ def test_prompts_change_while_running_within_two_frames(tpsis_weights, capsys):
         with pytest.raises(PromptError, match="17 prompts"):
             set_prompts(ask, ["x"] * 17)  # refused before it is sent
         assert cli.main(["prompt", ask, " "]) == 2
+        # Without --json the command says how a prompt never trained on was read.
+        capsys.readouterr()
+        assert cli.main(["prompt", ask, *NEW]) == 0
+        out = capsys.readouterr().out
+        assert "segmenting 'scissors', 'needle holder'" in out and \
+            "'needle holder' read as" in out, out
         count = len(seen)
         _run_until(pipeline, seen, count + 2)
         assert all(f.classes == prompt_table(NEW) for f in seen[count:])
