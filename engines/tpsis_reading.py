@@ -1,7 +1,7 @@
 """How TP-SIS reads a prompt it was not trained on: as the trained prompt it means, when the
 text encoder is sure enough.
 
-The model learned 37 prompts for seven types and learned that text far from them names
+The model learned 36 prompts for seven types and learned that text far from them names
 nothing. A paraphrase that shares no word with them ("needle holder", "the cutting tool")
 lands where the model has seen nothing, and it marks nothing (measured: 0 % IoU for three
 of the seven held-out paraphrases). WordLlama's sentence space still places most of them
