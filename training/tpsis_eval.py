@@ -61,7 +61,7 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
     model = checkpoint.build()
     reader = PromptReader(checkpoint.prompts)
     names = list(classes[1:])
-    assert list(paraphrases) == list(classes[1:]), "one paraphrase list per type, in order"
+    assert list(paraphrases) == names, "one paraphrase list per type, in order"
     typed = paraphrase_sets(paraphrases)
     read = [tuple(reader.read(t).text for t in s) for s in typed]
     sets = [tuple(names), *typed, *read]  # set 0: the class names
@@ -92,8 +92,8 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
 
     result = named(metrics[0].compute())
 
-    def paraphrases(shown: list[tuple[str, ...]], given: list[tuple[str, ...]],
-                    scored: list[SegmentationMetrics]) -> dict:
+    def scored_paraphrases(shown: list[tuple[str, ...]], given: list[tuple[str, ...]],
+                           scored: list[SegmentationMetrics]) -> dict:
         out = []
         for s, g, m in zip(shown, given, scored, strict=True):
             r = named(m.compute())
@@ -108,7 +108,7 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
         return {"sets": out, "of_class_names": float(np.mean([p["of_class_names"]
                                                                for p in out]))}
 
-    def absent(columns: np.ndarray, given: list[str]) -> dict:
+    def scored_absent(columns: np.ndarray, given: list[str]) -> dict:
         return {"prompts": {a: {"given": g, "mean_coverage": float(columns[:, j].mean()),
                                 "max_coverage": float(columns[:, j].max())}
                             for j, (a, g) in enumerate(zip(absent_typed, given,
@@ -131,11 +131,11 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
         "read_as_min_similarity": reader.min_similarity,
         **result,
         # The model alone: every prompt as typed (segment.read_prompts: false).
-        "paraphrase": paraphrases(typed, typed, metrics[1:1 + n]),
-        "absent": absent(coverage[:, :a], absent_typed),
+        "paraphrase": scored_paraphrases(typed, typed, metrics[1:1 + n]),
+        "absent": scored_absent(coverage[:, :a], absent_typed),
         # What the pipeline does by default: each prompt read against the trained ones.
-        "paraphrase_read": paraphrases(typed, read, metrics[1 + n:]),
-        "absent_read": absent(coverage[:, a:], absent_read),
+        "paraphrase_read": scored_paraphrases(typed, read, metrics[1 + n:]),
+        "absent_read": scored_absent(coverage[:, a:], absent_read),
     }
 
 
