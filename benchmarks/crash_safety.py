@@ -203,6 +203,22 @@ def decoded(path: Path) -> tuple[list[tuple[int, int] | None], bool]:
     return codes, False
 
 
+def file_summary(path: Path) -> str:
+    """A file's size and its first top-level MP4 boxes: what a failure to open it reports,
+    so that a recording that does not play says how it is broken (cut in its header, empty,
+    or not an MP4 at all)."""
+    data = path.read_bytes()
+    boxes, offset = [], 0
+    while offset + 8 <= len(data) and len(boxes) < 6:
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        boxes.append(f"{data[offset + 4:offset + 8].decode('latin-1')!r}:{size}")
+        if size < 8:
+            break
+        offset += size
+    return f"{path.name}: {len(data)} bytes, boxes {' '.join(boxes) or 'none'}, " \
+           f"starts {data[:16].hex()}"
+
+
 def replay_cli(path: Path) -> tuple[int, int | None]:
     """`orstream replay path --mode lossless` without model or VLM: (exit code, frames it
     says it replayed)."""

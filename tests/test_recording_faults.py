@@ -7,13 +7,13 @@ versions."""
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -80,7 +80,10 @@ def test_disk_full_stops_the_recording_with_one_error_and_the_display_goes_on(tm
         assert t_full is not None, "\n".join(line for _, line in run.lines)
         time.sleep(2.0)
         assert run.proc.poll() is None, "the pipeline exited when the disk filled"
-        shutil.copyfile(disk_full.seen_by(run.proc.pid, folder / "rec.mp4"), kept)
+        live = disk_full.seen_by(run.proc.pid, folder / "rec.mp4")
+        kept.write_bytes(live.read_bytes())
+        # What the pipeline's namespace holds, to tell a broken recording from a broken copy.
+        live_summary = crash_safety.file_summary(live)
         run.proc.send_signal(signal.SIGINT)
         # The run went on, but its recording did not reach the end: a script is told so.
         assert run.proc.wait(timeout=60) == 1
@@ -102,7 +105,11 @@ def test_disk_full_stops_the_recording_with_one_error_and_the_display_goes_on(tm
     assert after == sorted(after)
 
     # The file so far plays: up to within 1 s of the disk filling, and replays to its end.
-    codes, _ = crash_safety.decoded(kept)
+    try:
+        codes, _ = crash_safety.decoded(kept)
+    except av.FFmpegError as exc:
+        pytest.fail(f"the recording does not open: {exc}; copy {crash_safety.file_summary(kept)}"
+                    f"; in the pipeline's namespace {live_summary}; log tail {log[-8:]}")
     times = [c[1] for c in codes if c is not None]
     assert len(codes) >= 10 and len(times) == len(codes)
     assert np.all(np.diff(times) > 0)
