@@ -12,8 +12,8 @@ until its trailer (the ``moov`` index) is written at close, so this recorder wri
   (3.5 KB/s at 30 fps).
 * **MPEG-TS** (``.ts``): a stream format with no index at all; any prefix of it plays.
 
-The muxer writes a frame's fragment when the next frame arrives (it needs the frame's
-duration) and ``flush_packets=1`` pushes it from FFmpeg's I/O buffer to the kernel at once,
+The muxer writes a frame's fragment when the next frame's packet arrives (it needs the
+frame's duration) and ``flush_packets=1`` pushes it from FFmpeg's I/O buffer to the kernel at once,
 so a SIGKILL loses the last frame, one thirtieth of a second. Fragments cut at keyframes
 instead (``frag_keyframe``) lost up to the last half second, a quarter on average: an
 eighth of what a recording killed 5 s after ``orstream run`` starts should hold (4 s).
@@ -21,8 +21,10 @@ The data then sits in the page cache, which survives the process; surviving a po
 would need an fsync, which this class does not do (it would stall the caller's thread on
 the disk).
 
-Until the first frame's fragment is on disk (the second frame's write pushes it out) the
-file is ``NAME.part``; then it is renamed to NAME. A file under the recording's own name
+Until the first frame's fragment is on disk (the second packet the muxer takes pushes it
+out) the file is ``NAME.part``; then it is renamed to NAME. Packets are counted rather than
+frames: an encoder that holds frames back (lookahead, or a hardware encoder's pipeline) would
+otherwise give NAME to a file holding no frame, or no header. A file under the recording's own name
 therefore always holds at least one decodable frame: a kill in the first 1/15 s of a file
 (at start-up, or just after a rotation) leaves a ``.part`` with a header and at most one
 frame, never a NAME that players and ``orstream replay`` refuse. The next recording to NAME
@@ -60,6 +62,20 @@ _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".ts": "mpegts"}
 _MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
 
 
+def _x264_options(preset: str, crf: int, gop: int) -> dict[str, str]:
+    return {
+        "preset": preset,
+        # No lookahead and no B-frames: a packet leaves the encoder with its frame, so its
+        # fragment is complete (and written) as soon as the next frame arrives.
+        "tune": "zerolatency",
+        "crf": str(crf),
+        # A fixed half-second GOP: scenecut would add keyframes (bigger, and uneven) at every
+        # cut; min-keyint=keyint keeps them even. colormatrix tells players the BT.601 matrix
+        # used in write() (HD players assume BT.709 otherwise).
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:colormatrix=smpte170m",
+    }
+
+
 class RecorderError(OrstreamError, RuntimeError):
     """The recorder cannot open, write or finalise its file, or was given a bad frame."""
 
@@ -90,6 +106,7 @@ class Recorder:
         # Written here until the first frame is on disk (see the module docstring).
         self.partial_path = self.path.with_name(self.path.name + ".part")
         self.frames_written = 0
+        self._packets_muxed = 0  # the first fragment is on disk once the muxer has taken 2
         self._next_pts = 0
         suffix = self.path.suffix.lower()
         if suffix not in _FORMATS:
@@ -164,13 +181,14 @@ class Recorder:
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
+                self._packets_muxed += 1
         except (av.FFmpegError, OSError) as exc:  # e.g. disk full
             self._abandon()
             raise RecorderError(f"cannot write frame {self.frames_written} to {self.path}: "
                                 f"{_reason(exc)}") from exc
         self.frames_written += 1
-        if self.frames_written == 2:
-            self._rename()  # this write pushed the first frame's fragment out to the kernel
+        if self._packets_muxed >= 2:
+            self._rename()  # the second packet pushed the first frame's fragment to the kernel
 
     def close(self) -> None:
         """Flush the encoder and finalise the file. Idempotent; later writes are refused."""
@@ -272,18 +290,7 @@ class Recorder:
             stream = container.add_stream("libx264", rate=self._rate,
                                           time_base=self._time_base)
             stream.width, stream.height, stream.pix_fmt = ew, eh, "yuv420p"
-            stream.options = {
-                "preset": self._preset,
-                # No lookahead and no B-frames: a packet leaves the encoder with its frame, so
-                # its fragment is complete (and written) as soon as the next frame arrives.
-                "tune": "zerolatency",
-                "crf": str(self._crf),
-                # A fixed half-second GOP: scenecut would add keyframes (bigger, and
-                # uneven) at every cut; min-keyint=keyint keeps them even. colormatrix tells
-                # players the BT.601 matrix used above (HD players assume BT.709 otherwise).
-                "x264-params": f"keyint={self._gop}:min-keyint={self._gop}:scenecut=0"
-                               ":colormatrix=smpte170m",
-            }
+            stream.options = _x264_options(self._preset, self._crf, self._gop)
         except (av.FFmpegError, OSError, ValueError) as exc:
             container.close()
             raise RecorderError(f"cannot set up H.264 for {self.path}: {exc}") from exc

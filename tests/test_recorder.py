@@ -352,6 +352,28 @@ def test_a_file_takes_its_name_only_once_a_frame_of_it_plays(tmp_path):
     assert len(decode(tmp_path / "b.mp4")[1]) == 1
 
 
+def test_an_encoder_that_holds_frames_back_never_names_a_file_without_a_frame(tmp_path,
+                                                                            monkeypatch):
+    """A hardware encoder, or x264 with lookahead, returns a frame's packet frames later: the
+    file is named only once a frame of it is on disk, whatever the encoder's delay."""
+    from orstream.pipeline import recorder as recorder_module
+
+    delayed = {"preset": "ultrafast", "x264-params": "rc-lookahead=8:sync-lookahead=8"
+               ":bframes=0:keyint=15:min-keyint=15"}
+    monkeypatch.setattr(recorder_module, "_x264_options", lambda *_: delayed)
+    path = tmp_path / "a.mp4"
+    rec = Recorder(path, fps=FPS)
+    named_at = None
+    for i in range(20):
+        rec.write(gradient(i))
+        if path.exists():
+            named_at = i if named_at is None else named_at
+            assert len(surviving_frame_times(path)) >= 1, f"named after frame {i}, no frame"
+    rec.close()
+    assert named_at is not None and named_at >= 2, named_at  # the encoder did hold frames
+    assert len(decode(path)[1]) == 20
+
+
 def test_a_failing_recording_stops_with_one_error_and_keeps_taking_frames(tmp_path):
     """A camera that changes size mid-procedure: the recording stops (one error line), what
     it holds is finalised, and the stage keeps draining its lossless input so render never
