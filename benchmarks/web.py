@@ -2,6 +2,7 @@
 
     python -m orstream.benchmarks.web [--seconds 30] [--warmup 10] [--set KEY=VALUE]
                                       [--out ...] [--screenshot PNG] [--describe] [--full]
+                                      [--viewport 1280x720]
 
 The default live pipeline (synthetic 1080p30, the shipped U-Net on the auto engine; the VLM
 off unless `--describe`, which also asks a question on the page before the screenshot) runs
@@ -13,8 +14,9 @@ animation frame after drawImage) while `orstream view`'s receiver, in this proce
 measures capture to receipt of the same stream. Everything is on one host over loopback,
 so the difference is what the browser display adds: JPEG encoding, the WebSocket, decoding
 and painting. The page reports the size it shows the video at and gets frames scaled to it
-(1280x720 viewport: a canvas narrower than 1080p); `--full` opens it as `?full=1`, which
-gets full resolution, for the comparison.
+(the default 1280x720 viewport: a canvas narrower than 1080p; `--viewport 1920x1080`: the
+page full screen on an HD display); `--full` opens it as `?full=1`, which gets full
+resolution whatever the canvas, for the comparison.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def _measure(args: argparse.Namespace) -> dict:
             browser = driver.chromium.launch(executable_path=args.chromium, headless=True,
                                              args=CHROMIUM_ARGS)
             # bypass_csp: the page forbids eval, which this script's own probe needs
-            page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)
+            width, height = args.viewport
+            page = browser.new_page(viewport={"width": width, "height": height},
+                                    bypass_csp=True)
             page.goto(url + ("?full=1" if args.full else ""))
             time.sleep(args.warmup)
             page.reload()  # a new tab: its figures are the measured window's only
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true",
                         help="the page as ?full=1: frames at full resolution, not scaled to "
                              "the canvas (the behaviour before frames were scaled)")
+    parser.add_argument("--viewport", type=_size, default=(1280, 720), metavar="WxH",
+                        help="the browser window, in CSS pixels (default 1280x720)")
     args = parser.parse_args(argv)
     if not Path(args.chromium).exists():
         print(f"no Chromium at {args.chromium} (Debian: apt-get install chromium)")
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ("canvas " + "x".join(map(str, tab["box"])) + " device px" if tab["box"]
              else "canvas size not reported")
     print(f"\n1080p30 on loopback, {args.seconds:g} s measured after {args.warmup:g} s; "
-          f"{shown}, frames sent at {sent}")
+          f"window {args.viewport[0]}x{args.viewport[1]}, {shown}, frames sent at {sent}")
     print(table(rows, [("what", "", "s"), ("n", "frames", "d"), ("p50", "p50 ms", ".1f"),
                        ("p95", "p95 ms", ".1f"), ("p99", "p99 ms", ".1f"),
                        ("max", "max ms", ".1f")]))
@@ -184,12 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(args.out, {
         "machine": machine(), "chromium": _chromium_version(args.chromium),
         "seconds": args.seconds, "warmup_s": args.warmup, "set": args.set,
-        "describe": args.describe, "full": args.full,
+        "describe": args.describe, "full": args.full, "viewport": list(args.viewport),
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
         "web_server": server, "web_tab": tab, "goal_ms": GOAL, "goal_met": met,
         "view_dropped": summary.dropped})
     print(f"\n{path}")
     return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") \
+            from None
+    if not (200 <= width <= 7680 and 200 <= height <= 4320):
+        raise argparse.ArgumentTypeError(f"{text!r}: the width must be 200-7680 and the "
+                                         "height 200-4320 pixels")
+    return width, height
 
 
 def _chromium_version(binary: str) -> str:
