@@ -91,14 +91,22 @@ class WebOptions:
     full: bool = False  # every tab gets full resolution, whatever size it shows the video at
 
 
+@dataclass(frozen=True)
+class _OpenTab:
+    """A tab while its WebSocket is open: its state, its socket, and the connection under
+    it (cut when the tab does not answer a close, see _close_tabs)."""
+
+    tab: Tab
+    ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport | None
+
+
 class WebServer:
     def __init__(self, opts: WebOptions, hub: FrameHub, gate: Gate) -> None:
         self.opts = opts
         self.hub = hub
         self.gate = gate
-        self.tabs: dict[int, Tab] = {}
-        self._sockets: dict[int, web.WebSocketResponse] = {}
-        self._transports: dict[int, asyncio.BaseTransport | None] = {}
+        self._open: dict[int, _OpenTab] = {}  # by tab id
         self._next_id = 0
         self.closed = {"tabs": 0, "painted": 0, "skipped": 0}
         self.started = time.monotonic()
@@ -155,9 +163,8 @@ class WebServer:
         tab = Tab(self._next_id, request.remote or "?", window=self.opts.window)
         # Its size from the URL, so that its first frame is already of that size.
         self._resize(tab, request.query.get("w"), request.query.get("h"))
-        self.tabs[tab.id], self._sockets[tab.id] = tab, ws
-        self._transports[tab.id] = request.transport
-        logger.info("web: tab {} opened from {} ({} open)", tab.id, tab.peer, len(self.tabs))
+        self._open[tab.id] = _OpenTab(tab, ws, request.transport)
+        logger.info("web: tab {} opened from {} ({} open)", tab.id, tab.peer, len(self._open))
         await ws.send_str(json.dumps({
             "t": "hello", "tab": tab.id, "endpoint": self.opts.endpoint,
             "ask": self.opts.ask is not None, "prompts": self._prompts_now(),
@@ -173,7 +180,7 @@ class WebServer:
             feeder.cancel()
             if tab.telling is not None:
                 tab.telling.cancel()
-            del self.tabs[tab.id], self._sockets[tab.id], self._transports[tab.id]
+            del self._open[tab.id]
             self.closed["tabs"] += 1
             self.closed["painted"] += tab.painted
             self.closed["skipped"] += tab.skipped_now(self.hub.received)
@@ -222,16 +229,15 @@ class WebServer:
         stalled tab, or one whose socket is full so that the close cannot even be sent) has
         its connection cut: closing it politely would wait for its buffer to drain, which
         for a tab that reads nothing is forever, and held serve() past its stop."""
-        async def close(tab_id: int, ws: web.WebSocketResponse) -> None:
+        async def close(open_tab: _OpenTab) -> None:
             try:
-                await asyncio.wait_for(ws.close(code=1001, message=b"server stopping"),
+                await asyncio.wait_for(open_tab.ws.close(code=1001, message=b"server stopping"),
                                        CLOSE_WAIT_S)
             except (TimeoutError, ConnectionError):
-                transport = self._transports.get(tab_id)
-                if transport is not None:
-                    transport.abort()
+                if open_tab.transport is not None:
+                    open_tab.transport.abort()
 
-        await asyncio.gather(*(close(i, ws) for i, ws in list(self._sockets.items())))
+        await asyncio.gather(*(close(o) for o in list(self._open.values())))
 
     # ---------------------------------------------------------------------- status push
 
@@ -255,9 +261,9 @@ class WebServer:
                     logger.info("web: frames again from {}", self.opts.endpoint)
                 warned = status
             self._status = status
-            for tab_id, ws in list(self._sockets.items()):
-                tab = self.tabs.get(tab_id)
-                if tab is None or ws.closed or tab.in_flight >= tab.window or (
+            for open_tab in list(self._open.values()):
+                tab, ws = open_tab.tab, open_tab.ws
+                if ws.closed or tab.in_flight >= tab.window or (
                         tab.telling is not None and not tab.telling.done()):
                     continue  # a tab that reads nothing is sent nothing more
                 # Its own task: a send can wait for a full socket, and no tab may hold up
@@ -273,7 +279,7 @@ class WebServer:
         return web.json_response(self.stats())
 
     def stats(self) -> dict:
-        tabs = list(self.tabs.values())
+        tabs = [o.tab for o in self._open.values()]
         received = self.hub.received
         everything = [ms for tab in tabs for ms in tab.latencies_ms]
         return {
