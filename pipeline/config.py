@@ -259,7 +259,9 @@ class SegmentConfig(_Strict):
             return data
         model = data.get("model", "unet")
         if model not in SHIPPED_WEIGHTS:
-            return data  # the field's own check names the allowed values
+            # The field's own check names the allowed values. A null weights would add a
+            # second error ("not a valid path ... got None") that only follows from the first.
+            return {k: v for k, v in data.items() if not (k == "weights" and v is None)}
         filled = dict(data)
         if filled.get("weights") is None:
             filled["weights"] = SHIPPED_WEIGHTS[model]

@@ -51,6 +51,14 @@ def test_errors_name_the_key_and_the_value(override, names):
         assert text in str(err.value)
 
 
+def test_an_unknown_model_is_one_error_naming_the_models():
+    """Its shipped weights cannot be looked up, and that must not read as a second mistake."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["segment.model=nope"])
+    assert "segment.model" in str(err.value) and "'unet' or 'tpsis'" in str(err.value)
+    assert "segment.weights" not in str(err.value)
+
+
 def test_bad_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
