@@ -477,9 +477,11 @@ class RecordStage(Stage):
         except RecorderError as exc:
             self.failed = exc
             self.unrecorded += 1
-            logger.error("recording stopped (at seq {}): {}; what was recorded before it "
-                         "stays playable, and the displays go on without recording",
-                         frame.seq, exc)
+            # Not a count: after a failed write the last frame's fragment may be cut short.
+            kept = ("what was recorded before it stays playable"
+                    if self.recorder.frames_written else "nothing was recorded")
+            logger.error("recording stopped (at seq {}): {}; {}, and the displays go on "
+                         "without recording", frame.seq, exc, kept)
             try:
                 self.recorder.close()  # a refused frame leaves the file open: finalise it
             except RecorderError as also:  # the error above already said the recording ended

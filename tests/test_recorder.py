@@ -392,5 +392,21 @@ def test_a_failing_recording_stops_with_one_error_and_keeps_taking_frames(tmp_pa
         logger.remove(sink)
     assert len(lines) == 1 and re.match(r"recording stopped \(at seq 10\): frame 10 of .*r\.mp4 "
                                         r"is 160x128, but the first frame was 320x256", lines[0])
+    assert "what was recorded before it stays playable" in lines[0]
     assert stage.unrecorded == 10
     assert len(decode(path)[1]) == 10
+
+
+def test_a_recording_that_fails_at_its_first_frame_says_nothing_was_recorded(tmp_path):
+    stage = RecordStage(load_config(None, record__path=str(tmp_path / "r.mp4")), fps=FPS)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
+    try:
+        stage.process(Frame("or-1", 0, 0, 0, gradient(0, width=1, height=1)))  # too small
+        stage.process(Frame("or-1", 1, 33_333_333, 0, gradient(1)))
+        stage.close()
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and "too small" in lines[0], lines
+    assert "nothing was recorded" in lines[0] and "stays playable" not in lines[0]
+    assert stage.unrecorded == 2 and not list(tmp_path.iterdir())
