@@ -56,11 +56,10 @@ def run(frames: int, warmup: int, overrides: list[str]) -> dict:
     if cfg.segment.enabled and cfg.segment.model == "tpsis":
         # TP-SIS takes its prompt state beside the frame, computed once as the stage does.
         from orstream.engines import tpsis_checkpoint
-        from orstream.engines.tpsis_engine import PromptEncoder
+        from orstream.engines.tpsis_engine import example_inputs
 
-        encoder = PromptEncoder(tpsis_checkpoint.load(cfg.segment.weights),
-                                cfg.segment.read_prompts)
-        prompts = encoder(cfg.segment.prompts).arrays
+        prompts = example_inputs(tpsis_checkpoint.load(cfg.segment.weights),
+                                 cfg.segment.prompts)
     baseline = stats(time_calls(lambda: engine(image, prompts), iters=50, warmup=5))
     jitter = jitter_floor(cfg.source.fps)
 
