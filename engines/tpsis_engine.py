@@ -29,6 +29,8 @@ from orstream.engines.text_encoder import MAX_WORDS, default_encoder, normalize_
 from orstream.engines.tpsis_reading import PromptReader, Reading
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from orstream.engines.tpsis import PromptState
     from orstream.engines.tpsis_checkpoint import TPSISCheckpoint
 
@@ -118,16 +120,21 @@ class PromptEncoder:
     """The frame-independent half of a TP-SIS checkpoint, in torch: prompts -> PromptInputs
     (a few milliseconds, once per prompt list)."""
 
-    def __init__(self, checkpoint: TPSISCheckpoint, read: bool = True) -> None:
+    def __init__(self, checkpoint: TPSISCheckpoint, read: bool = True,
+                 vocabulary: Path | None = None) -> None:
         """`read`: give the model a prompt it was not trained on as the trained prompt it
-        means (engines/tpsis_reading.py); False: every prompt as typed."""
+        means (engines/tpsis_reading.py), with the shipped instrument vocabulary plus the
+        file `vocabulary` (segment.vocabulary); False: every prompt as typed."""
         from orstream.engines.tpsis import PromptState
+        from orstream.engines.tpsis_vocabulary import vocabulary_for
 
         assert PromptState._fields == STATE_NAMES, PromptState._fields
         self.model = checkpoint.build()
         # The embedding table (and the trained prompts' features) are read now, not on the
         # first prompt change.
-        self.reader = PromptReader(checkpoint.prompts) if read else None
+        self.reader = (PromptReader(checkpoint.prompts,
+                                    vocabulary=vocabulary_for(checkpoint.prompts, vocabulary))
+                       if read else None)
         default_encoder()
 
     def __call__(self, prompts: Sequence[str]) -> PromptInputs:

@@ -16,11 +16,20 @@ prompt is given to the model as its nearest trained prompt when that neighbour i
 
 Otherwise the prompt's own features go to the model, which is what an absent instrument
 ("suction", 0.17 from any class) needs. The rule and its threshold come from training-side
-data only; the held-out paraphrases and absent prompts only measure it
-(`orstream eval` reports the model alone and the model with this reading). The text shown
-in the legend is always what was typed; the reading is logged and returned to whoever
-changed the prompts, so a surprising one ("instrument" -> "vessel sealing instrument") is
-visible. A prompt's reading is computed once, when the prompts are set, never per frame.
+data only; the held-out paraphrases and absent prompts only measure it (`orstream eval`
+reports the model alone and the model with this reading).
+
+Word embeddings know words, not devices: "ligasure" is nowhere near "vessel sealer", and
+"veress needle" is near "needle driver" for its word "needle". So the names of an instrument
+vocabulary (engines/tpsis_vocabulary.py) are neighbours too: a prompt nearest a class's
+vocabulary name is read as that class's name, and one nearest a name of what the model does
+not segment counts as nearest an empty-target prompt (read as itself). The vocabulary was
+written before the third held-out set (engines/tpsis_prompts.py), which measures it blind.
+
+The text shown in the legend is always what was typed; the reading is logged and returned to
+whoever changed the prompts, so a surprising one ("instrument" -> "vessel sealing
+instrument") is visible. A prompt's reading is computed once, when the prompts are set,
+never per frame.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 
 from orstream.engines.text_encoder import default_encoder, normalize_prompt
 from orstream.engines.tpsis_prompts import NEGATIVES
+from orstream.engines.tpsis_vocabulary import Vocabulary
 
 READ_AS_MIN_SIMILARITY = 0.25
 
@@ -43,7 +53,8 @@ class Reading:
     prompt: str  # as typed (and shown in the legend)
     text: str  # what the model encodes: `prompt`, or the trained prompt it is read as
     class_name: str | None  # the trained prompt's type, or None when read as itself
-    similarity: float  # cosine to the nearest trained prompt of a type
+    similarity: float  # cosine to the nearest trained prompt or vocabulary name of a type
+    nearest: str = ""  # that prompt or name
 
     @property
     def reread(self) -> bool:
@@ -51,7 +62,7 @@ class Reading:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "read_as": self.text, "class": self.class_name,
-                "similarity": round(self.similarity, 3)}
+                "similarity": round(self.similarity, 3), "nearest": self.nearest}
 
 
 class PromptReader:
@@ -59,14 +70,23 @@ class PromptReader:
 
     def __init__(self, trained: Mapping[str, Sequence[str]],
                  negatives: Sequence[str] = NEGATIVES,
-                 min_similarity: float = READ_AS_MIN_SIMILARITY) -> None:
+                 min_similarity: float = READ_AS_MIN_SIMILARITY,
+                 vocabulary: Vocabulary | None = None) -> None:
+        """`trained`: class -> its trained prompts (the first is the class's name);
+        `vocabulary`: other names of those classes, and of what the model does not segment."""
         encoder = default_encoder()
-        self._bank = [(name, text) for name, texts in trained.items() for text in texts]
+        vocabulary = vocabulary or Vocabulary()
+        # (class, the text it is near, the text the model is given when it is nearest)
+        self._bank = [(name, text, text) for name, texts in trained.items() for text in texts]
         if not self._bank:
             raise ValueError("a prompt reader needs the prompts the model was trained with")
-        self._vectors = np.stack([encoder.encode(t).sentence for _, t in self._bank])
-        self._negatives = (np.stack([encoder.encode(t).sentence for t in negatives])
-                           if negatives else np.zeros((0, self._vectors.shape[1]), np.float32))
+        self._bank += [(name, other, trained[name][0])
+                       for name, others in vocabulary.names.items() if name in trained
+                       for other in others]
+        self._vectors = np.stack([encoder.encode(t).sentence for _, t, _ in self._bank])
+        empty = [*negatives, *vocabulary.not_segmented]
+        self._negatives = (np.stack([encoder.encode(t).sentence for t in empty])
+                           if empty else np.zeros((0, self._vectors.shape[1]), np.float32))
         self.min_similarity = min_similarity
 
     def read(self, prompt: str) -> Reading:
@@ -75,10 +95,10 @@ class PromptReader:
         best = int(sims.argmax())
         nearest = float(sims[best])
         empty = float((self._negatives @ sentence).max()) if len(self._negatives) else -1.0
+        name, near, given = self._bank[best]
         if nearest >= self.min_similarity and nearest > empty:
-            name, text = self._bank[best]
-            return Reading(prompt, text, name, nearest)
-        return Reading(prompt, prompt, None, nearest)
+            return Reading(prompt, given, name, nearest, near)
+        return Reading(prompt, prompt, None, nearest, near)
 
     def read_all(self, prompts: Sequence[str]) -> list[Reading]:
         return [self.read(p) for p in prompts]

@@ -143,8 +143,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from orstream.training.evaluate import evaluate, format_table
 
     videos = [int(v) for v in args.videos.split(",")] if args.videos else None
+    extra = {}
+    if args.vocabulary is not None:
+        from orstream.common.errors import UsageError
+        from orstream.engines.tpsis_checkpoint import is_tpsis
+
+        if not is_tpsis(args.weights):
+            raise UsageError(f"--vocabulary is for TP-SIS weights (its prompts are read with "
+                             f"it); {args.weights} is a U-Net checkpoint")
+        extra["vocabulary"] = args.vocabulary
     result = evaluate(args.data, args.weights, videos=videos, fold=args.fold, batch=args.batch,
-                      postprocess=args.postprocess)
+                      postprocess=args.postprocess, **extra)
     if args.json:
         print(json.dumps(result))
     else:
@@ -307,8 +316,9 @@ def _cmd_prompt(args: argparse.Namespace) -> int:
                  else "from the next frame")
         print(f"segmenting {', '.join(repr(p) for p in reply['prompts'])} {since}")
         for r in reply.get("read_as", []):
-            print(f"  {r['prompt']!r} read as {r['read_as']!r} ({r['class']}, similarity "
-                  f"{r['similarity']:.2f}; segment.read_prompts: false to turn off)")
+            print(f"  {r['prompt']!r} read as {r['read_as']!r} ({r['class']}: nearest "
+                  f"{r['nearest']!r}, similarity {r['similarity']:.2f}; "
+                  f"segment.read_prompts: false to turn off)")
     return 1 if "error" in reply else 0
 
 
@@ -828,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch", type=int, default=8)
     ev.add_argument("--postprocess", choices=["auto", "vote", "none"], default="auto",
                     help="vote: one type per connected instrument (default for types)")
+    ev.add_argument("--vocabulary", type=Path, help="TP-SIS: a site's instrument names, "
+                    "added to the shipped vocabulary the held-out prompts are read with")
     ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ev.set_defaults(func=_cmd_eval)
 

@@ -233,6 +233,10 @@ class SegmentConfig(_Strict):
     # means when the text encoder is sure ("needle holder" -> "needle driver";
     # engines/tpsis_reading.py); false: every prompt exactly as typed
     read_prompts: bool = True
+    # tpsis: a YAML file of the site's own instrument names ("names": class -> names,
+    # "not_segmented": names), added to the shipped configs/vocabulary/instruments.yaml that
+    # prompts are read with; null: the shipped vocabulary alone
+    vocabulary: Path | None = None
     # auto: the first backend in auto_backends[device] this machine can serve; otherwise a
     # name from the registry in engines/backends/__init__.py
     backend: str = "auto"
@@ -277,6 +281,26 @@ class SegmentConfig(_Strict):
         from orstream.engines.checkpoint import weights_path
 
         return weights_path(value).resolve()
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _vocabulary(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        from orstream.engines.tpsis_vocabulary import VocabularyError, load_vocabulary
+
+        if value is None:
+            return None
+        if info.data.get("model") == "unet":
+            raise ValueError("a vocabulary is for segment.model tpsis (its prompts are read "
+                             "with it): set segment.model: tpsis, or remove segment.vocabulary")
+        path = config_path(value)
+        if not path.is_file():
+            raise ValueError(f"no file {value}: give the path of a YAML vocabulary (the "
+                             f"layout of configs/vocabulary/instruments.yaml)")
+        try:
+            load_vocabulary(path)  # its class names are checked against the checkpoint's later
+        except VocabularyError as exc:
+            raise ValueError(str(exc)) from None
+        return path.resolve()
 
     @field_validator("prompts", mode="before")
     @classmethod

@@ -4,7 +4,8 @@
 describe.ask_endpoint) sends `{"prompts": ["scissors", "needle holder"]}`; the reply is
 `{"prompts": [...], "seq": int | null, "ms": float, "read_as": [...]}` or `{"error": str}`;
 `read_as` lists each prompt the model is given as a trained prompt (engines/tpsis_reading.py:
-`{"prompt", "read_as", "class", "similarity"}`), empty when every prompt is read as typed.
+`{"prompt", "read_as", "class", "similarity", "nearest"}`: the trained prompt or vocabulary
+name it was nearest), empty when every prompt is read as typed.
 
 The new prompt state is computed on the ask socket's thread, in torch, never on the frame
 path (`PromptSlot.change`); the segment stage picks it up at the start of its next frame with
@@ -61,8 +62,9 @@ class PromptSlot:
     def _make(self, prompts: Sequence[str]) -> ActivePrompts:
         inputs = self._encoder(prompts)
         for r in inputs.reread():
-            logger.info("segment: prompt {!r} read as {!r} ({}, similarity {:.2f})",
-                        r["prompt"], r["read_as"], r["class"], r["similarity"])
+            logger.info("segment: prompt {!r} read as {!r} ({}: nearest {!r}, similarity "
+                        "{:.2f})", r["prompt"], r["read_as"], r["class"], r["nearest"],
+                        r["similarity"])
         return ActivePrompts(inputs, prompt_table(inputs.prompts))
 
     @property

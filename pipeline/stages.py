@@ -137,7 +137,8 @@ class SegmentStage(Stage):
             from orstream.engines.tpsis_engine import PromptEncoder
 
             assert self.cfg.prompts is not None, "the config gives tpsis its prompts"
-            slot = PromptSlot(PromptEncoder(checkpoint, self.cfg.read_prompts), self.cfg.prompts)
+            encoder = PromptEncoder(checkpoint, self.cfg.read_prompts, self.cfg.vocabulary)
+            slot = PromptSlot(encoder, self.cfg.prompts)
         self.engine = open_engine(chosen)
         h, w = self.engine.input_size
         if self.cfg.device == "cuda":

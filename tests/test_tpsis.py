@@ -187,20 +187,45 @@ def test_eval_of_the_shipped_weights_reports_the_types_metrics_and_prompt_checks
     assert para["prompts"]["Large Needle Driver"] == "needle holder"
     assert set(result["absent"]["prompts"]) == set(ABSENT)
     assert 0.0 <= result["absent"]["mean_coverage"] <= 1.0
-    # Also as the pipeline gives them by default: read against the trained prompts.
+    # Also read against the trained prompts only, and as the pipeline gives them by
+    # default: read with the instrument vocabulary too ("needle holder" is one of its names).
+    trained = result["paraphrase_read_trained"]["sets"][0]
+    assert trained["given"]["Large Needle Driver"] == "needle driver"
     read = result["paraphrase_read"]["sets"][0]
     assert read["prompts"] == para["prompts"]
-    assert read["given"]["Large Needle Driver"] == "needle driver"
+    assert read["given"]["Large Needle Driver"] == "Large Needle Driver"
     assert result["absent_read"]["prompts"]["suction"]["given"] == "suction"
+    assert result["absent_read_trained"]["prompts"]["suction"]["given"] == "suction"
+    assert result["vocabulary"].endswith("instruments.yaml")
     table = format_table(result)
     assert "Ch_IoU" in table and "the cutting tool" in table and "suction" in table
-    assert "needle driver" in table and "read as" in table
+    assert "Large Needle Driver" in table and "read as" in table
+    assert "trained prompts only" in table
     # The shipped weights find the instruments from their names on unseen synthetic frames
     # about as well as the types U-Net does on the same frames (held out: 2 points below).
     unet = evaluate(tiny_dataset, shipped("types"), videos=[1], batch=4)
     assert result["frames"] == unet["frames"]
     assert result["ch_iou"] > unet["ch_iou"] - 0.10, (result["ch_iou"], unet["ch_iou"])
     assert result["mc_iou"] > unet["mc_iou"] - 0.10, (result["mc_iou"], unet["mc_iou"])
+
+
+def test_eval_takes_a_site_vocabulary_for_tpsis_weights_only(tiny_dataset, tmp_path, capsys):
+    from orstream.pipeline import cli
+
+    site = tmp_path / "site.yaml"
+    site.write_text("names:\n  Large Needle Driver: [pelican]\n")
+    assert cli.main(["eval", "--data", str(tiny_dataset), "--weights", str(shipped("types")),
+                     "--vocabulary", str(site)]) == 2
+    assert "--vocabulary is for TP-SIS weights" in capsys.readouterr().err
+    result = evaluate(tiny_dataset, tckpt.SHIPPED, videos=[1], batch=4,
+                      paraphrases={n: ("pelican",) if n == "Large Needle Driver" else (n,)
+                                   for n in NAMES}, absent_prompts=("suction",),
+                      vocabulary=site)
+    assert result["vocabulary"].endswith(f"instruments.yaml + {site}")
+    assert result["paraphrase_read"]["sets"][0]["given"]["Large Needle Driver"] == \
+        "Large Needle Driver"
+    assert result["paraphrase_read_trained"]["sets"][0]["given"]["Large Needle Driver"] == \
+        "pelican"
 
 
 def test_the_exported_graph_computes_the_models_own_convolution_and_upsampling():

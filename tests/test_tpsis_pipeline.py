@@ -39,6 +39,12 @@ from orstream.engines.tpsis_engine import (
 )
 from orstream.engines.tpsis_prompts import TRAIN_PROMPTS
 from orstream.engines.tpsis_reading import PromptReader
+from orstream.engines.tpsis_vocabulary import (
+    SHIPPED_VOCABULARY,
+    VocabularyError,
+    load_vocabulary,
+    vocabulary_for,
+)
 from orstream.pipeline import cli, masks, wire
 from orstream.pipeline import config as config_module
 from orstream.pipeline.config import ConfigError, load_config
@@ -181,12 +187,75 @@ def test_a_prompt_never_trained_on_is_given_to_the_model_as_the_trained_prompt_i
     read = encoder(["needle holder", "suction"])
     assert read.prompts == ("needle holder", "suction")  # the legend shows what was typed
     assert [r["prompt"] for r in read.reread()] == ["needle holder"]
-    given = literal([holder.text, "suction"]).arrays
+    # (the pipeline's reader also has the vocabulary, which names "needle holder" itself)
+    assert encoder.reader.read("needle holder").text == "Large Needle Driver"
+    given = literal(["Large Needle Driver", "suction"]).arrays
     typed = literal(["needle holder", "suction"]).arrays
     assert literal(["needle holder"]).reread() == []
     for name, array in read.arrays.items():
         np.testing.assert_allclose(array, given[name], atol=1e-6, err_msg=name)
     assert not np.allclose(read.arrays["coarse_kernel"], typed["coarse_kernel"])
+
+
+def test_the_vocabulary_reads_names_word_embeddings_cannot_and_a_site_can_add_its_own(
+        tmp_path):
+    checkpoint = tckpt.load(tckpt.SHIPPED)
+    # The shipped file names exactly the shipped checkpoint's classes
+    load_vocabulary(SHIPPED_VOCABULARY).for_classes(checkpoint.prompts, strict=True)
+    plain = PromptReader(checkpoint.prompts)
+    reader = PromptReader(checkpoint.prompts, vocabulary=vocabulary_for(checkpoint.prompts))
+    # A brand: unknown to the encoder, so without the vocabulary the model got it as typed
+    assert plain.read("ligasure").class_name is None
+    sealer = reader.read("LigaSure")
+    assert (sealer.class_name, sealer.text, sealer.nearest) == ("Vessel Sealer",
+                                                                "Vessel Sealer", "ligasure")
+    # Not a needle driver although it shares "needle" with one: read as itself
+    assert plain.read("veress needle").class_name == "Large Needle Driver"
+    veress = reader.read("veress needle")
+    assert veress.class_name is None and not veress.reread
+    # Trained prompts still read as themselves
+    assert not reader.read("monopolar curved scissors").reread
+    # A site's own name, in a file of the shipped layout (segment.vocabulary)
+    site = tmp_path / "site.yaml"
+    site.write_text("names:\n  Large Needle Driver: [pelican]\nnot_segmented: [kittner]\n")
+    assert plain.read("pelican").class_name is None
+    encoder = PromptEncoder(checkpoint, vocabulary=site)
+    reread = encoder(["pelican", "scissors"]).reread()
+    assert [(r["prompt"], r["read_as"], r["nearest"]) for r in reread] == [
+        ("pelican", "Large Needle Driver", "pelican")]
+    cfg = load_config(None, ["segment.model=tpsis", f"segment.vocabulary={site}"])
+    assert cfg.segment.vocabulary == site.resolve()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("names:\n  Needle Drivr: [pelican]\n", r"names\.Needle Drivr is not a class of the "
+                                             r"TP-SIS checkpoint; its classes are Bipolar"),
+    ("names: [a, b]\n", r"names: expected class name -> list of names"),
+    ("names:\n  Vessel Sealer: sealer\n", r"names\.Vessel Sealer: expected a list"),
+    ("name:\n  Vessel Sealer: [x]\n", r"unknown key 'name' \(the keys are names and "
+                                       r"not_segmented\)"),
+    ("names:\n  Vessel Sealer: [zap]\n  Other: [Zap]\n", r"'zap' is a name of both"),
+    ("names:\n  Other: [zap]\nnot_segmented: [zap]\n", r"'zap' is both a name of 'Other'"),
+    ("names:\n  Other: [zap\n", r"line \d+: not valid YAML"),
+])
+def test_a_bad_vocabulary_file_is_refused_naming_the_file_and_the_key(tmp_path, text, why):
+    site = tmp_path / "site.yaml"
+    site.write_text(text)
+    checkpoint = tckpt.load(tckpt.SHIPPED)
+    with pytest.raises(VocabularyError, match=rf"vocabulary {site}.*{why}"):
+        PromptEncoder(checkpoint, vocabulary=site)
+
+
+def test_segment_vocabulary_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"segment\.vocabulary: .*no file .*missing\.yaml"):
+        load_config(None, ["segment.model=tpsis", f"segment.vocabulary={tmp_path}/missing.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("names: [a]\n")
+    with pytest.raises(ConfigError, match=r"segment\.vocabulary: .*broken\.yaml: names: "):
+        load_config(None, ["segment.model=tpsis", f"segment.vocabulary={broken}"])
+    with pytest.raises(ConfigError, match=r"segment\.vocabulary: a vocabulary is for "
+                                          r"segment\.model tpsis"):
+        load_config(None, [f"segment.vocabulary={broken}"])
 
 
 # ----------------------------------------------------------------------------- pipeline

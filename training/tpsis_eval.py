@@ -8,6 +8,11 @@ names as prompts, plus what the model does with text it was never trained on.
   and their mc_IoU as a fraction of the names';
 - absent instruments (ABSENT), each prompt alone: the fraction of pixels it marks, per frame.
 
+The held-out prompts are scored three ways: as typed (the model alone, segment.read_prompts:
+false), read against the trained prompts only, and read with the instrument vocabulary too
+(engines/tpsis_vocabulary.py; the pipeline's default), so what each step adds is measured in
+one run on the same frames.
+
 The visual encoder runs once per frame for all three sets (a prompt's map does not depend on
 the other prompts).
 """
@@ -27,6 +32,7 @@ from orstream.engines.preprocess import normalize
 from orstream.engines.tpsis import THRESHOLD, labels_from_logits
 from orstream.engines.tpsis_prompts import ABSENT, PARAPHRASES
 from orstream.engines.tpsis_reading import PromptReader
+from orstream.engines.tpsis_vocabulary import vocabulary_for
 from orstream.training.data import load_arrays
 from orstream.training.datasets.endovis import discover, split_by_fold
 from orstream.training.metrics import SegmentationMetrics
@@ -44,10 +50,12 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
                    fold: int | None = None, batch: int = 8, workers: int = 2,
                    postprocess: str = "auto",
                    paraphrases: Mapping[str, Sequence[str]] = PARAPHRASES,
-                   absent_prompts: Sequence[str] = ABSENT) -> dict:
+                   absent_prompts: Sequence[str] = ABSENT,
+                   vocabulary: Path | None = None) -> dict:
     """Metrics of TP-SIS `weights` on `data`, as training/evaluate.evaluate reports them for a
     types U-Net, plus "paraphrase" and "absent" (see the module's docstring), each also as
-    read against the trained prompts ("paraphrase_read", "absent_read")."""
+    read against the trained prompts ("paraphrase_read_trained", "absent_read_trained") and
+    with the shipped vocabulary plus `vocabulary` ("paraphrase_read", "absent_read")."""
     if postprocess not in ("auto", "vote", "none"):
         raise ValueError(f"postprocess {postprocess!r}: expected auto, vote or none")
     postprocess = "vote" if postprocess == "auto" else postprocess
@@ -59,17 +67,20 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
     images, labels = load_arrays(samples, "types", checkpoint.input_size, workers,
                                  "evaluating")
     model = checkpoint.build()
-    reader = PromptReader(checkpoint.prompts)
+    words = vocabulary_for(checkpoint.prompts, vocabulary)
+    readers = [PromptReader(checkpoint.prompts), PromptReader(checkpoint.prompts,
+                                                              vocabulary=words)]
     names = list(classes[1:])
     assert list(paraphrases) == names, "one paraphrase list per type, in order"
     typed = paraphrase_sets(paraphrases)
-    read = [tuple(reader.read(t).text for t in s) for s in typed]
-    sets = [tuple(names), *typed, *read]  # set 0: the class names
+    read = [[tuple(r.read(t).text for t in s) for s in typed] for r in readers]
+    sets = [tuple(names), *typed, *read[0], *read[1]]  # set 0: the class names
     absent_typed = list(absent_prompts)
-    absent_read = [reader.read(a).text for a in absent_typed]
-    texts = [t for s in sets for t in s] + absent_typed + absent_read
+    absent_read = [[r.read(a).text for a in absent_typed] for r in readers]
+    texts = [t for s in sets for t in s] + absent_typed + absent_read[0] + absent_read[1]
     metrics = [SegmentationMetrics(len(classes), "types") for _ in sets]
-    coverage = np.empty((len(images), 2 * len(absent_typed)))  # as typed, then as read
+    # Per frame, each absent prompt's coverage: as typed, then as each reader gives it
+    coverage = np.empty((len(images), 3 * len(absent_typed)))
     k = len(names)
     with torch.inference_mode():
         state = model.encode_texts(texts)
@@ -83,7 +94,7 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
                     if postprocess == "vote":
                         pred = instance_vote(pred, len(classes))
                     m.update(labels[i + j], pred)
-            absent = logits[:, len(sets) * k:].sigmoid() >= THRESHOLD  # (B, 2A, H, W)
+            absent = logits[:, len(sets) * k:].sigmoid() >= THRESHOLD  # (B, 3A, H, W)
             coverage[i:i + len(x)] = absent.float().mean(dim=(2, 3)).numpy()
 
     def named(result: dict) -> dict:
@@ -128,21 +139,26 @@ def evaluate_tpsis(data: Path, weights: Path, videos: Iterable[int] | None = Non
         "postprocess": postprocess,
         "prompts": names,
         "threshold": THRESHOLD,
-        "read_as_min_similarity": reader.min_similarity,
+        "read_as_min_similarity": readers[0].min_similarity,
+        "vocabulary": words.source,
         **result,
         # The model alone: every prompt as typed (segment.read_prompts: false).
         "paraphrase": scored_paraphrases(typed, typed, metrics[1:1 + n]),
         "absent": scored_absent(coverage[:, :a], absent_typed),
-        # What the pipeline does by default: each prompt read against the trained ones.
-        "paraphrase_read": scored_paraphrases(typed, read, metrics[1 + n:]),
-        "absent_read": scored_absent(coverage[:, a:], absent_read),
+        # Each prompt read against the trained prompts only (no vocabulary)
+        "paraphrase_read_trained": scored_paraphrases(typed, read[0], metrics[1 + n:1 + 2 * n]),
+        "absent_read_trained": scored_absent(coverage[:, a:2 * a], absent_read[0]),
+        # What the pipeline does by default: read with the instrument vocabulary too
+        "paraphrase_read": scored_paraphrases(typed, read[1], metrics[1 + 2 * n:]),
+        "absent_read": scored_absent(coverage[:, 2 * a:], absent_read[1]),
     }
 
 
 def format_prompt_table(result: dict) -> str:
     """The lines `orstream eval` adds for TP-SIS under the types table: each held-out prompt
-    given to the model as typed, then as read against the trained prompts (the pipeline's
-    default, engines/tpsis_reading.py)."""
+    given to the model as typed, then as read against the trained prompts and the instrument
+    vocabulary (the pipeline's default, engines/tpsis_reading.py), with the summary of reading
+    without the vocabulary."""
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
@@ -152,12 +168,14 @@ def format_prompt_table(result: dict) -> str:
 
     lines = ["", f"prompts: the class names (threshold {result['threshold']})", "",
              "held-out paraphrases (in place of the class names), IoU % and % of the name's; "
-             f"read: given as the nearest trained prompt at cosine >= "
-             f"{result['read_as_min_similarity']}",
+             f"read: given as the class of the nearest trained prompt or vocabulary name at "
+             f"cosine >= {result['read_as_min_similarity']} (vocabulary: "
+             f"{result['vocabulary']})",
              f"{'class':<26} {'paraphrase':<20} {'typed':>7} {'of name':>8}  "
              f"{'read as':<24} {'read':>7} {'of name':>8}"]
-    for typed, read in zip(result["paraphrase"]["sets"], result["paraphrase_read"]["sets"],
-                           strict=True):
+    for typed, read, trained in zip(result["paraphrase"]["sets"],
+                                    result["paraphrase_read"]["sets"],
+                                    result["paraphrase_read_trained"]["sets"], strict=True):
         for cls, text in typed["prompts"].items():
             given = read["given"][cls]
             lines.append(
@@ -169,6 +187,8 @@ def format_prompt_table(result: dict) -> str:
         lines.append(f"{'mc_IoU':<26} {'':<20} {100 * typed['mc_iou']:>7.2f} "
                      f"{of(typed['of_class_names']):>8}  {'':<24} {100 * read['mc_iou']:>7.2f} "
                      f"{of(read['of_class_names']):>8}")
+        lines.append(f"{'  read, trained prompts only':<64}  {'':<24} "
+                     f"{100 * trained['mc_iou']:>7.2f} {of(trained['of_class_names']):>8}")
     lines += ["", "absent instruments (each prompt alone): pixels marked, % (mean / worst "
               "frame)", f"{'prompt':<26} {'typed':>16}  {'read as':<24} {'read':>16}"]
     for text, c in result["absent"]["prompts"].items():
@@ -179,4 +199,6 @@ def format_prompt_table(result: dict) -> str:
                      f"{100 * r['mean_coverage']:>7.3f} / {100 * r['max_coverage']:>6.3f}")
     lines.append(f"{'all absent prompts':<26} {100 * result['absent']['mean_coverage']:>7.3f}"
                  f"{'':<35} {100 * result['absent_read']['mean_coverage']:>7.3f}")
+    lines.append(f"{'  read, trained prompts only':<69} "
+                 f"{100 * result['absent_read_trained']['mean_coverage']:>7.3f}")
     return "\n".join(lines)
