@@ -78,7 +78,7 @@ ABSENT: tuple[str, ...] = ("suction", "stapler", "clip applier", "specimen bag",
 # some sharing a word with a trained prompt of another class ("veress needle" is absent, and
 # shares "needle" with the needle driver). Not excluded from the random-word pool of the
 # shipped weights' training (it did not exist then). Scored by
-# `python -m orstream.benchmarks.tpsis_accuracy --second-set`.
+# `python -m orstream.benchmarks.tpsis_accuracy --set second`.
 SECOND_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "Bipolar Forceps": ("bipolar dissector",),
     "Prograsp Forceps": ("atraumatic grasper",),
@@ -106,6 +106,7 @@ THIRD_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "Monopolar Curved Scissors": ("hot shears", "mcs"),
     "Other": ("laparoscopic ultrasound", "drop in transducer"),
 }
+# "trocar" is also a trained empty-target prompt (NEGATIVES): kept as written.
 THIRD_ABSENT: tuple[str, ...] = ("suction irrigator", "hem o lok clip applier",
                                  "endoscopic stapler", "trocar", "specimen retrieval bag")
 
