@@ -83,6 +83,11 @@ def test_the_installed_wheel_runs_from_any_folder(installed, tmp_path):
              "--set", "source.width=640", "--set", "source.height=360"]
     run = orstream("run", "--frames", "10", "--publish", "null", *quick)
     assert run.returncode == 0, run.stderr[-3000:]
+    # TP-SIS reads a brand name with the instrument vocabulary the wheel ships
+    prompted = orstream("run", "--frames", "3", "--publish", "null", *quick,
+                        "--set", "segment.model=tpsis", "--set", "segment.prompts=[ligasure]")
+    assert prompted.returncode == 0, prompted.stderr[-3000:]
+    assert "'ligasure' read as 'Vessel Sealer'" in prompted.stderr, prompted.stderr[-3000:]
 
     bench = orstream("bench", "--frames", "20", "--warmup", "5", "--no-peers",
                      "--out", "report", "--set", "publish.endpoint=null", *quick)
