@@ -51,8 +51,9 @@ STATE_NAMES = ("keys", "values", "key_bias", "fine_kernel", "coarse_kernel", "bi
 ENGINE_STATE = STATE_NAMES[:-1]
 FRAMES_INPUT = "frames"
 # The exported graph's name in the engine cache key: changed whenever its inputs or what it
-# computes change, so an engine of another graph is never loaded.
-ENGINE_GRAPH = "tpsis-per-frame/2"
+# computes change, so an engine of another graph is never loaded (/3: an OpenVINO entry also
+# keeps the ONNX graph, compiled again for the prompt count in use; older entries lack it).
+ENGINE_GRAPH = "tpsis-per-frame/3"
 
 
 class PromptError(UsageError):

@@ -56,6 +56,9 @@ class PromptSlot:
     def __init__(self, encoder: PromptEncoder, prompts: Sequence[str]) -> None:
         self._encoder = encoder
         self._lock = threading.Lock()  # one change is encoded at a time
+        # The engine's preparation for a new prompt state (Engine.prepare), set once it is
+        # open
+        self.prepare: Callable[[dict[str, Any]], None] = lambda _inputs: None
         self._next = self._make(prompts)
         self._active: ActivePrompts | None = None
 
@@ -88,6 +91,9 @@ class PromptSlot:
         try:
             with self._lock:
                 new = self._make(prompts)
+                # Before the swap, so the frame path never compiles (OpenVINO: a model for
+                # this prompt count, the first time it is used)
+                self.prepare(new.inputs.arrays)
                 self._next = new
         except PromptError as exc:
             return {"error": f"prompts refused, the running ones stay: {exc}"}

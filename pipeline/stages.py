@@ -140,6 +140,9 @@ class SegmentStage(Stage):
             encoder = PromptEncoder(checkpoint, self.cfg.read_prompts, self.cfg.vocabulary)
             slot = PromptSlot(encoder, self.cfg.prompts)
         self.engine = open_engine(chosen)
+        if slot is not None:
+            slot.prepare = self.engine.prepare
+            self.engine.prepare(slot.upcoming.arrays)
         h, w = self.engine.input_size
         if self.cfg.device == "cuda":
             from orstream.engines.preprocess import CudaFramePrep

@@ -177,6 +177,10 @@ class Engine:
         (TP-SIS: the prompt state, engines/tpsis_engine.py); None for a U-Net."""
         raise NotImplementedError
 
+    def prepare(self, inputs: dict[str, np.ndarray]) -> None:
+        """Get ready for frames with these other inputs (TP-SIS: a new prompt state), off the
+        frame path. Most backends need nothing; OpenVINO compiles for their shapes."""
+
     def __call__(self, image: np.ndarray, inputs: dict[str, np.ndarray] | None = None
                  ) -> np.ndarray:
         """One (H, W, 3) uint8 frame -> (H, W) uint8 label map."""
