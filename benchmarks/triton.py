@@ -12,7 +12,10 @@ running ONNX Runtime), then in one process:
    system shared memory and over the gRPC socket, one call of each mode per iteration in
    rotated order, so load from elsewhere hits every mode alike. The overhead is the p50 of
    (Triton - local) within each iteration. Issue 22's goal: <= 2 ms p50 at 256x320.
-2. Rooms: 1, 2 and 4 processes, each a room sending its frames to the one server as fast
+2. Breakdown: where a shared-memory frame's time goes, from the server's own statistics for
+   the same calls (queue, input, backend, output) against the client's whole call and the
+   local engine's run of the same frames.
+3. Rooms: 1, 2 and 4 processes, each a room sending its frames to the one server as fast
    as it answers (closed loop, shared memory) for --seconds; total and per-room frames per
    second, latency, and the mean batch Triton formed (its own statistics). A local engine
    run the same way in this process is the baseline of the throughput ratio.
@@ -121,13 +124,67 @@ def _room(url: str, seconds: float, start: mp.Event, out: mp.Queue) -> None:
         engine.close()
 
 
-def _batch_stats(url: str, model: str) -> tuple[int, int]:
+def _model_stats(url: str, model: str) -> dict:
+    """The server's own statistics of `model` (cumulative counts and nanoseconds)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     client.close()
+    return s
+
+
+def _batch_stats(url: str, model: str) -> tuple[int, int]:
+    s = _model_stats(url, model)
     return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+
+SERVER_STEPS = {"queue": "server: queue (dynamic batcher)",
+                "compute_input": "server: input to the backend",
+                "compute_infer": "server: backend (Python stub round trip + model)",
+                "compute_output": "server: output into the client's region"}
+
+
+def breakdown(url: str, model: str, weights: Path, threads: int | None, iters: int,
+              cache: Path) -> list[dict]:
+    """Where a shared-memory frame's time goes, as means over `iters` calls: the client's
+    whole call, the server's own statistics for the same calls by step, and the local
+    engine's run of the same frames (interleaved), so that the backend step beyond the model
+    is the Python stub's cost and the rest of the call outside the server is gRPC's and the
+    client's."""
+    local = open_engine(EngineSpec(weights, "onnxruntime", "fp32", threads=threads,
+                                   cache=cache))
+    engine = TritonEngine(TritonTarget(url, shared_memory=True))
+    frames = synthetic_frames(local.input_size)
+    for frame in frames:  # warm
+        engine(frame)
+        local(frame)
+    before = _model_stats(url, model)["inference_stats"]
+    client, alone = [], []
+    for i in range(iters):
+        frame = frames[i % len(frames)]
+        t0 = time.perf_counter()
+        local(frame)
+        t1 = time.perf_counter()
+        engine(frame)
+        client.append((time.perf_counter() - t1) * 1e3)
+        alone.append((t1 - t0) * 1e3)
+    after = _model_stats(url, model)["inference_stats"]
+    engine.close()
+
+    def mean_ms(step: str) -> float:
+        count = int(after[step].get("count", 0)) - int(before[step].get("count", 0))
+        ns = int(after[step].get("ns", 0)) - int(before[step].get("ns", 0))
+        return ns / max(count, 1) / 1e6
+
+    whole, served, model_ms = float(np.mean(client)), mean_ms("success"), float(np.mean(alone))
+    rows = [{"step": "local engine (same frames, this process)", "mean_ms": model_ms},
+            {"step": "Triton over shared memory: the whole call", "mean_ms": whole},
+            {"step": "outside the server: gRPC and the client", "mean_ms": whole - served}]
+    rows += [{"step": label, "mean_ms": mean_ms(key)} for key, label in SERVER_STEPS.items()]
+    rows.append({"step": "  backend beyond the local engine's run",
+                 "mean_ms": mean_ms("compute_infer") - model_ms})
+    return rows
 
 
 def rooms(url: str, model: str, counts: list[int], seconds: float) -> list[dict]:
@@ -224,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             result["overhead"] = [overhead(server.url, args.weights, threads, args.iters,
                                            cache, float(idle))
                                   for idle in args.idle_ms.split(",")]
+            result["breakdown"] = breakdown(server.url, options.name, args.weights, threads,
+                                            args.iters, cache)
             result["local"] = local_closed_loop(args.weights, threads, args.seconds, cache)
             result["rooms"] = rooms(server.url, options.name,
                                     [int(n) for n in args.rooms.split(",")], args.seconds)
@@ -232,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                  ("p50", "p50 ms", ".2f"), ("p99", "p99 ms", ".2f"),
                  ("overhead_p50", f"overhead p50 ms (goal <= {OVERHEAD_GOAL_MS})", ".2f"),
                  ("overhead_p99", "overhead p99 ms", ".2f"), ("agreement", "pixels agree", ".4f")]))
+    print()
+    print(table(result["breakdown"], [("step", "where a frame's time goes (means)", "s"),
+                                      ("mean_ms", "ms", ".3f")]))
     print()
     base = result["local"]["fps_total"]
     for row in result["rooms"]:

@@ -156,6 +156,25 @@ def test_triton_labels_match_the_local_engine(server):
 
 
 @needs_server
+def test_the_benchmarks_breakdown_reads_the_servers_own_figures_for_its_calls(server, tmp_path):
+    """benchmarks/triton.py's breakdown: every server step is the server's mean over exactly
+    the calls made (a read of the wrong counters gives zeros or other calls' figures), and
+    the steps fit inside the client's whole call."""
+    from orstream.benchmarks.triton import SERVER_STEPS, breakdown
+
+    rows = {r["step"]: r["mean_ms"] for r in breakdown(server.url, "orstream_unet", TYPES, 1,
+                                                        6, tmp_path)}
+    whole = rows["Triton over shared memory: the whole call"]
+    steps = [rows[label] for label in SERVER_STEPS.values()]
+    assert all(v >= 0 for v in steps) and rows[SERVER_STEPS["compute_infer"]] > 0, rows
+    assert sum(steps) <= whole, rows
+    assert rows["outside the server: gRPC and the client"] > 0, rows
+    # the model runs inside the backend step: it is at least most of the local run
+    assert rows[SERVER_STEPS["compute_infer"]] > 0.5 * rows[
+        "local engine (same frames, this process)"], rows
+
+
+@needs_server
 def test_rooms_frames_are_batched_and_each_gets_its_own_labels(server):
     """Four rooms at once on the batching model: Triton merges their frames into batches
     (fewer executions than inferences) and every room gets the labels of its own frame."""
