@@ -3,7 +3,7 @@
     python -m orstream.benchmarks.tpsis [--tpsis engines/weights/tpsis_xs.pt]
         [--unet engines/weights/unet_xs_types.pt] [--backends openvino,onnxruntime]
         [--precisions fp32,auto] [--prompts 3] [--rounds 5] [--iters 20] [--idle-ms 0]
-        [--cache DIR] [--out benchmarks/results]
+        [--cache DIR] [--no-prepare] [--out benchmarks/results]
 
 Issue 20's goal: with 3 prompts, TP-SIS's per-frame latency is at most 1.5x the types
 U-Net's on the same backend. Both engines are what the segment stage opens (engines/export.py
@@ -54,7 +54,8 @@ def synthetic_frames(size: tuple[int, int], count: int = 8) -> np.ndarray:
 
 
 def measure(tpsis: Path, unet: Path, backend: str, precision: str, prompts: list[str],
-            rounds: int, iters: int, cache: Path, idle_ms: float = 0.0) -> list[dict]:
+            rounds: int, iters: int, cache: Path, idle_ms: float = 0.0,
+            prepare: bool = True) -> list[dict]:
     """Rows for one backend and precision: the U-Net, TP-SIS, and TP-SIS's ratio."""
     checkpoint = tckpt.load(tpsis)
     size = tuple(checkpoint.input_size)
@@ -71,7 +72,8 @@ def measure(tpsis: Path, unet: Path, backend: str, precision: str, prompts: list
         print(f"  {backend} {precision}: opening {name} ...", file=sys.stderr, flush=True)
         engines[name] = open_engine(EngineSpec(weights, backend, precision, size,
                                                cache=cache))
-    engines["tpsis"].prepare(inputs)  # as the segment stage does for each prompt list
+    if prepare:
+        engines["tpsis"].prepare(inputs)  # as the segment stage does for each prompt list
     frames = synthetic_frames(size)
     calls = {"unet": lambda i: engines["unet"](frames[i % len(frames)]),
              "tpsis": lambda i: engines["tpsis"](frames[i % len(frames)], inputs)}
@@ -93,6 +95,7 @@ def measure(tpsis: Path, unet: Path, backend: str, precision: str, prompts: list
     for name in ("unet", "tpsis"):
         rows.append({"backend": backend, "precision": chosen, "model": name,
                      "prompts": len(prompts) if name == "tpsis" else None,
+                     "prepared": prepare if name == "tpsis" else None,
                      "input": f"{size[1]}x{size[0]}", "idle_ms": idle_ms, **s[name],
                      "ratio_p50": s[name]["p50"] / s["unet"]["p50"],
                      "ratio_p99": s[name]["p99"] / s["unet"]["p99"],
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-ms", type=float, default=0.0,
                         help="sleep before each timed call (33: a 30 fps feed's gap)")
     parser.add_argument("--cache", type=Path, help="engine cache (default: a throwaway one)")
+    parser.add_argument("--no-prepare", dest="no_prepare", action="store_true",
+                        help="time TP-SIS as opened, without Engine.prepare (OpenVINO: on the "
+                             "dynamic-shape blob), to see what preparing gains")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if not 1 <= args.prompts <= len(TYPE_NAMES):
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # auto is a precision already timed
                     done.add(precision)
                     rows += measure(args.tpsis, args.unet, backend, precision, prompts,
-                                    args.rounds, args.iters, cache, args.idle_ms)
+                                    args.rounds, args.iters, cache, args.idle_ms,
+                                    not args.no_prepare)
                 except BackendError as exc:
                     skipped.append({"backend": backend, "precision": asked,
                                     "skipped": str(exc)})
