@@ -10,6 +10,7 @@ trained on.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,10 @@ class Vocabulary:
         classes = list(classes)
         unknown = [c for c in self.names if c not in classes]
         if strict and unknown:
+            near = difflib.get_close_matches(unknown[0], classes, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise VocabularyError(f"vocabulary {self.source}: names.{unknown[0]} is not a "
-                                  f"class of the TP-SIS checkpoint; its classes are "
+                                  f"class of the TP-SIS checkpoint{hint}; its classes are "
                                   f"{', '.join(classes)}")
         return Vocabulary({c: v for c, v in self.names.items() if c in classes},
                           self.not_segmented, self.source)

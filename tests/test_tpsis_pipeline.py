@@ -234,8 +234,9 @@ def test_the_vocabulary_reads_names_word_embeddings_cannot_and_a_site_can_add_it
 
 
 @pytest.mark.parametrize("text, why", [
-    ("names:\n  Needle Drivr: [pelican]\n", r"names\.Needle Drivr is not a class of the "
-                                             r"TP-SIS checkpoint; its classes are Bipolar"),
+    ("names:\n  Vessel Sealr: [pelican]\n", r"names\.Vessel Sealr is not a class of the "
+                                             r"TP-SIS checkpoint \(did you mean 'Vessel "
+                                             r"Sealer'\?\); its classes are Bipolar"),
     ("names: [a, b]\n", r"names: expected class name -> list of names"),
     ("names:\n  Vessel Sealer: sealer\n", r"names\.Vessel Sealer: expected a list"),
     ("name:\n  Vessel Sealer: [x]\n", r"unknown key 'name' \(the keys are names and "
