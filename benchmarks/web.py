@@ -2,7 +2,7 @@
 
     python -m orstream.benchmarks.web [--seconds 30] [--warmup 10] [--set KEY=VALUE]
                                       [--out ...] [--screenshot PNG] [--describe] [--full]
-                                      [--viewport 1280x720]
+                                      [--viewport 1280x720] [--transport tcp|shm]
 
 The default live pipeline (synthetic 1080p30, the shipped U-Net on the auto engine; the VLM
 off unless `--describe`, which also asks a question on the page before the screenshot) runs
@@ -16,7 +16,9 @@ so the difference is what the browser display adds: JPEG encoding, the WebSocket
 and painting. The page reports the size it shows the video at and gets frames scaled to it
 (the default 1280x720 viewport: a canvas narrower than 1080p; `--viewport 1920x1080`: the
 page full screen on an HD display); `--full` opens it as `?full=1`, which gets full
-resolution whatever the canvas, for the comparison.
+resolution whatever the canvas, for the comparison. `--transport shm` publishes over
+`shm://` (a shared-memory ring) instead of tcp loopback, as a web server on the pipeline's
+host would subscribe.
 """
 
 from __future__ import annotations
@@ -81,7 +83,13 @@ def _measure(args: argparse.Namespace) -> dict:
 
     base = free_port_pair("127.0.0.1", 20000 + os.getpid() % 20000)
     publish, ask = f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"
-    pipeline = _start(["run", "--port-base", str(base), "--set",
+    shm_dir = None
+    if args.transport == "shm":  # the frames in a shared-memory ring, not the socket
+        import tempfile
+
+        shm_dir = tempfile.mkdtemp(prefix="orstream-web-bench-")
+        publish = f"shm://{shm_dir}/publish.sock"
+    pipeline = _start(["run", "--port-base", str(base), "--publish", publish, "--set",
                        f"describe.enabled={str(args.describe).lower()}",
                        *[f"--set={kv}" for kv in args.set]], "publishing on")
     web = None
@@ -122,6 +130,8 @@ def _measure(args: argparse.Namespace) -> dict:
         if web is not None:
             _stop(web)
         _stop(pipeline)
+        if shm_dir is not None:
+            shutil.rmtree(shm_dir, ignore_errors=True)
     (tab,) = figures["tabs"]
     return {"tab": tab, "server": figures["server"], "view": receipt["summary"]}
 
@@ -149,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true",
                         help="the page as ?full=1: frames at full resolution, not scaled to "
                              "the canvas (the behaviour before frames were scaled)")
+    parser.add_argument("--transport", choices=["tcp", "shm"], default="tcp",
+                        help="how the pipeline publishes to `orstream web` and the viewer: "
+                             "tcp loopback, or shm:// (a shared-memory ring, one host)")
     parser.add_argument("--viewport", type=_size, default=(1280, 720), metavar="WxH",
                         help="the browser window, in CSS pixels (default 1280x720)")
     args = parser.parse_args(argv)
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "chromium": _chromium_version(args.chromium),
         "seconds": args.seconds, "warmup_s": args.warmup, "set": args.set,
         "describe": args.describe, "full": args.full, "viewport": list(args.viewport),
+        "transport": args.transport,
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
         "web_server": server, "web_tab": tab, "goal_ms": GOAL, "goal_met": met,
         "view_dropped": summary.dropped})

@@ -42,9 +42,9 @@ class LivePipeline:
     """`orstream run` at 640x360 on free ports, in this process, counting rendered frames;
     `sets`: more --set overrides (a TP-SIS pipeline)."""
 
-    def __init__(self, *sets: str) -> None:
+    def __init__(self, *sets: str, publish: str | None = None) -> None:
         port = free_port()
-        self.publish = f"tcp://127.0.0.1:{port}"
+        self.publish = publish or f"tcp://127.0.0.1:{port}"
         self.ask = f"tcp://127.0.0.1:{free_port()}"
         self.rendered = 0
         sets = ("source.width=640", "source.height=360", "segment.backend=torch",
@@ -172,6 +172,23 @@ def test_tabs_get_the_overlay_as_header_and_jpeg_with_increasing_seq(live):
     assert stats["painted"]["frames"] == 8
     assert stats["server"]["tabs_closed"] == 1 and stats["server"]["encoded"] >= 8
     assert stats["server"]["received"] >= stats["server"]["encoded"]
+
+
+def test_the_server_subscribes_over_shm_on_the_pipelines_host(tmp_path):
+    """`orstream web shm://...`: the frames through the shared-memory ring, as the README
+    recommends where the web server runs beside the pipeline."""
+    with LivePipeline("describe.enabled=false", publish=f"shm://{tmp_path}/pub.sock") as live, \
+            web_server(live.publish) as url:
+        _, frames = asyncio.run(read_frames(url, 5))
+        stats = get(url, "api/stats")[1]
+    seqs = [h["seq"] for h, _ in frames]
+    assert seqs == sorted(set(seqs)), seqs
+    for _, jpeg in frames:
+        picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert picture.shape == (360, 640, 3) and picture.std() > 10
+    assert stats["server"]["endpoint"].startswith("shm://")
+    # (frames the hub's newest-only receiver skipped are counted as lost, not refused)
+    assert stats["server"]["rejected"] == 0 and stats["server"]["received"] >= 5
 
 
 def test_stats_endpoint_reports_each_tabs_painted_latency_and_the_servers_figures(live):
