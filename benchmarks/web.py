@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -85,8 +86,6 @@ def _measure(args: argparse.Namespace) -> dict:
     publish, ask = f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"
     shm_dir = None
     if args.transport == "shm":  # the frames in a shared-memory ring, not the socket
-        import tempfile
-
         shm_dir = tempfile.mkdtemp(prefix="orstream-web-bench-")
         publish = f"shm://{shm_dir}/publish.sock"
     pipeline = _start(["run", "--port-base", str(base), "--publish", publish, "--set",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections import OrderedDict
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,8 +137,8 @@ class OpenVinoEngine(Engine):
         self._core, self._config = core, _config(precision, threads)
         graph = Path(artifact).with_name(GRAPH)
         self._graph = graph if len(self.compiled.inputs) > 1 and graph.is_file() else None
-        # input shapes -> an infer request of the model compiled for exactly those shapes
-        self._fixed: OrderedDict[tuple, object] = OrderedDict()
+        # feed shapes (_shape_key) -> an infer request of the model compiled for exactly them
+        self._fixed: dict[tuple, object] = {}
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> None:
         """Compile the model for one frame with these prompt-state shapes (their prompt
@@ -147,36 +146,36 @@ class OpenVinoEngine(Engine):
         if self._graph is None:
             return
         h, w = self.input_size
-        shapes = {self._input: (1, h, w, 3), **{n: a.shape for n, a in inputs.items()}}
-        key = _shape_key(shapes)
+        key = _shape_key((1, h, w, 3), inputs)
         if key in self._fixed:
-            self._fixed.move_to_end(key)
             return
         try:
             model = self._core.read_model(str(self._graph))
-            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            model.reshape({self._input: [1, h, w, 3],
+                           **{name: list(a.shape) for name, a in inputs.items()}})
             request = self._core.compile_model(model, "CPU",
                                                self._config).create_infer_request()
         except Exception as exc:  # noqa: BLE001 - the dynamic blob still serves these frames
-            logger.warning("openvino: no model compiled for prompt-state shapes {} ({}); "
-                           "frames run on the dynamic-shape engine", shapes, exc)
+            logger.warning("openvino: no model compiled for feed shapes {} ({}); frames run "
+                           "on the dynamic-shape engine", key, exc)
             return
-        # One assignment each: the frame path reads the dict from another thread
-        fixed = OrderedDict(self._fixed)
-        fixed[key] = request
+        # A new dict, assigned once: the frame path reads it from another thread. The count
+        # compiled first goes first.
+        fixed = {**self._fixed, key: request}
         while len(fixed) > FIXED_MODELS:
-            fixed.popitem(last=False)
+            del fixed[next(iter(fixed))]
         self._fixed = fixed
 
     def run(self, frames: np.ndarray, inputs: dict[str, np.ndarray] | None = None
             ) -> np.ndarray:
         if inputs is None:
             return self.request.infer({0: frames}, share_inputs=True)[0]
-        feeds = {self._input: frames, **inputs}
-        request = self._fixed.get(_shape_key({n: a.shape for n, a in feeds.items()}),
-                                  self.request) if self._fixed else self.request
-        return request.infer(feeds, share_inputs=True)[0]
+        request = (self._fixed.get(_shape_key(frames.shape, inputs), self.request)
+                   if self._fixed else self.request)
+        return request.infer({self._input: frames, **inputs}, share_inputs=True)[0]
 
 
-def _shape_key(shapes: dict[str, tuple[int, ...]]) -> tuple:
-    return tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
+def _shape_key(frames_shape: tuple[int, ...], inputs: dict[str, np.ndarray]) -> tuple:
+    """One call's feed shapes, the prompt state's in its own order (the encoder always gives
+    the same): a few tuples, cheap enough to build on every frame."""
+    return (tuple(frames_shape), *(a.shape for a in inputs.values()))
