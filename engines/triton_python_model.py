@@ -15,6 +15,7 @@ that tooling can import this module anywhere).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
@@ -36,10 +37,26 @@ def _input(request: Any, name: str) -> np.ndarray:
     return np.from_dlpack(tensor) if NUMPY2 else tensor.as_numpy()
 
 
+# The stub marks a DLPack capsule it has consumed "used_dlpack", not the standard
+# "used_dltensor". numpy's capsule destructor then takes the capsule for an unconsumed one,
+# fails to read it, and prints an "unraisable" traceback to the server's log: one per frame
+# (about 150 lines a second at 30 fps, and 0.25 ms of every frame's time, measured). So the
+# capsule is made here and, once the stub holds the tensor (and will call its deleter),
+# marked consumed by the standard name: numpy's destructor then leaves it alone.
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_set_capsule_name.restype = ctypes.c_int
+_CONSUMED = b"used_dltensor"  # a module constant: the capsule keeps a pointer to it
+
+
 def _output(name: str, array: np.ndarray) -> Any:
     array = np.ascontiguousarray(array)
-    return (pb_utils.Tensor.from_dlpack(name, array) if NUMPY2
-            else pb_utils.Tensor(name, array))
+    if not NUMPY2:
+        return pb_utils.Tensor(name, array)
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, _CONSUMED)
+    return tensor
 
 
 class _OnnxRuntime:
