@@ -4,6 +4,7 @@ outlive its crash. No mocks: every server here is the real binary."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -139,19 +140,24 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
 @needs_server
 def test_triton_labels_match_the_local_engine(server):
     """>= 99.5 % pixel agreement with the local onnxruntime engine on the same frames, over
-    shared memory and over the socket alike."""
+    shared memory (both ways of sending the request) and over the socket alike."""
     from orstream.engines.backends.triton_backend import TritonEngine, TritonTarget
     from orstream.engines.export import EngineSpec, open_engine
 
     local = open_engine(EngineSpec(TYPES, "onnxruntime", "fp32"))
     frames = _frames(4)
-    for shared in (True, False):
+    # over shared memory and the socket, each with the request built once and with
+    # tritonclient's own infer (a client without the stub the prebuilt request goes through)
+    for shared, prebuilt in itertools.product((True, False), (True, False)):
         engine = TritonEngine(TritonTarget(server.url, shared_memory=shared))
+        if not prebuilt:
+            engine._prebuilt_rpc = ()
         try:
             agree = [float((engine(f) == local(f)).mean()) for f in frames]
+            assert (engine._prebuilt_rpc not in (None, ())) == prebuilt
         finally:
             engine.close()
-        assert min(agree) >= 0.995, (shared, agree)
+        assert min(agree) >= 0.995, (shared, prebuilt, agree)
     assert not list(Path("/dev/shm").glob(f"orstream-triton-{os.getpid()}-*"))
     # Nothing printed per frame: a traceback each (the stub's DLPack capsule) fills a
     # hospital server's disk at 150 lines a second and costs every frame a quarter ms.
