@@ -156,6 +156,10 @@ def test_tabs_get_the_overlay_as_header_and_jpeg_with_increasing_seq(live):
     with web_server(live.publish, ask=live.ask) as url:
         hello, frames = asyncio.run(read_frames(url, 8))
         stats = get(url, "api/stats")[1]
+        status, refused = get(url, "api/stats?last_s=soon")
+        assert status == 400 and "last_s='soon'" in refused["error"], refused
+        assert get(url, "api/stats?last_s=0")[0] == 400
+        assert get(url, "api/stats?last_s=30")[1]["last_s"] == 30
     # A U-Net pipeline: no prompts (the page hides its prompts box), no table in the headers.
     assert hello["t"] == "hello" and hello["ask"] is True and hello["prompts"] is None
     assert all(header["classes"] is None for header, _ in frames)
@@ -395,6 +399,30 @@ def _wait_until_sends_block(url: str, tab_id: int, timeout_s: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_tabs_figures_over_the_last_seconds_leave_out_what_came_before(monkeypatch):
+    """/api/stats?last_s=N: a benchmark measures a page's steady state without its start
+    (the first second after a page loads paints slower: layout, script compilation); every
+    figure covers the same frames, and a figure a page did not report is left out, not 0."""
+    from orstream.pipeline.web import tabs as tabs_module
+
+    now = [100.0]
+    monkeypatch.setattr(tabs_module.time, "monotonic", lambda: now[0])
+    tab = tabs_module.Tab(id=1, peer="test")
+    for seq, latency in enumerate([180.0, 150.0, 40.0, 42.0, 44.0]):
+        now[0] = 100.0 + seq
+        # the second report's page sent no decode time: no sample, not a 0 ms one
+        tab.painted_report(seq, latency, 0, latency - 10, None if seq == 1 else latency - 5)
+    recent = tab.to_json(received=5, since=102.0)
+    assert recent["latency_ms"]["max"] == 44.0 and recent["latency_ms"]["p50"] == 42.0
+    assert recent["arrived_ms"]["max"] == 34.0 and recent["decoded_ms"]["max"] == 39.0
+    assert recent["measured"] == 3 and recent["painted"] == 5
+    whole = tab.to_json(received=5)
+    assert whole["latency_ms"]["max"] == 180.0 and whole["decoded_ms"]["p50"] is not None
+    assert tab.latencies(since=103.5) == [44.0]
+    assert len(tab._since(tab.decoded_ms, None)) == 4  # the unreported one left out
+    assert tab.to_json(received=5, since=200.0)["latency_ms"]["p50"] is None
 
 
 def test_a_stalled_or_closed_tab_costs_the_pipeline_and_other_tabs_nothing(live):

@@ -7,7 +7,8 @@ Routes:
   answers each frame once done with it: `painted` (with its latency) or `ack` (superseded),
   and says what it shows the video in, in device pixels: `w`/`h` in the URL, then
   `{"t": "size", "w", "h"}` whenever that changes; frames come scaled to fit (none: full size);
-- `GET /api/stats` the server's and every tab's figures;
+- `GET /api/stats[?last_s=N]` the server's and every tab's figures (the tabs' latencies over
+  the last N seconds' frames only, with last_s);
 - `POST /api/ask` `{"question"}` -> the pipeline's answer (describe.ask over ZeroMQ);
 - `GET /api/prompts` -> `{"prompts": [...] | null}`: what the newest frame was segmented
   with (null: the stream segments no prompts, a U-Net pipeline);
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -276,12 +278,26 @@ class WebServer:
     # --------------------------------------------------------------------------- api
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self.stats())
+        last = request.query.get("last_s")
+        if last is None:
+            return web.json_response(self.stats())
+        try:
+            last_s = float(last)
+        except ValueError:
+            last_s = math.nan
+        if not 0 < last_s <= 3600:
+            return _error(400, f"last_s={last!r}: give the seconds of the latest reports to "
+                               "cover, 0 < last_s <= 3600 (without it: every frame kept)")
+        return web.json_response(self.stats(last_s))
 
-    def stats(self) -> dict:
+    def stats(self, last_s: float | None = None) -> dict:
+        """The server's and every open tab's figures; the tabs' latencies over the reports of
+        the last `last_s` seconds only, when given (a measurement that leaves out a page's
+        start), else over every one kept (SAMPLES per tab)."""
         tabs = [o.tab for o in self._open.values()]
         received = self.hub.received
-        everything = [ms for tab in tabs for ms in tab.latencies_ms]
+        since = None if last_s is None else time.monotonic() - last_s
+        everything = [ms for tab in tabs for ms in tab.latencies(since)]
         return {
             "server": {**self.hub.to_json(), "uptime_s": round(time.monotonic() -
                                                                  self.started, 1),
@@ -291,7 +307,8 @@ class WebServer:
                        "status": self._status or None},
             "painted": {"frames": self.closed["painted"] + sum(t.painted for t in tabs),
                         "latency_ms": percentiles(everything)},  # open tabs' samples
-            "tabs": [tab.to_json(received) for tab in tabs],
+            "tabs": [tab.to_json(received, since) for tab in tabs],
+            "last_s": last_s,
         }
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ scaled to fit it (hub.sent_size).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,11 +63,14 @@ class Tab:
     painted: int = 0  # frames the page says it painted
     painted_seq: int | None = None  # the last of them
     page_dropped: int = 0  # arrived at the page, superseded before it could paint them
+    # One entry per painted frame, in step: when the report came (monotonic s, for figures
+    # over the last seconds only), capture to painted, capture to the message's arrival at
+    # the page (the rest is decoding and painting) and capture to the JPEG decoded
+    # (createImageBitmap resolved; after it, drawing and the paint). NaN: not reported.
+    reported_at: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    arrived_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # capture
-    # to the message's arrival at the page: the rest of latencies_ms is decoding and painting
-    decoded_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # capture
-    # to the JPEG decoded (createImageBitmap resolved): after it, drawing and the paint
+    arrived_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    decoded_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set: may be sent a frame
     telling: asyncio.Task | None = None  # the last figures message being sent to it
 
@@ -96,11 +100,10 @@ class Tab:
             return
         self.painted += 1
         self.painted_seq = seq
+        self.reported_at.append(time.monotonic())
         self.latencies_ms.append(float(latency_ms))
-        if _plausible(arrived_ms):
-            self.arrived_ms.append(float(arrived_ms))
-        if _plausible(decoded_ms):
-            self.decoded_ms.append(float(decoded_ms))
+        self.arrived_ms.append(float(arrived_ms) if _plausible(arrived_ms) else math.nan)
+        self.decoded_ms.append(float(decoded_ms) if _plausible(decoded_ms) else math.nan)
         if type(dropped) is int and dropped >= self.page_dropped:
             self.page_dropped = dropped
 
@@ -112,7 +115,26 @@ class Tab:
             else 0
         return self.skipped + waiting
 
-    def to_json(self, received: int) -> dict:
+    def latencies(self, since: float | None = None) -> list[float]:
+        """Capture to painted of the frames reported at or after `since` (monotonic s;
+        None: every one kept)."""
+        return self._since(self.latencies_ms, since)
+
+    def _since(self, samples: deque[float], since: float | None) -> list[float]:
+        if since is None:
+            return [v for v in samples if not math.isnan(v)]
+        # the newest first: a window of the last seconds is a short walk from the end
+        kept = []
+        for at, value in zip(reversed(self.reported_at), reversed(samples), strict=True):
+            if at < since:
+                break
+            if not math.isnan(value):
+                kept.append(value)
+        return kept
+
+    def to_json(self, received: int, since: float | None = None) -> dict:
+        """The tab's figures; the latencies of the frames reported since `since` only
+        (monotonic s), when given."""
         return {"id": self.id, "connected_s": round(time.monotonic() - self.opened_at, 1),
                 "sent": self.sent, "skipped": self.skipped_now(received),
                 "in_flight": self.in_flight,
@@ -121,9 +143,10 @@ class Tab:
                 "box": list(self.box) if self.box else None,
                 "sent_size": list(self.last_size) if self.last_size else None,
                 "jpeg_bytes": self.last_bytes,
-                "latency_ms": percentiles(self.latencies_ms),
-                "arrived_ms": percentiles(self.arrived_ms),
-                "decoded_ms": percentiles(self.decoded_ms)}
+                "measured": len(latencies := self.latencies(since)),  # frames in the figures
+                "latency_ms": percentiles(latencies),
+                "arrived_ms": percentiles(self._since(self.arrived_ms, since)),
+                "decoded_ms": percentiles(self._since(self.decoded_ms, since))}
 
 
 def _plausible(ms: object) -> bool:
