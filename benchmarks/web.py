@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         "describe": args.describe, "full": args.full, "viewport": list(args.viewport),
         "transport": args.transport,
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
-        "web_server": server, "web_tab": tab, "goal_ms": GOAL, "goal_met": met,
+        "web_server": server, "web_tab": tab, "web_tab_life": out["tab_life"],
+        "settle_s": args.settle, "goal_ms": GOAL, "goal_met": met,
         "view_dropped": summary.dropped})
     print(f"\n{path}")
     return 0
