@@ -75,7 +75,15 @@ def _connect(target: TritonTarget) -> Any:
     # server would idle that long before the room's next frame reaches it.
     channel_args = [("grpc.initial_reconnect_backoff_ms", backoff_ms),
                     ("grpc.min_reconnect_backoff_ms", backoff_ms),
-                    ("grpc.max_reconnect_backoff_ms", int(target.reconnect_max_s * 1000))]
+                    ("grpc.max_reconnect_backoff_ms", int(target.reconnect_max_s * 1000)),
+                    # A failed call is a dropped frame and an outage (TritonEngine), never a
+                    # retry: without gRPC's retry machinery every call is 0.3 ms shorter.
+                    ("grpc.enable_retries", 0)]
+    if target.shared_memory:
+        # Calls of a few hundred bytes (the pixels are in shared memory): no flow-control
+        # window to size, and the probe's pings cost each call another 0.2 ms. Over the
+        # socket (245 KB a frame) the probe stays: it sizes the window for the frames.
+        channel_args.append(("grpc.http2.bdp_probe", 0))
     certificates = str(target.root_certificates) if target.root_certificates else None
     return grpc.InferenceServerClient(target.url, ssl=target.tls,
                                       root_certificates=certificates,
