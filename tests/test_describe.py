@@ -235,6 +235,39 @@ def test_stopping_never_waits_for_a_starved_describe_worker(vlm_weights):
     assert not worker.running
 
 
+def test_a_starved_describe_worker_is_waited_for_not_given_up(vlm_weights, monkeypatch):
+    """At idle priority on a saturated CPU the VLM's process may not run for a long while:
+    its caption is late, not failed, and captions resume once it runs (a CI run whose host
+    was saturated lost them for the whole run to a 30 s limit). The wait is logged."""
+    from loguru import logger
+
+    from orstream.pipeline import describe
+
+    monkeypatch.setattr(describe, "WORKER_SLOW_S", 0.5)
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
+    cfg = _config(vlm_weights, "publish.endpoint=null", "describe.every_frames=1")
+    worker = DescribeWorker(cfg.describe)
+    worker.start()
+    try:
+        _until(worker.ready.is_set)
+        (pid,) = _describe_worker_pids()
+        os.kill(pid, signal.SIGSTOP)  # starved: it does not run
+        try:
+            worker.offer(Frame.capture("or-1", 0, np.zeros((360, 640, 3), np.uint8)))
+            time.sleep(2.0)  # four times the limit
+            assert worker.failed is None and worker.latest() is None
+        finally:
+            os.kill(pid, signal.SIGCONT)  # the load is gone: it runs again
+        _until(lambda: worker.latest() is not None, 30)
+        assert worker.failed is None and worker.running
+    finally:
+        worker.close()
+        logger.remove(sink)
+    assert any("describe: no caption reply for" in line for line in lines), lines
+    assert any("describe: the caption reply came after" in line for line in lines), lines
+
+
 def test_a_vlm_that_cannot_load_is_reported_with_the_workers_reason(tmp_path):
     bad = tmp_path / "not_a_vlm.pt"
     bad.write_bytes(b"this is not a checkpoint")
