@@ -421,7 +421,7 @@ def test_a_tabs_figures_over_the_last_seconds_leave_out_what_came_before(monkeyp
     whole = tab.to_json(received=5)
     assert whole["latency_ms"]["max"] == 180.0 and whole["decoded_ms"]["p50"] is not None
     assert tab.latencies(since=103.5) == [44.0]
-    assert len(tab._since(tab.decoded_ms, None)) == 4  # the unreported one left out
+    assert len(tab.samples("decoded_ms")) == 4  # the unreported one left out
     assert tab.to_json(received=5, since=200.0)["latency_ms"]["p50"] is None
 
 

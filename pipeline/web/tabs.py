@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from orstream.pipeline.web.hub import SAMPLES, Box, Encoded, Size, percentiles
 
+FIGURES = ("latency_ms", "arrived_ms", "decoded_ms")  # what a page reports of each frame
 WINDOW = 2  # frames in flight per tab: one being decoded, one on the way
 MAX_SIDE = 16384  # px: no display shows more (Chromium's own canvas limit is 32767)
 
@@ -63,14 +64,13 @@ class Tab:
     painted: int = 0  # frames the page says it painted
     painted_seq: int | None = None  # the last of them
     page_dropped: int = 0  # arrived at the page, superseded before it could paint them
-    # One entry per painted frame, in step: when the report came (monotonic s, for figures
-    # over the last seconds only), capture to painted, capture to the message's arrival at
-    # the page (the rest is decoding and painting) and capture to the JPEG decoded
-    # (createImageBitmap resolved; after it, drawing and the paint). NaN: not reported.
-    reported_at: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    arrived_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    decoded_ms: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # One record per painted frame: when the report came (monotonic s, for figures over
+    # the last seconds only), then FIGURES: capture to painted, capture to the message's
+    # arrival at the page (the rest is decoding and painting) and capture to the JPEG
+    # decoded (createImageBitmap resolved; after it, drawing and the paint). NaN: not
+    # reported.
+    reports: deque[tuple[float, float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=SAMPLES))
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set: may be sent a frame
     telling: asyncio.Task | None = None  # the last figures message being sent to it
 
@@ -100,10 +100,9 @@ class Tab:
             return
         self.painted += 1
         self.painted_seq = seq
-        self.reported_at.append(time.monotonic())
-        self.latencies_ms.append(float(latency_ms))
-        self.arrived_ms.append(float(arrived_ms) if _plausible(arrived_ms) else math.nan)
-        self.decoded_ms.append(float(decoded_ms) if _plausible(decoded_ms) else math.nan)
+        self.reports.append((time.monotonic(), float(latency_ms),
+                             float(arrived_ms) if _plausible(arrived_ms) else math.nan,
+                             float(decoded_ms) if _plausible(decoded_ms) else math.nan))
         if type(dropped) is int and dropped >= self.page_dropped:
             self.page_dropped = dropped
 
@@ -118,23 +117,25 @@ class Tab:
     def latencies(self, since: float | None = None) -> list[float]:
         """Capture to painted of the frames reported at or after `since` (monotonic s;
         None: every one kept)."""
-        return self._since(self.latencies_ms, since)
+        return self.samples("latency_ms", since)
 
-    def _since(self, samples: deque[float], since: float | None) -> list[float]:
-        if since is None:
-            return [v for v in samples if not math.isnan(v)]
-        # the newest first: a window of the last seconds is a short walk from the end
+    def samples(self, figure: str, since: float | None = None) -> list[float]:
+        """One of FIGURES for the frames reported at or after `since`, those a page did not
+        report left out."""
+        column = 1 + FIGURES.index(figure)
         kept = []
-        for at, value in zip(reversed(self.reported_at), reversed(samples), strict=True):
-            if at < since:
+        # the newest first: a window of the last seconds is a short walk from the end
+        for record in reversed(self.reports):
+            if since is not None and record[0] < since:
                 break
-            if not math.isnan(value):
-                kept.append(value)
+            if not math.isnan(record[column]):
+                kept.append(record[column])
         return kept
 
     def to_json(self, received: int, since: float | None = None) -> dict:
         """The tab's figures; the latencies of the frames reported since `since` only
         (monotonic s), when given."""
+        figures = {figure: self.samples(figure, since) for figure in FIGURES}
         return {"id": self.id, "connected_s": round(time.monotonic() - self.opened_at, 1),
                 "sent": self.sent, "skipped": self.skipped_now(received),
                 "in_flight": self.in_flight,
@@ -143,10 +144,8 @@ class Tab:
                 "box": list(self.box) if self.box else None,
                 "sent_size": list(self.last_size) if self.last_size else None,
                 "jpeg_bytes": self.last_bytes,
-                "measured": len(latencies := self.latencies(since)),  # frames in the figures
-                "latency_ms": percentiles(latencies),
-                "arrived_ms": percentiles(self._since(self.arrived_ms, since)),
-                "decoded_ms": percentiles(self._since(self.decoded_ms, since))}
+                "measured": len(figures["latency_ms"]),  # frames in the figures
+                **{figure: percentiles(values) for figure, values in figures.items()}}
 
 
 def _plausible(ms: object) -> bool:
