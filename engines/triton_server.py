@@ -166,15 +166,31 @@ class TritonServer:
     @property
     def url(self) -> str:
         """host:port of the gRPC endpoint, as segment.triton.url takes it."""
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "::") else self.address
-        return f"{host}:{self.ports.grpc}"
+        return f"{self._host}:{self.ports.grpc}"
+
+    @property
+    def http_address(self) -> str:
+        """Where the HTTP endpoint listens. Triton's HTTP has no TLS: with TLS (gRPC only), it
+        stays on loopback, or it would serve patient frames in clear beside the encrypted
+        gRPC. Without TLS it goes where gRPC goes (loopback unless --insecure)."""
+        return "127.0.0.1" if self.tls is not None else self.address
+
+    @property
+    def http_url(self) -> str:
+        """host:port of the HTTP endpoint, for segment.triton.protocol: http."""
+        a = self.http_address
+        return f"{'127.0.0.1' if a in ('0.0.0.0', '::') else a}:{self.ports.http}"
+
+    @property
+    def _host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "::") else self.address
 
     def command(self) -> list[str]:
         p, a = self.ports, self.address
         return [
             str(self.dist.binary), "--model-repository", str(self.repo),
             "--backend-directory", str(self.dist.backend_dir(self.work)),
-            "--http-address", a, "--http-port", str(p.http),
+            "--http-address", self.http_address, "--http-port", str(p.http),
             "--grpc-address", a, "--grpc-port", str(p.grpc),
             "--metrics-address", a, "--metrics-port", str(p.metrics),
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
@@ -205,9 +221,8 @@ class TritonServer:
 
     def ready(self) -> bool:
         """Live and every model in the repository loaded (Triton's strict readiness)."""
-        host = self.url.rsplit(":", 1)[0]
         try:
-            with urllib.request.urlopen(f"http://{host}:{self.ports.http}/v2/health/ready",
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready",
                                         timeout=0.5) as reply:
                 return reply.status == 200
         except OSError:
@@ -308,6 +323,10 @@ def serve(repo: Path, ports: Ports, address: str = "127.0.0.1",
         print(f"Triton serving {repo} on {server.url} (gRPC; HTTP {ports.http}, metrics "
               f"{ports.metrics}). Rooms: orstream run --set segment.backend=triton --set "
               f"segment.triton.url={server.url}", flush=True)
+        if tls is None:  # Triton's HTTP endpoint has no TLS: only plain servers offer it
+            print(f"Rooms on this host, the shortest call (frames in shared memory over "
+                  f"HTTP): --set segment.triton.protocol=http --set "
+                  f"segment.triton.url={server.http_url}", flush=True)
         restarts = 0
         while stop is None or not stop():
             code = server.proc.poll() if server.proc is not None else None

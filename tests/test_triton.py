@@ -92,6 +92,16 @@ def test_config_refuses_triton_where_it_cannot_work():
                                 "segment.triton.tls=true"]).segment.triton.target()
     local = load_config(None, ["segment.backend=triton"]).segment.triton.target()
     assert (remote.shared_memory, local.shared_memory) == (False, True)
+    assert (remote.protocol, local.protocol) == ("grpc", "grpc")
+    rest = load_config(None, ["segment.backend=triton", "segment.triton.protocol=http",
+                              "segment.triton.url=127.0.0.1:8000"]).segment.triton.target()
+    assert (rest.protocol, rest.url, rest.shared_memory) == ("http", "127.0.0.1:8000", True)
+    # Triton's HTTP endpoint has no TLS: asking for it must not silently send in clear
+    with pytest.raises(ConfigError, match="segment.triton: protocol http with tls"):
+        load_config(None, ["segment.backend=triton", "segment.triton.protocol=http",
+                           "segment.triton.tls=true"])
+    with pytest.raises(ConfigError, match="segment.triton.protocol"):
+        load_config(None, ["segment.backend=triton", "segment.triton.protocol=rest"])
 
 
 # ----------------------------------------------------------------- a real server
@@ -140,7 +150,8 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
 @needs_server
 def test_triton_labels_match_the_local_engine(server):
     """>= 99.5 % pixel agreement with the local onnxruntime engine on the same frames, over
-    shared memory (both ways of sending the request) and over the socket alike."""
+    shared memory and over the socket alike, by gRPC (both ways of sending the request) and
+    by HTTP/REST."""
     from orstream.engines.backends.triton_backend import TritonEngine, TritonTarget
     from orstream.engines.export import EngineSpec, open_engine
 
@@ -148,16 +159,19 @@ def test_triton_labels_match_the_local_engine(server):
     frames = _frames(4)
     # over shared memory and the socket, each with the request built once and with
     # tritonclient's own infer (a client without the stub the prebuilt request goes through)
-    for shared, prebuilt in itertools.product((True, False), (True, False)):
-        engine = TritonEngine(TritonTarget(server.url, shared_memory=shared))
+    ways = [("grpc", True), ("grpc", False), ("http", True)]
+    for shared, (protocol, prebuilt) in itertools.product((True, False), ways):
+        url = server.http_url if protocol == "http" else server.url
+        engine = TritonEngine(TritonTarget(url, shared_memory=shared, protocol=protocol))
         if not prebuilt:
             engine._prebuilt_rpc = ()
         try:
             agree = [float((engine(f) == local(f)).mean()) for f in frames]
-            assert (engine._prebuilt_rpc not in (None, ())) == prebuilt
+            if protocol == "grpc":
+                assert (engine._prebuilt_rpc not in (None, ())) == prebuilt
         finally:
             engine.close()
-        assert min(agree) >= 0.995, (shared, prebuilt, agree)
+        assert min(agree) >= 0.995, (shared, protocol, prebuilt, agree)
     assert not list(Path("/dev/shm").glob(f"orstream-triton-{os.getpid()}-*"))
     # Nothing printed per frame: a traceback each (the stub's DLPack capsule) fills a
     # hospital server's disk at 150 lines a second and costs every frame a quarter ms.
@@ -172,16 +186,17 @@ def test_the_benchmarks_breakdown_reads_the_servers_own_figures_for_its_calls(se
     the steps fit inside the client's whole call."""
     from orstream.benchmarks.triton import SERVER_STEPS, breakdown
 
-    rows = {r["step"]: r["mean_ms"] for r in breakdown(server.url, "orstream_unet", TYPES, 1,
-                                                        6, tmp_path)}
-    whole = rows["Triton over shared memory: the whole call"]
-    steps = [rows[label] for label in SERVER_STEPS.values()]
-    assert all(v >= 0 for v in steps) and rows[SERVER_STEPS["compute_infer"]] > 0, rows
-    assert sum(steps) <= whole, rows
-    assert rows["outside the server: gRPC and the client"] > 0, rows
-    # the model runs inside the backend step: it is at least most of the local run
-    assert rows[SERVER_STEPS["compute_infer"]] > 0.5 * rows[
-        "local engine (same frames, this process)"], rows
+    for protocol, url in (("grpc", server.url), ("http", server.http_url)):
+        rows = {r["step"]: r["mean_ms"] for r in breakdown(url, "orstream_unet", TYPES, 1, 6,
+                                                            tmp_path, protocol, server.url)}
+        whole = rows["Triton over shared memory: the whole call"]
+        steps = [rows[label] for label in SERVER_STEPS.values()]
+        assert all(v >= 0 for v in steps) and rows[SERVER_STEPS["compute_infer"]] > 0, rows
+        assert sum(steps) <= whole, rows
+        assert rows[f"outside the server: the {protocol} call and the client"] > 0, rows
+        # the model runs inside the backend step: it is at least most of the local run
+        assert rows[SERVER_STEPS["compute_infer"]] > 0.5 * rows[
+            "local engine (same frames, this process)"], rows
 
 
 @needs_server
@@ -241,19 +256,23 @@ def _labelled_seqs(endpoint: str, stop: threading.Event, out: dict) -> threading
 
 
 @needs_server
-def test_pipeline_outlives_a_killed_server_and_resumes(repo, tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_pipeline_outlives_a_killed_server_and_resumes(repo, tmp_path, protocol):
     """`orstream run --set segment.backend=triton`: the server is SIGKILLed mid-run and
     restarted; the pipeline never exits, frames keep flowing unlabelled meanwhile (counted),
-    and labelled frames resume after the restart."""
+    and labelled frames resume after the restart. By gRPC and by HTTP (whose kept-alive
+    connection died with the server)."""
     endpoint = load_config(None).publish.endpoint
     server = TritonServer(repo, log=tmp_path / "server.log")
     server.start()
     server.wait_ready()
+    url = server.http_url if protocol == "http" else server.url
     seen: dict[int, bool] = {}
     stop = threading.Event()
     listener = _labelled_seqs(endpoint, stop, seen)
     cmd = [sys.executable, "-m", "orstream.pipeline.cli", "run", "--frames", "330",
-           "--set", "segment.backend=triton", "--set", f"segment.triton.url={server.url}",
+           "--set", "segment.backend=triton", "--set", f"segment.triton.url={url}",
+           "--set", f"segment.triton.protocol={protocol}",
            "--set", "describe.enabled=false", "--set", "publish.parts=[labels]",
            "--set", "publish.mode=lossless"]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -295,6 +314,11 @@ def test_start_errors_name_the_key_to_fix(server, tmp_path):
          "has no ready model 'nope' (segment.triton.model): it serves ['orstream_unet'"),
         ([f"segment.triton.url={server.url}", f"segment.weights={BINARY}"],
          "exported from other weights than segment.weights (unet_xs_binary.pt)"),
+        # protocol http at the gRPC port: the url is what to fix
+        ([f"segment.triton.url={server.url}", "segment.triton.protocol=http"],
+         "protocol http: the url is the server's HTTP port"),
+        ([f"segment.triton.url={server.http_url}", "segment.triton.protocol=http",
+          "segment.triton.model=nope"], "has no ready model 'nope' (segment.triton.model)"),
     ]
     for overrides, message in cases:
         cmd = [sys.executable, "-m", "orstream.pipeline.cli", "run", "--frames", "5",
@@ -323,6 +347,9 @@ def test_serve_restarts_a_crashed_server_and_cleans_up(repo):
         while line and "Triton serving" not in line:
             line = serve.stdout.readline()
         assert f"127.0.0.1:{ports[1]}" in line
+        # rooms on this host are told the HTTP settings too
+        assert (f"--set segment.triton.protocol=http --set segment.triton.url=127.0.0.1:"
+                f"{ports[0]}") in serve.stdout.readline()
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}")
         assert client.is_model_ready("orstream_unet")
         first = _server_pid(serve.pid)
@@ -412,9 +439,49 @@ def test_tls_server_serves_tls_rooms_only(repo, tmp_path):
             TritonEngine(TritonTarget(server.url, timeout_s=2))
 
 
+def _outward_address() -> str | None:
+    """This host's address on its default route (no packet is sent), or None without one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 @needs_server
-@pytest.mark.parametrize("shared", [True, False], ids=["shm", "grpc"])
-def test_a_server_back_with_other_weights_is_never_used(tmp_path, shared):
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI to make certificates")
+def test_a_tls_server_on_the_network_keeps_its_plain_http_on_loopback(repo, tmp_path):
+    """Triton's HTTP endpoint has no TLS. A server listening on every address with TLS
+    (gRPC) must not also serve frames in clear over HTTP there: its HTTP stays on loopback,
+    where rooms on the same host use it (protocol http, shared memory)."""
+    import socket
+
+    from orstream.engines.backends.triton_backend import TritonEngine, TritonTarget
+
+    ca, cert, key = _certificates(tmp_path)
+    with TritonServer(repo, address="0.0.0.0", tls=(cert, key)) as server:
+        assert server.http_url == f"127.0.0.1:{server.ports.http}"
+        engine = TritonEngine(TritonTarget(server.http_url, protocol="http"))
+        try:
+            assert engine(_frames(1)[0]).shape == (256, 320)
+        finally:
+            engine.close()
+        outward = _outward_address()
+        if outward is not None:  # the network side: gRPC (TLS) answers, HTTP is not there
+            socket.create_connection((outward, server.ports.grpc), timeout=2).close()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((outward, server.ports.http), timeout=2)
+
+
+@needs_server
+@pytest.mark.parametrize("protocol, shared", [("grpc", True), ("grpc", False),
+                                              ("http", False)],
+                         ids=["grpc-shm", "grpc", "http"])
+def test_a_server_back_with_other_weights_is_never_used(tmp_path, protocol, shared):
     """A server restarted with a repository exported from another checkpoint (same model
     name, same size): the room stays unlabelled and says why, instead of drawing the other
     model's labels with its own class names. Over plain gRPC the restart itself goes
@@ -433,8 +500,9 @@ def test_a_server_back_with_other_weights_is_never_used(tmp_path, shared):
     server = TritonServer(repo)
     server.start()
     server.wait_ready()
-    engine = TritonEngine(TritonTarget(server.url, shared_memory=shared, reconnect_min_s=0.05,
-                                       reconnect_max_s=0.1),
+    url = server.http_url if protocol == "http" else server.url
+    engine = TritonEngine(TritonTarget(url, shared_memory=shared, reconnect_min_s=0.05,
+                                       reconnect_max_s=0.1, protocol=protocol),
                           weights_sha256=file_sha256(TYPES), weights_name="segment.weights")
     try:
         frame = _frames(1)[0]

@@ -3,9 +3,10 @@
 
 It is not in the local registry (engines/backends/__init__.py): nothing is built or cached
 here, the server holds the model (exported by engines/triton_repo.py). Over gRPC
-(tritonclient); where client and server share the host, frames and labels travel through
-Triton system shared memory instead of the socket: the resized frame is written straight into
-the region the server reads.
+(tritonclient) or Triton's HTTP/REST endpoint (engines/backends/triton_http.py: a lighter call
+where only region names travel); where client and server share the host, frames and labels
+travel through Triton system shared memory instead of the socket: the resized frame is written
+straight into the region the server reads.
 
 A server that dies or hangs must cost frames, never the pipeline: a failed request marks the
 server down (logged once), and until a background thread finds it ready again (probing with
@@ -51,7 +52,7 @@ class TritonOffline(Exception):
 class TritonTarget:
     """Which server and model a pipeline segments with (the config's segment.triton)."""
 
-    url: str = "127.0.0.1:8001"  # host:port of the gRPC endpoint
+    url: str = "127.0.0.1:8001"  # host:port of the endpoint `protocol` names
     model: str = "orstream_unet"
     version: str = ""  # "": the server's choice (its newest ready version)
     timeout_s: float = 1.0  # one request; past it the server counts as down
@@ -60,6 +61,7 @@ class TritonTarget:
     reconnect_max_s: float = 0.5
     tls: bool = False
     root_certificates: Path | None = None
+    protocol: str = "grpc"  # grpc | http (KServe v2 REST)
 
 
 def _client_module() -> Any:
@@ -69,6 +71,11 @@ def _client_module() -> Any:
 
 
 def _connect(target: TritonTarget) -> Any:
+    if target.protocol == "http":
+        from orstream.engines.backends.triton_http import HttpClient
+
+        _client_module()  # tritonclient: its errors and shared-memory helpers
+        return HttpClient(target.url, target.timeout_s)
     grpc = _client_module()
     backoff_ms = int(target.reconnect_min_s * 1000)
     # gRPC's defaults wait 1 s, then up to 120 s, between reconnect attempts: a restarted
@@ -109,6 +116,8 @@ def check_served(client: Any, target: TritonTarget) -> ServedModel:
         live = client.is_server_live(client_timeout=target.timeout_s)
     except InferenceServerException as exc:
         tls = "" if target.tls else " (a server started with TLS needs segment.triton.tls)"
+        if target.protocol == "http":
+            tls = " (protocol http: the url is the server's HTTP port, 8000 in its container)"
         raise TritonUnreachable(f"{where} does not answer ({_reason(exc)}): start it (orstream "
                                 f"serve --triton MODEL_REPO, or the Triton container) or fix "
                                 f"the url{tls}") from None
@@ -216,6 +225,7 @@ class TritonEngine:
         self.served = served
         self._grpc = _client_module()
         self._prebuilt_rpc: tuple[Any, ...] | None = None  # () once found unavailable
+        self._prebuilt_http: Any = None
         self.shared = _SharedMemory(self.client, served.size) if target.shared_memory else None
         if self.shared is not None:
             self.shared.register(self.client)
@@ -302,8 +312,10 @@ class TritonEngine:
         shared = self.shared
         if shared is not None and image is not shared.frame[0]:
             shared.frame[0] = image
-        rpc = self._rpc()
-        if rpc is None:
+        if self.target.protocol == "http":
+            served, labels = self.client.infer(self._http_request(), image,
+                                               self.target.timeout_s)
+        elif (rpc := self._rpc()) is None:
             served, labels = self._infer_by_client(image)
         else:
             method, request, rpc_error = rpc
@@ -326,6 +338,17 @@ class TritonEngine:
         if shared is not None:
             return shared.labels[0].copy()  # the region is overwritten by the next frame
         return labels
+
+    def _http_request(self) -> Any:
+        """The REST request of every frame, built once (engines/backends/triton_http.py)."""
+        if self._prebuilt_http is None:
+            shared = self.shared
+            regions = None if shared is None else (shared.in_name, shared.in_bytes,
+                                                   shared.out_name, shared.out_bytes)
+            self._prebuilt_http = self.client.infer_request(self.target.model,
+                                                            self.target.version,
+                                                            self.input_size, regions)
+        return self._prebuilt_http
 
     def _infer_by_client(self, image: np.ndarray) -> tuple[str, np.ndarray | None]:
         """tritonclient's own `infer`: (the version that answered, the labels unless they
@@ -413,7 +436,8 @@ class TritonEngine:
                 f"({self.unlabelled} frames unlabelled)")
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "url": self.target.url, "model": self.target.model,
+        return {"backend": self.name, "url": self.target.url,
+                "protocol": self.target.protocol, "model": self.target.model,
                 "version": self.target.version or "latest", "input": list(self.input_size),
                 "shared_memory": self.shared is not None,
                 "max_batch": self.served.max_batch}
