@@ -9,12 +9,13 @@ on loopback with the model exported by `orstream export --backend triton` (Pytho
 running ONNX Runtime), then in one process:
 
 1. Overhead: the same frames through the local onnxruntime engine and through Triton, over
-   system shared memory and over the gRPC socket, one call of each mode per iteration in
-   rotated order, so load from elsewhere hits every mode alike. The overhead is the p50 of
-   (Triton - local) within each iteration. Issue 22's goal: <= 2 ms p50 at 256x320.
-2. Breakdown: where a shared-memory frame's time goes, from the server's own statistics for
-   the same calls (queue, input, backend, output) against the client's whole call and the
-   local engine's run of the same frames.
+   system shared memory and over the socket, each by gRPC and by HTTP/REST
+   (segment.triton.protocol), one call of each mode per iteration in rotated order, so load
+   from elsewhere hits every mode alike. The overhead is the p50 of (Triton - local) within
+   each iteration. Issue 22's goal: <= 2 ms p50 at 256x320.
+2. Breakdown, per protocol: where a shared-memory frame's time goes, from the server's own
+   statistics for the same calls (queue, input, backend, output) against the client's whole
+   call and the local engine's run of the same frames.
 3. Rooms: 1, 2 and 4 processes, each a room sending its frames to the one server as fast
    as it answers (closed loop, shared memory) for --seconds; total and per-room frames per
    second, latency, and the mean batch Triton formed (its own statistics). A local engine
@@ -56,14 +57,22 @@ def synthetic_frames(size: tuple[int, int], count: int = 8) -> np.ndarray:
                      for i in range(count)])
 
 
-def overhead(url: str, weights: Path, threads: int | None, iters: int, cache: Path,
-             idle_ms: float = 0.0) -> dict:
+def _engines(urls: dict[str, str]) -> dict[str, TritonEngine]:
+    """A Triton engine per mode: shared memory or the socket, by each protocol in `urls`."""
+    return {f"triton {way} {protocol}": TritonEngine(TritonTarget(url, shared_memory=shared,
+                                                                  protocol=protocol))
+            for way, shared in (("shm", True), ("socket", False))
+            for protocol, url in urls.items()}
+
+
+def overhead(urls: dict[str, str], weights: Path, threads: int | None, iters: int,
+             cache: Path, idle_ms: float = 0.0) -> dict:
+    """`urls`: the server's endpoint by protocol (grpc, http)."""
     local = open_engine(EngineSpec(weights, "onnxruntime", "fp32", threads=threads,
                                    cache=cache))
-    shared = TritonEngine(TritonTarget(url, shared_memory=True))
-    socket = TritonEngine(TritonTarget(url, shared_memory=False))
+    remote = _engines(urls)
     frames = synthetic_frames(local.input_size)
-    modes = {"local onnxruntime": local, "triton shm": shared, "triton grpc": socket}
+    modes = {"local onnxruntime": local, **remote}
     times: dict[str, list[float]] = {m: [] for m in modes}
     agree: dict[str, list[float]] = {m: [] for m in modes}
     names = list(modes)
@@ -83,8 +92,8 @@ def overhead(url: str, weights: Path, threads: int | None, iters: int, cache: Pa
                     reference = labels
                 elif reference is not None:
                     agree[name].append(float((labels == reference).mean()))
-    shared.close()
-    socket.close()
+    for engine in remote.values():
+        engine.close()
     base = np.asarray(times[names[0]])
     rows = []
     for name in names:
@@ -146,20 +155,22 @@ SERVER_STEPS = {"queue": "server: queue (dynamic batcher)",
 
 
 def breakdown(url: str, model: str, weights: Path, threads: int | None, iters: int,
-              cache: Path) -> list[dict]:
+              cache: Path, protocol: str = "grpc", stats_url: str | None = None) -> list[dict]:
     """Where a shared-memory frame's time goes, as means over `iters` calls: the client's
     whole call, the server's own statistics for the same calls by step, and the local
     engine's run of the same frames (interleaved), so that the backend step beyond the model
-    is the Python stub's cost and the rest of the call outside the server is gRPC's and the
-    client's."""
+    is the Python stub's cost and the rest of the call outside the server is the protocol's
+    and the client's. `url` is the endpoint of `protocol`; the statistics are read over gRPC
+    at `stats_url` (default: `url`)."""
+    stats_url = stats_url or url
     local = open_engine(EngineSpec(weights, "onnxruntime", "fp32", threads=threads,
                                    cache=cache))
-    engine = TritonEngine(TritonTarget(url, shared_memory=True))
+    engine = TritonEngine(TritonTarget(url, shared_memory=True, protocol=protocol))
     frames = synthetic_frames(local.input_size)
     for frame in frames:  # warm
         engine(frame)
         local(frame)
-    before = _model_stats(url, model)["inference_stats"]
+    before = _model_stats(stats_url, model)["inference_stats"]
     client, alone = [], []
     for i in range(iters):
         frame = frames[i % len(frames)]
@@ -169,7 +180,7 @@ def breakdown(url: str, model: str, weights: Path, threads: int | None, iters: i
         engine(frame)
         client.append((time.perf_counter() - t1) * 1e3)
         alone.append((t1 - t0) * 1e3)
-    after = _model_stats(url, model)["inference_stats"]
+    after = _model_stats(stats_url, model)["inference_stats"]
     engine.close()
 
     def mean_ms(step: str) -> float:
@@ -180,11 +191,12 @@ def breakdown(url: str, model: str, weights: Path, threads: int | None, iters: i
     whole, served, model_ms = float(np.mean(client)), mean_ms("success"), float(np.mean(alone))
     rows = [{"step": "local engine (same frames, this process)", "mean_ms": model_ms},
             {"step": "Triton over shared memory: the whole call", "mean_ms": whole},
-            {"step": "outside the server: gRPC and the client", "mean_ms": whole - served}]
+            {"step": f"outside the server: the {protocol} call and the client",
+             "mean_ms": whole - served}]
     rows += [{"step": label, "mean_ms": mean_ms(key)} for key, label in SERVER_STEPS.items()]
     rows.append({"step": "  backend beyond the local engine's run",
                  "mean_ms": mean_ms("compute_infer") - model_ms})
-    return rows
+    return [{"protocol": protocol, **row} for row in rows]
 
 
 def rooms(url: str, model: str, counts: list[int], seconds: float) -> list[dict]:
@@ -278,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                                  "runtime": "python backend + onnxruntime",
                                  "threads": args.threads, "queue_delay_us": args.queue_delay_us},
                       "goal_overhead_p50_ms": OVERHEAD_GOAL_MS}
-            result["overhead"] = [overhead(server.url, args.weights, threads, args.iters,
-                                           cache, float(idle))
+            urls = {"grpc": server.url, "http": server.http_url}
+            result["overhead"] = [overhead(urls, args.weights, threads, args.iters, cache,
+                                           float(idle))
                                   for idle in args.idle_ms.split(",")]
-            result["breakdown"] = breakdown(server.url, options.name, args.weights, threads,
-                                            args.iters, cache)
+            result["breakdown"] = [row for protocol, url in urls.items()
+                                   for row in breakdown(url, options.name, args.weights,
+                                                        threads, args.iters, cache, protocol,
+                                                        stats_url=server.url)]
             result["local"] = local_closed_loop(args.weights, threads, args.seconds, cache)
             result["rooms"] = rooms(server.url, options.name,
                                     [int(n) for n in args.rooms.split(",")], args.seconds)
@@ -292,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                  ("overhead_p50", f"overhead p50 ms (goal <= {OVERHEAD_GOAL_MS})", ".2f"),
                  ("overhead_p99", "overhead p99 ms", ".2f"), ("agreement", "pixels agree", ".4f")]))
     print()
-    print(table(result["breakdown"], [("step", "where a frame's time goes (means)", "s"),
+    print(table(result["breakdown"], [("protocol", "protocol", "s"),
+                                      ("step", "where a frame's time goes (means)", "s"),
                                       ("mean_ms", "ms", ".3f")]))
     print()
     base = result["local"]["fps_total"]
@@ -302,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
                 [("rooms", "rooms", ""), ("fps_total", "fps, all rooms", ".1f"),
                  ("vs_local", "vs local engine", ".2f"), ("p50", "p50 ms", ".1f"),
                  ("p99", "p99 ms", ".1f"), ("mean_batch", "mean batch", ".2f")]))
-    result["verdicts"] = [{"idle_ms": o["idle_ms"], "overhead_p50_ms": r["overhead_p50"],
+    result["verdicts"] = [{"mode": r["mode"], "idle_ms": o["idle_ms"],
+                           "overhead_p50_ms": r["overhead_p50"],
                            "meets_goal": r["overhead_p50"] <= OVERHEAD_GOAL_MS}
                           for o in result["overhead"] for r in o["rows"]
-                          if r["mode"] == "triton shm"]
+                          if r["mode"].startswith("triton shm")]
+    for v in result["verdicts"]:
+        print(f"{v['mode']}, idle {v['idle_ms']:.0f} ms: overhead p50 "
+              f"{v['overhead_p50_ms']:.2f} ms, goal <= {OVERHEAD_GOAL_MS} ms "
+              f"{'met' if v['meets_goal'] else 'NOT met'}")
     path = write_json(args.out / "triton.json", result)
     print(f"\nwrote {path} and {plot(result, args.out / 'triton.png')}")
     return 0
