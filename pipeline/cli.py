@@ -775,7 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to listen (default loopback; another address needs --tls-cert "
                          "and --tls-key, or --insecure)")
     sv.add_argument("--grpc-port", dest="grpc_port", type=int, default=8001)
-    sv.add_argument("--http-port", dest="http_port", type=int, default=8000)
+    sv.add_argument("--http-port", dest="http_port", type=int, default=8000,
+                    help="HTTP/REST (segment.triton.protocol http); on loopback when --tls-cert "
+                         "is given: Triton has no TLS for it")
     sv.add_argument("--metrics-port", dest="metrics_port", type=int, default=8002)
     sv.add_argument("--tls-cert", dest="tls_cert", type=Path, help="gRPC TLS certificate (PEM)")
     sv.add_argument("--tls-key", dest="tls_key", type=Path, help="its private key (PEM)")
