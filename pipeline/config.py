@@ -156,7 +156,7 @@ class TritonConfig(_Strict):
     # container); engines/backends/triton_backend.py
     # grpc: the KServe v2 gRPC API (tritonclient), the field's usual one across a network.
     # http: Triton's REST endpoint on a kept-alive connection: with shared memory (a server on
-    # this host) 0.66 ms less per frame (engines/backends/triton_http.py); no TLS
+    # this host) 0.5-0.8 ms less per frame (benchmarks/triton.py); no TLS
     protocol: Literal["grpc", "http"] = "grpc"
     url: str = "127.0.0.1:8001"  # host:port of the endpoint `protocol` names (gRPC 8001, HTTP 8000)
     model: str = "orstream_unet"  # the model's name in the repository (--model-name)

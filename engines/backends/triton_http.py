@@ -2,8 +2,8 @@
 (`segment.triton.protocol: http`).
 
 Why a second protocol beside gRPC: where the room and the server share a host, the frame and
-its labels travel through system shared memory and the call carries only ~400 bytes naming
-the two regions. What is left of a frame's overhead is then the call itself, and gRPC's
+its labels travel through system shared memory and the call carries only a few hundred bytes
+naming the two regions. What is left of a frame's overhead is then the call itself, and gRPC's
 (HTTP/2 framing, its completion queues, the server's gRPC frontend) costs more than a
 prebuilt HTTP/1.1 request written to a socket: measured alternating both on one server in
 one process (2-core EPYC), 0.66 ms less per frame back to back and 0.85 ms less after 33 ms
