@@ -40,9 +40,10 @@ def _input(request: Any, name: str) -> np.ndarray:
 # The stub marks a DLPack capsule it has consumed "used_dlpack", not the standard
 # "used_dltensor". numpy's capsule destructor then takes the capsule for an unconsumed one,
 # fails to read it, and prints an "unraisable" traceback to the server's log: one per frame
-# (about 150 lines a second at 30 fps, and 0.25 ms of every frame's time, measured). So the
-# capsule is made here and, once the stub holds the tensor (and will call its deleter),
-# marked consumed by the standard name: numpy's destructor then leaves it alone.
+# (about 150 lines a second at 30 fps; making the output tensor took 0.36 ms, 0.14 ms without
+# the traceback, measured inside the stub). So the capsule is made here and, once the stub
+# holds the tensor (and will call its deleter), marked consumed by the standard name:
+# numpy's destructor then leaves it alone.
 _set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
 _set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _set_capsule_name.restype = ctypes.c_int

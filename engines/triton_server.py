@@ -41,6 +41,13 @@ WHEEL = "nvidia-pytriton==0.7.0"
 INSTALL = f"pip install --no-deps {WHEEL}"
 
 
+
+def _reachable(address: str) -> str:
+    """Where a client on this host reaches a server listening on `address` (every address:
+    loopback)."""
+    return "127.0.0.1" if address in ("0.0.0.0", "::") else address
+
+
 class TritonServerError(OrstreamError):
     """The server cannot be found, started or made ready; says why and what to do."""
 
@@ -166,7 +173,7 @@ class TritonServer:
     @property
     def url(self) -> str:
         """host:port of the gRPC endpoint, as segment.triton.url takes it."""
-        return f"{self._host}:{self.ports.grpc}"
+        return f"{_reachable(self.address)}:{self.ports.grpc}"
 
     @property
     def http_address(self) -> str:
@@ -178,12 +185,7 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         """host:port of the HTTP endpoint, for segment.triton.protocol: http."""
-        a = self.http_address
-        return f"{'127.0.0.1' if a in ('0.0.0.0', '::') else a}:{self.ports.http}"
-
-    @property
-    def _host(self) -> str:
-        return "127.0.0.1" if self.address in ("0.0.0.0", "::") else self.address
+        return f"{_reachable(self.http_address)}:{self.ports.http}"
 
     def command(self) -> list[str]:
         p, a = self.ports, self.address

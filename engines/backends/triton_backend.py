@@ -115,12 +115,13 @@ def check_served(client: Any, target: TritonTarget) -> ServedModel:
     try:
         live = client.is_server_live(client_timeout=target.timeout_s)
     except InferenceServerException as exc:
-        tls = "" if target.tls else " (a server started with TLS needs segment.triton.tls)"
         if target.protocol == "http":
-            tls = " (protocol http: the url is the server's HTTP port, 8000 in its container)"
+            hint = " (protocol http: the url is the server's HTTP port, 8000 in its container)"
+        else:
+            hint = "" if target.tls else " (a server started with TLS needs segment.triton.tls)"
         raise TritonUnreachable(f"{where} does not answer ({_reason(exc)}): start it (orstream "
                                 f"serve --triton MODEL_REPO, or the Triton container) or fix "
-                                f"the url{tls}") from None
+                                f"the url{hint}") from None
     if not live or not client.is_server_ready(client_timeout=target.timeout_s):
         raise BackendError(f"{where} is up but not ready (a model failed to load?): see "
                            f"the server's log")
@@ -225,10 +226,11 @@ class TritonEngine:
         self.served = served
         self._grpc = _client_module()
         self._prebuilt_rpc: tuple[Any, ...] | None = None  # () once found unavailable
-        self._prebuilt_http: Any = None
         self.shared = _SharedMemory(self.client, served.size) if target.shared_memory else None
         if self.shared is not None:
             self.shared.register(self.client)
+        # Over HTTP, every frame's request built once (engines/backends/triton_http.py)
+        self._http_request = self._request_http() if target.protocol == "http" else None
         # Counters, read by the status line from another thread (ints: atomic enough)
         self.online = True
         self.unlabelled = 0  # frames that got no labels because the server was down
@@ -313,7 +315,7 @@ class TritonEngine:
         if shared is not None and image is not shared.frame[0]:
             shared.frame[0] = image
         if self.target.protocol == "http":
-            served, labels = self.client.infer(self._http_request(), image,
+            served, labels = self.client.infer(self._http_request, image,
                                                self.target.timeout_s)
         elif (rpc := self._rpc()) is None:
             served, labels = self._infer_by_client(image)
@@ -339,16 +341,14 @@ class TritonEngine:
             return shared.labels[0].copy()  # the region is overwritten by the next frame
         return labels
 
-    def _http_request(self) -> Any:
-        """The REST request of every frame, built once (engines/backends/triton_http.py)."""
-        if self._prebuilt_http is None:
-            shared = self.shared
-            regions = None if shared is None else (shared.in_name, shared.in_bytes,
-                                                   shared.out_name, shared.out_bytes)
-            self._prebuilt_http = self.client.infer_request(self.target.model,
-                                                            self.target.version,
-                                                            self.input_size, regions)
-        return self._prebuilt_http
+    def _request_http(self) -> Any:
+        """The REST request of every frame: from and into the shared regions, or with the
+        frame's bytes after it."""
+        shared = self.shared
+        regions = None if shared is None else (shared.in_name, shared.in_bytes,
+                                               shared.out_name, shared.out_bytes)
+        return self.client.infer_request(self.target.model, self.target.version,
+                                         self.input_size, regions)
 
     def _infer_by_client(self, image: np.ndarray) -> tuple[str, np.ndarray | None]:
         """tritonclient's own `infer`: (the version that answered, the labels unless they

@@ -71,12 +71,13 @@ class _Connection:
             reused = self._sock is not None
             try:
                 return self._send(self._open(timeout), parts, timeout)
-            except (ConnectionError, BrokenPipeError) as exc:
-                if not reused or getattr(exc, "answered", False):
-                    raise
-                # A kept-alive connection the server had closed meanwhile: what HTTP clients
+            except ConnectionError:
+                # Nothing of an answer came (the buffer holds only this call's bytes) on a
+                # kept-alive connection: the server had closed it meanwhile. What HTTP clients
                 # do is send again on a new one (a frame's call is idempotent: same regions,
                 # same labels), not count an outage of a server that is up.
+                if not reused or self._buffer:
+                    raise
                 self.close()
                 return self._send(self._open(timeout), parts, timeout)
         except TimeoutError:
@@ -104,9 +105,7 @@ class _Connection:
     def _fill(self, sock: socket.socket) -> None:
         chunk = sock.recv(256 * 1024)
         if not chunk:
-            closed = ConnectionError("the server closed the connection")
-            closed.answered = bool(self._buffer)  # type: ignore[attr-defined]
-            raise closed
+            raise ConnectionError("the server closed the connection")
         self._buffer += chunk
 
     def _response(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
