@@ -60,6 +60,7 @@ import numpy as np
 from loguru import logger
 
 from orstream.benchmarks.common import machine, table, write_json
+from orstream.benchmarks.procfs import children, cmdline, host_cpu_jiffies, process_cpu_jiffies
 from orstream.benchmarks.soak_display import RECORD
 from orstream.common.net import free_port
 
@@ -97,54 +98,11 @@ def rss_mb(pid: int) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
-def host_cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) clock ticks of every CPU since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
-
-
-def process_cpu_jiffies(pid: int) -> int:
-    """User + system clock ticks of `pid` (all its threads); 0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-    return int(fields[11]) + int(fields[12])
-
-
 def fd_count(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (every thread's list: a child belongs to the thread that
-    forked it)."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text()
-                      .split()]
-        except OSError:
-            continue
-    return sorted(set(found))
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
-    except OSError:
-        return ""
 
 
 def shm_in_use(pids: list[int]) -> set[str]:

@@ -21,6 +21,12 @@ page full screen on an HD display); `--full` opens it as `?full=1`, which gets f
 resolution whatever the canvas, for the comparison. `--transport shm` publishes over
 `shm://` (a shared-memory ring) instead of tcp loopback, as a web server on the pipeline's
 host would subscribe.
+
+Beside the latencies, the CPU each part of the run used in the measured window (/proc: the
+pipeline with its describe worker, `orstream web`, each kind of Chromium process,
+Playwright's driver, this process), in cores and in CPU ms per painted frame, and how busy
+the host's CPUs were. On two cores that all these share, the latencies follow what is left:
+a run whose pipeline took more CPU per frame than another's ran on a slower host.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import cv2
 import numpy as np
 
 from orstream.benchmarks.common import machine, table, write_json
+from orstream.benchmarks.procfs import cmdline, descendants, host_cpu_jiffies, process_cpu_jiffies
 from orstream.common.net import free_port
 from orstream.pipeline.ports import free_port_pair
 from orstream.pipeline.view import view
@@ -83,6 +90,46 @@ def _stats(url: str, last_s: float | None = None) -> dict:
         return json.load(response)
 
 
+def _cpu_jiffies(pipeline: int, web: int) -> dict[str, int]:
+    """CPU clock ticks so far of every process of the run, summed by what it is: the
+    pipeline (its describe worker included), the web server, each kind of Chromium process,
+    Playwright's driver, and this process (view's receiver and the Playwright client)."""
+    ticks = {"benchmark (view, Playwright client)": process_cpu_jiffies(os.getpid())}
+    ours = {pid: "orstream run" for pid in (pipeline, *descendants(pipeline))}
+    ours |= {pid: "orstream web" for pid in (web, *descendants(web))}
+    for pid in descendants(os.getpid()):
+        if pid in ours:
+            continue
+        command = cmdline(pid)
+        if "chromium" in command:
+            kind = next((arg.removeprefix("--type=") for arg in command.split()
+                         if arg.startswith("--type=")), "browser")
+            ours[pid] = f"Chromium {kind}"
+        elif "playwright" in command:
+            ours[pid] = "Playwright driver"
+    for pid, name in ours.items():
+        ticks[name] = ticks.get(name, 0) + process_cpu_jiffies(pid)
+    return ticks
+
+
+def _cpu_use(before: tuple[dict[str, int], tuple[int, int]],
+             after: tuple[dict[str, int], tuple[int, int]], seconds: float,
+             frames: int) -> dict:
+    """Per process kind over the window: cores used and CPU ms per painted frame; and how
+    busy the host's CPUs were (all of them, in %)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    (ticks0, (busy0, total0)), (ticks1, (busy1, total1)) = before, after
+    # a process that started during the window counts from 0; one that ended is lost
+    used = {name: (ticks1[name] - ticks0.get(name, 0)) / tick for name in ticks1}
+    rows = {name: {"cores": round(s / seconds, 3),
+                   "ms_per_frame": round(s * 1e3 / frames, 2) if frames else None}
+            for name, s in sorted(used.items(), key=lambda item: -item[1])}
+    total = sum(used.values())
+    return {"processes": rows, "total_cores": round(total / seconds, 3),
+            "total_ms_per_frame": round(total * 1e3 / frames, 2) if frames else None,
+            "host_busy_pct": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)}
+
+
 def _measure(args: argparse.Namespace) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -120,7 +167,9 @@ def _measure(args: argparse.Namespace) -> dict:
             viewer = threading.Thread(target=lambda: receipt.update(summary=view(
                 publish, window=False, stop=stop, quiet=True)), daemon=True)
             viewer.start()
+            cpu_before = _cpu_jiffies(pipeline.pid, web.pid), host_cpu_jiffies()
             time.sleep(args.seconds)
+            cpu_after = _cpu_jiffies(pipeline.pid, web.pid), host_cpu_jiffies()
             stop.set()
             figures = _stats(url, args.seconds)
             whole = _stats(url)
@@ -143,7 +192,8 @@ def _measure(args: argparse.Namespace) -> dict:
     (tab,) = figures["tabs"]
     (life,) = whole["tabs"]
     return {"tab": tab, "tab_life": life, "server": figures["server"],
-            "view": receipt["summary"]}
+            "view": receipt["summary"],
+            "cpu": _cpu_use(cpu_before, cpu_after, args.seconds, tab["measured"])}
 
 
 def _screenshot(png: bytes, path: Path) -> None:
@@ -208,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"painted {fps:.1f} fps; skipped for the tab {tab['skipped']}, superseded on the "
           f"page {tab['page_dropped']}; JPEG {tab['jpeg_bytes'] / 1024:.0f} KB, scale + "
           f"encode p50 {server['encode_ms']['p50']} ms")
+    cpu = out["cpu"]
+    print(f"\nCPU in the measured window (host busy {cpu['host_busy_pct']:.0f} %):")
+    print(table([{"what": name, **use} for name, use in cpu["processes"].items()]
+                + [{"what": "all of the above", "cores": cpu["total_cores"],
+                    "ms_per_frame": cpu["total_ms_per_frame"]}],
+                [("what", "", "s"), ("cores", "cores", ".2f"),
+                 ("ms_per_frame", "CPU ms per frame painted", ".1f")]))
     met = (painted["p50"] is not None and painted["p50"] <= GOAL["p50"]
            and painted["p99"] <= GOAL["p99"])
     added = (painted["p50"] - receipt["p50"]) if receipt and painted["p50"] else None
@@ -222,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
         "web_server": server, "web_tab": tab, "web_tab_life": out["tab_life"],
         "settle_s": args.settle, "goal_ms": GOAL, "goal_met": met,
-        "view_dropped": summary.dropped})
+        "view_dropped": summary.dropped, "cpu": cpu})
     print(f"\n{path}")
     return 0
 

@@ -1,0 +1,60 @@
+"""Readings of /proc (Linux) that benchmarks take of their own processes, never of the frame
+path: CPU time, the process tree, command lines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def host_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def process_cpu_jiffies(pid: int) -> int:
+    """User + system clock ticks of `pid` (all its threads); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[11]) + int(fields[12])
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's list: a child belongs to the thread that
+    forked it)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text()
+                      .split()]
+        except OSError:
+            continue
+    return sorted(set(found))
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo += children(child)
+    return found
