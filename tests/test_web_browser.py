@@ -84,17 +84,20 @@ def test_the_page_shows_live_frames_the_caption_answers_a_question_and_is_not_bl
             picture = shot[y:y + int(video["height"]), x:x + int(video["width"])]
             assert picture.std() > 20, "the video canvas is blank"
 
-            # The canvas is wider than the 640x360 stream here: frames come at full size.
+            # The area is wider than the 640x360 stream here: frames come at full size, and
+            # fill it.
             shown = _shown(page)
             assert shown["sent"] == [640, 360] == shown["canvas"], shown
-            # A narrow window: the page reports its smaller canvas (ResizeObserver) and the
-            # frames it paints come scaled to fit it, one canvas pixel per frame pixel.
+            assert shown["box"] == shown["area"] and shown["area"][0] > 640, shown
+            # A narrow window: the page reports its smaller area (ResizeObserver) and the
+            # frames it paints come scaled to fit it, one canvas pixel per frame pixel, and
+            # are shown at their own pixels: the compositor scales nothing.
             page.set_viewport_size({"width": 480, "height": 600})
             shown = _settled(page, shown["size"])
             width, height = shown["size"]
-            assert abs(width - shown["box"][0]) <= 1 and abs(height - shown["box"][1]) <= 1
+            assert abs(width - shown["area"][0]) <= 1 and abs(height - shown["area"][1]) <= 1
             assert shown["sent"] == list(sent_size(640, 360, (width, height))) == \
-                shown["canvas"], shown
+                shown["canvas"] == shown["box"], shown
             assert shown["sent"][0] < 640 and shown["frame"] == [640, 360]
             with urllib.request.urlopen(url + "api/stats", timeout=10) as response:
                 (tab,) = json.load(response)["tabs"]
@@ -200,14 +203,18 @@ def test_the_page_picks_up_a_publisher_killed_and_started_again():
                 kill(proc)
 
 
-# What the page shows now: the size it reported, its canvas's box in device pixels, the
-# canvas's own pixels, and the last painted frame's size and sent size (all in one go).
+# What the page shows now: the size it reported, the box of the area it shows the video in
+# and of its canvas in device pixels, the canvas's own pixels, and the last painted frame's
+# size and sent size (all in one go).
 SHOWN = """() => {
   const video = document.getElementById("video");
-  const rect = video.getBoundingClientRect();
+  const device = (element) => {
+    const rect = element.getBoundingClientRect();
+    return [rect.width * devicePixelRatio, rect.height * devicePixelRatio];
+  };
   const h = window.orstream.header, size = window.orstream.size;
   return {size: size && [size.w, size.h], canvas: [video.width, video.height],
-          box: [rect.width * devicePixelRatio, rect.height * devicePixelRatio],
+          area: device(document.getElementById("screen")), box: device(video),
           sent: h && [h.sent_width, h.sent_height], frame: h && [h.width, h.height]};
 }"""
 

@@ -7,6 +7,12 @@
 // It also says what it shows the video in, in device pixels (w, h in the WebSocket's URL,
 // then {t: "size"} on every change), and the server sends frames scaled to fit: decoding and
 // compositing a 1080p JPEG to show it in a smaller canvas is most of a browser's work.
+// A frame scaled for this page is shown at its own pixels, one per device pixel: the area
+// (#screen) is what is measured, the canvas is sized to the frame inside it. Stretching it
+// over the few pixels the server's size step rounds off would make the compositor rescale
+// every frame (with software compositing, 6.8 ms of CPU per full-HD frame against 2.0 ms
+// 1:1, benchmarks/web.py). A frame sent at full resolution (a stream smaller than the
+// area, or ?full=1) fills the area as it comes.
 // ?full=1 in the page's URL: say nothing, get full resolution.
 // Prompts: a TP-SIS frame's header carries its own class table (task "prompts"); the page
 // lists the painted frame's prompts in their colours and shows the prompts box only then
@@ -19,6 +25,7 @@ const token = params.get("token");
 const full = params.get("full") === "1";
 const query = token ? "?token=" + encodeURIComponent(token) : "";
 const $ = (id) => document.getElementById(id);
+const screen = $("screen");  // the area the video is shown in
 const video = $("video");
 // alpha: false: the frames are opaque, so the compositor need not blend the canvas.
 const draw = video.getContext("2d", {alpha: false});
@@ -65,7 +72,7 @@ function boxOf(entry) {
 
 function observeSize() {
   // Now, for the WebSocket's URL (the observer's first call comes after the next layout).
-  const rect = video.getBoundingClientRect();
+  const rect = screen.getBoundingClientRect();
   const ratio = window.devicePixelRatio || 1;
   const now = {w: Math.round(rect.width * ratio), h: Math.round(rect.height * ratio)};
   if (now.w >= 1 && now.h >= 1) state.size = now;
@@ -77,9 +84,9 @@ function observeSize() {
     send({t: "size", w: box.w, h: box.h});
   });
   try {
-    sizer.observe(video, {box: "device-pixel-content-box"});
+    sizer.observe(screen, {box: "device-pixel-content-box"});
   } catch (error) {  // a browser without that box: CSS pixels, scaled in boxOf
-    sizer.observe(video);
+    sizer.observe(screen);
   }
 }
 
@@ -142,12 +149,12 @@ async function drawPending() {
       continue;
     }
     const decoded = wallNowMs();
-    // The canvas has the JPEG's pixels, its CSS box the page's layout: drawImage copies
-    // 1:1 and the compositor scales only by what the size step rounded off.
+    // The canvas has the JPEG's pixels: drawImage copies 1:1.
     if (video.width !== bitmap.width || video.height !== bitmap.height) {
       video.width = bitmap.width;
       video.height = bitmap.height;
     }
+    fit(header);
     draw.drawImage(bitmap, 0, 0);
     bitmap.close();
     await nextAnimationFrame();  // the canvas is composited with this animation frame
@@ -157,6 +164,22 @@ async function drawPending() {
           arrived_ms: arrived - header.t_wall_ms, decoded_ms: decoded - header.t_wall_ms});
   }
   drawing = false;
+}
+
+let fitted = "";  // how the canvas is laid out now, to touch the layout only on a change
+
+function fit(header) {
+  // The area keeps the stream's aspect; a frame scaled for this page is shown 1:1 in it
+  // (device pixels, centred), one sent at full resolution fills it.
+  const scaled = header.sent_width < header.width;
+  const ratio = window.devicePixelRatio || 1;
+  const key = [header.width, header.height, header.sent_width, header.sent_height, scaled,
+               ratio].join();
+  if (key === fitted) return;
+  fitted = key;
+  screen.style.aspectRatio = header.width + " / " + header.height;
+  video.style.width = scaled ? header.sent_width / ratio + "px" : "100%";
+  video.style.height = scaled ? header.sent_height / ratio + "px" : "100%";
 }
 
 function painted(header, latency) {
