@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import cv2
@@ -408,7 +409,10 @@ def test_a_tabs_figures_over_the_last_seconds_leave_out_what_came_before(monkeyp
     from orstream.pipeline.web import tabs as tabs_module
 
     now = [100.0]
-    monkeypatch.setattr(tabs_module.time, "monotonic", lambda: now[0])
+    # The module's own name `time` only: time.monotonic itself is the whole process's, and
+    # the module's live pipeline runs beside this test (a synthetic source that read a clock
+    # 100 s after boot waited hours for its next frame, and the tests after it timed out).
+    monkeypatch.setattr(tabs_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     tab = tabs_module.Tab(id=1, peer="test")
     for seq, latency in enumerate([180.0, 150.0, 40.0, 42.0, 44.0]):
         now[0] = 100.0 + seq
