@@ -7,10 +7,15 @@
 The default live pipeline (synthetic 1080p30, the shipped U-Net on the auto engine; the VLM
 off unless `--describe`, which also asks a question on the page before the screenshot) runs
 as `orstream run` in its own process, and `orstream web` in another, as they are deployed.
-Headless Chromium (Debian's, driven by Playwright) opens the page and warms up for
-`--warmup` s; then the page is loaded again (a fresh tab, fresh figures), given `--settle` s
-to start (its first second paints slower: layout, its script compiled; the tab's figures
-over its whole life are reported beside), and, for `--seconds` s, the page measures
+For the last 5 s of the `--warmup` s (at most half of it), `orstream view`'s receiver, in
+this process, measures the pipeline alone: capture to receipt with no page open, what the
+host gives the pipeline just then. Then headless Chromium (Debian's) opens the page as a
+display would: Chromium on its own, with no DevTools client attached (Playwright's driver
+would be sent every WebSocket frame of the page through the DevTools protocol, at a few ms
+of CPU per frame on the same cores); Playwright attaches only after the window, for
+`--screenshot` and `--describe`'s question. The page is given `--settle` s after its first
+frame (its first second paints slower: layout, its script compiled; the tab's figures over
+its whole life are reported beside), and, for `--seconds` s, the page measures
 capture (the header's wall clock) to painted (the animation frame after drawImage) while
 `orstream view`'s receiver, in this process, measures capture to receipt of the same
 stream. Everything is on one host over loopback,
@@ -32,8 +37,10 @@ a run whose pipeline took more CPU per frame than another's ran on a slower host
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -57,6 +65,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 GOAL = {"p50": 60.0, "p99": 100.0}  # issue 21: capture to painted at 1080p30 on loopback
+ALONE_S = 5.0  # the end of the warm-up, before the page opens: the pipeline alone
 
 
 def _start(args: list[str], ready: str, timeout_s: float = 180.0) -> subprocess.Popen:
@@ -93,8 +102,8 @@ def _stats(url: str, last_s: float | None = None) -> dict:
 def _cpu_jiffies(pipeline: int, web: int) -> dict[str, int]:
     """CPU clock ticks so far of every process of the run, summed by what it is: the
     pipeline (its describe worker included), the web server, each kind of Chromium process,
-    Playwright's driver, and this process (view's receiver and the Playwright client)."""
-    ticks = {"benchmark (view, Playwright client)": process_cpu_jiffies(os.getpid())}
+    Playwright's driver if one runs, and this process (view's receiver)."""
+    ticks = {"benchmark (view)": process_cpu_jiffies(os.getpid())}
     ours = {pid: "orstream run" for pid in (pipeline, *descendants(pipeline))}
     ours |= {pid: "orstream web" for pid in (web, *descendants(web))}
     for pid in descendants(os.getpid()):
@@ -130,70 +139,120 @@ def _cpu_use(before: tuple[dict[str, int], tuple[int, int]],
             "host_busy_pct": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)}
 
 
-def _measure(args: argparse.Namespace) -> dict:
-    from playwright.sync_api import sync_playwright
+@contextlib.contextmanager
+def _viewed(publish: str) -> Iterator[dict]:
+    """`orstream view`'s receiver on `publish`, in this process, while the block runs; the
+    dict yielded gets its summary ("summary") when the block ends."""
+    stop, out = threading.Event(), {}
+    viewer = threading.Thread(target=lambda: out.update(summary=view(
+        publish, window=False, stop=stop, quiet=True)), daemon=True)
+    viewer.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        viewer.join(10)
 
+
+def _chromium(binary: str, url: str, viewport: tuple[int, int], profile: Path
+              ) -> subprocess.Popen:
+    """Headless Chromium showing `url`, as a display runs it: no DevTools client attached
+    (Playwright's driver would get every WebSocket frame of the page through the DevTools
+    protocol, base64-encoded). It listens for one on a free port, for the screenshot and the
+    question after the measured window."""
+    return subprocess.Popen(
+        [binary, *CHROMIUM_ARGS, "--headless", f"--window-size={viewport[0]},{viewport[1]}",
+         f"--user-data-dir={profile}", "--remote-debugging-port=0", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _painting(url: str, browser: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Wait until the page has painted a frame."""
+    deadline = time.monotonic() + timeout_s
+    while not any(tab["painted"] for tab in _stats(url)["tabs"]):
+        if browser.poll() is not None:
+            raise RuntimeError(f"Chromium exited with code {browser.returncode} before the "
+                               "page painted a frame")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the page painted no frame within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _attached(profile: Path) -> str:
+    """The DevTools endpoint of the Chromium using `profile` (it writes its port there)."""
+    port = (profile / "DevToolsActivePort").read_text().split()[0]
+    return f"http://127.0.0.1:{port}"
+
+
+def _measure(args: argparse.Namespace) -> dict:
     base = free_port_pair("127.0.0.1", 20000 + os.getpid() % 20000)
     publish, ask = f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"
-    shm_dir = None
+    scratch = Path(tempfile.mkdtemp(prefix="orstream-web-bench-"))
     if args.transport == "shm":  # the frames in a shared-memory ring, not the socket
-        shm_dir = tempfile.mkdtemp(prefix="orstream-web-bench-")
-        publish = f"shm://{shm_dir}/publish.sock"
+        publish = f"shm://{scratch}/publish.sock"
     pipeline = _start(["run", "--port-base", str(base), "--publish", publish, "--set",
                        f"describe.enabled={str(args.describe).lower()}",
                        *[f"--set={kv}" for kv in args.set]], "publishing on")
-    web = None
+    web = browser = None
     try:
         port = free_port()
         web = _start(["web", publish, "--listen", f"127.0.0.1:{port}",
                       *(["--ask", ask] if args.describe else [])], "serving")
         url = f"http://127.0.0.1:{port}/"
-        with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=args.chromium, headless=True,
-                                             args=CHROMIUM_ARGS)
-            # bypass_csp: the page forbids eval, which this script's own probe needs
-            width, height = args.viewport
-            page = browser.new_page(viewport={"width": width, "height": height},
-                                    bypass_csp=True)
-            page.goto(url + ("?full=1" if args.full else ""))
-            time.sleep(args.warmup)
-            page.reload()  # a new tab: its figures are the measured window's only
-            # The page's own start (layout, its script compiled, the first decodes) paints
-            # slower for about a second: not the steady state the figures are about. It is
-            # still reported, in the tab's figures over its whole life.
-            time.sleep(args.settle)
-            stop = threading.Event()
-            receipt: dict = {}
-            viewer = threading.Thread(target=lambda: receipt.update(summary=view(
-                publish, window=False, stop=stop, quiet=True)), daemon=True)
-            viewer.start()
+        # The end of the warm-up: the pipeline and the web server without the page, for
+        # what the host gives the pipeline alone just before the page opens.
+        alone_s = min(ALONE_S, args.warmup / 2)
+        time.sleep(args.warmup - alone_s)
+        with _viewed(publish) as alone:
+            time.sleep(alone_s)
+        browser = _chromium(args.chromium, url + ("?full=1" if args.full else ""),
+                            args.viewport, scratch / "chromium")
+        _painting(url, browser)
+        # The page's own start (layout, its script compiled, the first decodes) paints
+        # slower for about a second: not the steady state the figures are about. It is
+        # still reported, in the tab's figures over its whole life.
+        time.sleep(args.settle)
+        with _viewed(publish) as receipt:
             cpu_before = _cpu_jiffies(pipeline.pid, web.pid), host_cpu_jiffies()
             time.sleep(args.seconds)
             cpu_after = _cpu_jiffies(pipeline.pid, web.pid), host_cpu_jiffies()
-            stop.set()
-            figures = _stats(url, args.seconds)
-            whole = _stats(url)
-            if args.describe:  # the question box at work in the screenshot
-                page.fill("#question", "is there smoke?")
-                page.click("#ask-button")
-                page.wait_for_function("/\\(frame \\d+/.test("
-                                       "document.getElementById('answer').textContent)",
-                                       timeout=30_000)
-            if args.screenshot:
-                _screenshot(page.screenshot(), args.screenshot)
-            browser.close()
-            viewer.join(10)
+        figures = _stats(url, args.seconds)
+        whole = _stats(url)
+        if args.describe or args.screenshot:
+            _on_the_page(_attached(scratch / "chromium"), args)
     finally:
+        if browser is not None:
+            _stop(browser)
         if web is not None:
             _stop(web)
         _stop(pipeline)
-        if shm_dir is not None:
-            shutil.rmtree(shm_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     (tab,) = figures["tabs"]
     (life,) = whole["tabs"]
     return {"tab": tab, "tab_life": life, "server": figures["server"],
-            "view": receipt["summary"],
+            "view": receipt["summary"], "view_alone": alone["summary"],
             "cpu": _cpu_use(cpu_before, cpu_after, args.seconds, tab["measured"])}
+
+
+def _on_the_page(endpoint: str, args: argparse.Namespace) -> None:
+    """After the window, with Playwright attached: a question asked in the page's box
+    (--describe), then the screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.connect_over_cdp(endpoint)
+        (page,) = browser.contexts[0].pages
+        if args.describe:  # the question box at work in the screenshot
+            page.fill("#question", "is there smoke?")
+            page.click("#ask-button")
+            deadline = time.monotonic() + 30
+            while not re.search(r"\(frame \d+", page.text_content("#answer") or ""):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the question on the page got no answer in 30 s")
+                time.sleep(0.2)
+        if args.screenshot:
+            _screenshot(page.screenshot(), args.screenshot)
+        browser.close()
 
 
 def _screenshot(png: bytes, path: Path) -> None:
@@ -233,8 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     out = _measure(args)
     tab, server, summary = out["tab"], out["server"], out["view"]
     receipt = summary.latencies_ms.stats() if summary.latencies_ms.count else None
+    alone = out["view_alone"].latencies_ms
+    alone = alone.stats() if alone.count else None
     painted = {"n": tab["measured"], **tab["latency_ms"]}
     rows = [
+        {"what": "the pipeline alone, before the page opened: view's capture -> receipt",
+         **(alone or {})},
         {"what": "orstream view: capture -> receipt", **(receipt or {})},
         {"what": "orstream web: capture -> server receipt (whole run)",
          **server["receipt_ms"], "n": server["received"]},
@@ -276,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds, "warmup_s": args.warmup, "set": args.set,
         "describe": args.describe, "full": args.full, "viewport": list(args.viewport),
         "transport": args.transport,
+        "view_alone_receipt_ms": alone, "alone_s": min(ALONE_S, args.warmup / 2),
         "view_receipt_ms": receipt, "web_painted_ms": painted, "web_painted_fps": fps,
         "web_server": server, "web_tab": tab, "web_tab_life": out["tab_life"],
         "settle_s": args.settle, "goal_ms": GOAL, "goal_met": met,
