@@ -25,6 +25,23 @@ def process_cpu_jiffies(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def thread_niceness(pid: int) -> list[int]:
+    """The scheduling niceness (-20..19) of each thread of `pid`: Linux sets it per thread,
+    and a program may change its threads' apart. Empty once it is gone."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except OSError:
+            continue
+        found.append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return found
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (every thread's list: a child belongs to the thread that
     forked it)."""

@@ -1,16 +1,19 @@
-"""The web benchmark's CPU accounting (benchmarks/web.py): each process's CPU over the
-measured window goes to the part of the run it belongs to, children included."""
+"""The web benchmark (benchmarks/web.py): its CPU accounting (each process's CPU over the
+measured window goes to the part of the run it belongs to, children included) and the
+priority it runs the browser at."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from orstream.benchmarks.procfs import host_cpu_jiffies
-from orstream.benchmarks.web import _cpu_jiffies, _cpu_use
+from orstream.benchmarks.procfs import children, descendants, host_cpu_jiffies, thread_niceness
+from orstream.benchmarks.web import _chromium, _cpu_jiffies, _cpu_use, main
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -40,3 +43,38 @@ def test_cpu_goes_to_the_process_tree_it_belongs_to():
     assert run["ms_per_frame"] == pytest.approx(run["cores"] * 2.0 * 1e3 / 60, abs=0.5)
     assert display["cores"] < 0.05, use
     assert use["total_cores"] >= run["cores"] and 0 < use["host_busy_pct"] <= 100
+
+
+def test_chromium_runs_at_the_niceness_asked_and_cannot_raise_itself_above_it(tmp_path):
+    """The display yields the CPU to the pipeline on a shared host: the benchmark starts the
+    browser niced, its forks (Chromium's renderer and GPU processes) inherit it, and, as
+    root, it cannot raise its threads above the pipeline as Chromium does (to nice -8)."""
+    stand_in = tmp_path / "chromium"  # raises its priority as Chromium's threads do, forks
+    stand_in.write_text("#!/bin/sh\nrenice -n -8 -p $$ >/dev/null 2>&1\nsleep 30 &\nwait\n")
+    stand_in.chmod(0o755)
+    (ours,) = set(thread_niceness(os.getpid()))
+    for asked in (10, 0):
+        expected = min(ours + asked, 19)
+        browser = _chromium(str(stand_in), "http://127.0.0.1:9/", (1280, 720),
+                            tmp_path / "profile", asked)
+        try:
+            deadline = time.monotonic() + 10
+            while not children(browser.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)  # renice ran before the fork
+            (fork,) = children(browser.pid)
+            assert thread_niceness(browser.pid) == [expected]
+            assert thread_niceness(fork) == [expected]
+        finally:
+            for pid in descendants(browser.pid):
+                os.kill(pid, signal.SIGKILL)
+            browser.kill()
+            browser.wait()
+
+
+@pytest.mark.parametrize("value", ["-5", "20", "ten"])
+def test_a_niceness_out_of_range_is_refused_naming_the_option(value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--browser-nice", value])
+    assert stopped.value.code == 2
+    assert "--browser-nice" in capsys.readouterr().err
