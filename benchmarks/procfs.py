@@ -18,45 +18,42 @@ def host_cpu_jiffies() -> tuple[int, int]:
 def process_cpu_jiffies(pid: int) -> int:
     """User + system clock ticks of `pid` (all its threads); 0 once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = _stat_fields(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
     return int(fields[11]) + int(fields[12])
 
 
 def thread_niceness(pid: int) -> list[int]:
     """The scheduling niceness (-20..19) of each thread of `pid`: Linux sets it per thread,
     and a program may change its threads' apart. Empty once it is gone."""
-    found = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-        except OSError:
-            continue
-        found.append(int(stat[stat.rindex(")") + 2:].split()[16]))
-    return found
+    return [int(_stat_fields(stat)[16]) for stat in _per_thread(pid, "stat")]
 
 
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (every thread's list: a child belongs to the thread that
     forked it)."""
-    found: list[int] = []
+    return sorted({int(p) for listed in _per_thread(pid, "children") for p in listed.split()})
+
+
+def _per_thread(pid: int, name: str) -> list[str]:
+    """/proc/PID/task/TID/`name` of each thread of `pid` still there; [] once it is gone."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return found
+        return []
+    found = []
     for task in tasks:
         try:
-            found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text()
-                      .split()]
+            found.append(Path(f"/proc/{pid}/task/{task}/{name}").read_text())
         except OSError:
-            continue
-    return sorted(set(found))
+            continue  # the thread ended meanwhile
+    return found
+
+
+def _stat_fields(stat: str) -> list[str]:
+    """A stat line's fields after "pid (comm) ": comm may hold spaces and parentheses."""
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def cmdline(pid: int) -> str:
